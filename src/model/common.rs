@@ -1,0 +1,155 @@
+//! Building blocks shared by the encoder, prompt encoder and decoder
+//! (`segment_anything/modeling/common.py` and the decoder's `MLP`).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, relu};
+use burn::tensor::{Device, Tensor};
+
+/// The activations SAM uses; GELU is the exact (erf) form, as in `nn.GELU()`.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Gelu => gelu(x),
+            Activation::Relu => relu(x),
+        }
+    }
+}
+
+/// Two-layer feed-forward block (`MLPBlock`): `lin2(act(lin1(x)))`.
+#[derive(Config, Debug)]
+pub struct MlpBlockConfig {
+    pub embedding_dim: usize,
+    pub mlp_dim: usize,
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
+}
+
+#[derive(Module, Debug)]
+pub struct MlpBlock {
+    pub lin1: Linear,
+    pub lin2: Linear,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl MlpBlockConfig {
+    pub fn init(&self, device: &Device) -> MlpBlock {
+        MlpBlock {
+            lin1: LinearConfig::new(self.embedding_dim, self.mlp_dim).init(device),
+            lin2: LinearConfig::new(self.mlp_dim, self.embedding_dim).init(device),
+            activation: self.activation,
+        }
+    }
+}
+
+impl MlpBlock {
+    /// `[..., embedding_dim] -> [..., embedding_dim]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.lin2
+            .forward(self.activation.apply(self.lin1.forward(x)))
+    }
+}
+
+/// Channel-wise LayerNorm on NCHW tensors (ConvNeXt's `LayerNorm2d`).
+///
+/// Named `weight`/`bias` as in the official state_dict; burn's own `LayerNorm`
+/// works on the last axis and would be applied to the wrong one.
+#[derive(Config, Debug)]
+pub struct LayerNorm2dConfig {
+    pub num_channels: usize,
+    #[config(default = 1e-6)]
+    pub eps: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct LayerNorm2d {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm2dConfig {
+    pub fn init(&self, device: &Device) -> LayerNorm2d {
+        LayerNorm2d {
+            weight: Initializer::Ones.init([self.num_channels], device),
+            bias: Initializer::Zeros.init([self.num_channels], device),
+            eps: self.eps,
+        }
+    }
+}
+
+impl LayerNorm2d {
+    /// `[B, C, H, W] -> [B, C, H, W]`, normalised over C.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let channels = self.weight.dims()[0];
+        let u = x.clone().mean_dim(1);
+        let centred = x - u;
+        let s = centred.clone().square().mean_dim(1);
+        let normed = centred / (s + self.eps).sqrt();
+        let weight = self.weight.val().reshape([1, channels, 1, 1]);
+        let bias = self.bias.val().reshape([1, channels, 1, 1]);
+        normed * weight + bias
+    }
+}
+
+/// The mask decoder's multi-layer perceptron (`MLP`): ReLU between layers.
+#[derive(Config, Debug)]
+pub struct MlpConfig {
+    pub input_dim: usize,
+    pub hidden_dim: usize,
+    pub output_dim: usize,
+    pub num_layers: usize,
+    #[config(default = false)]
+    pub sigmoid_output: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+    pub sigmoid_output: bool,
+}
+
+impl MlpConfig {
+    pub fn init(&self, device: &Device) -> Mlp {
+        let layers = (0..self.num_layers)
+            .map(|i| {
+                let d_in = if i == 0 { self.input_dim } else { self.hidden_dim };
+                let d_out = if i + 1 == self.num_layers {
+                    self.output_dim
+                } else {
+                    self.hidden_dim
+                };
+                LinearConfig::new(d_in, d_out).init(device)
+            })
+            .collect();
+        Mlp {
+            layers,
+            sigmoid_output: self.sigmoid_output,
+        }
+    }
+}
+
+impl Mlp {
+    /// `[..., input_dim] -> [..., output_dim]`
+    pub fn forward<const D: usize>(&self, mut x: Tensor<D>) -> Tensor<D> {
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = relu(x);
+            }
+        }
+        if self.sigmoid_output {
+            x = burn::tensor::activation::sigmoid(x);
+        }
+        x
+    }
+}

@@ -1,0 +1,15 @@
+//! The Segment Anything Model, ported from the official PyTorch implementation with the
+//! same parameter names (up to the `weights::keymap` renames of `nn.Sequential` indexes).
+
+pub mod common;
+pub mod image_encoder;
+pub mod mask_decoder;
+pub mod prompt_encoder;
+pub mod sam;
+pub mod transformer;
+
+pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
+pub use mask_decoder::{DecoderOutput, MaskDecoder, MaskDecoderConfig};
+pub use prompt_encoder::{PointPrompts, PromptEncoder, PromptEncoderConfig};
+pub use sam::{DecoderSizes, Prompts, Sam, SamConfig, SamVariant};
+pub use transformer::{TwoWayTransformer, TwoWayTransformerConfig};

@@ -1,0 +1,160 @@
+//! Reading images of any kind (RGB, RGBA, grayscale; 8 or 16 bit; float TIFF) as the
+//! 8-bit RGB the official preprocessing expects.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use image::{DynamicImage, RgbImage};
+
+/// How deeper-than-8-bit intensities become 8-bit.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum IntensityScaling {
+    /// 8-bit images as they are; 16-bit and float images per-image min-max.
+    #[default]
+    Auto,
+    /// Per image: the darkest value -> 0, the brightest -> 255.
+    MinMax,
+    /// The type's full range: 16-bit `v * 255 / 65535`, float `[0, 1]`.
+    Full,
+    /// A fixed window `[low, high]` in the image's own units (CT Hounsfield units in a
+    /// signed or offset 16-bit image, for instance), clipped outside.
+    Window { low: f64, high: f64 },
+}
+
+impl std::str::FromStr for IntensityScaling {
+    type Err = String;
+
+    /// `auto`, `minmax`, `full` or `window:LOW,HIGH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "minmax" => Ok(Self::MinMax),
+            "full" => Ok(Self::Full),
+            _ => {
+                let window = s.strip_prefix("window:").ok_or_else(|| {
+                    format!("unknown intensity scaling '{s}' (auto, minmax, full or window:LOW,HIGH)")
+                })?;
+                let (low, high) = window
+                    .split_once(',')
+                    .ok_or_else(|| format!("window '{window}' must be LOW,HIGH"))?;
+                let parse = |v: &str| {
+                    v.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("window bound '{v}' is not a number"))
+                };
+                let (low, high) = (parse(low)?, parse(high)?);
+                if high <= low {
+                    return Err(format!("window {low},{high}: HIGH must exceed LOW"));
+                }
+                Ok(Self::Window { low, high })
+            }
+        }
+    }
+}
+
+/// Opens an image file as 8-bit RGB.
+pub fn load_rgb(path: &Path, scaling: IntensityScaling) -> Result<RgbImage> {
+    let image = image::open(path).with_context(|| format!("reading image {}", path.display()))?;
+    to_rgb8(image, scaling).with_context(|| format!("converting image {}", path.display()))
+}
+
+/// 8-bit RGB from any decoded image: alpha dropped, gray replicated to three channels.
+pub fn to_rgb8(image: DynamicImage, scaling: IntensityScaling) -> Result<RgbImage> {
+    let (w, h) = (image.width(), image.height());
+    if w == 0 || h == 0 {
+        bail!("image has no pixels ({w}x{h})");
+    }
+    let deep = !matches!(
+        image,
+        DynamicImage::ImageLuma8(_)
+            | DynamicImage::ImageLumaA8(_)
+            | DynamicImage::ImageRgb8(_)
+            | DynamicImage::ImageRgba8(_)
+    );
+    let scaling = match scaling {
+        IntensityScaling::Auto if deep => IntensityScaling::MinMax,
+        other => other,
+    };
+    if matches!(scaling, IntensityScaling::Auto) {
+        return Ok(image.to_rgb8());
+    }
+    // Deep (or explicitly rescaled) images: map every channel value through one window.
+    let (values, full_max) = match &image {
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_) => (rgb_values(image.to_rgb8().into_raw()), 255.0),
+        DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_)
+        | DynamicImage::ImageRgb16(_)
+        | DynamicImage::ImageRgba16(_) => (rgb_values(image.to_rgb16().into_raw()), 65535.0),
+        _ => (image.to_rgb32f().into_raw().into_iter().map(f64::from).collect(), 1.0),
+    };
+    let (low, high) = match scaling {
+        IntensityScaling::Full => (0.0, full_max),
+        IntensityScaling::Window { low, high } => (low, high),
+        _ => {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (low, high)
+        }
+    };
+    let span = (high - low).max(f64::MIN_POSITIVE);
+    let bytes = values
+        .into_iter()
+        .map(|v| (((v - low) / span).clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    RgbImage::from_raw(w, h, bytes).context("image buffer size")
+}
+
+fn rgb_values<T: Into<f64> + Copy>(raw: Vec<T>) -> Vec<f64> {
+    raw.into_iter().map(Into::into).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, ImageBuffer, Luma, Rgba, RgbaImage};
+
+    #[test]
+    fn eight_bit_gray_and_rgba_become_rgb_unchanged() {
+        let gray = GrayImage::from_fn(3, 2, |x, y| Luma([(x * 10 + y) as u8]));
+        let rgb = to_rgb8(DynamicImage::ImageLuma8(gray), IntensityScaling::Auto).unwrap();
+        assert_eq!(rgb.get_pixel(2, 1).0, [21, 21, 21]);
+        let rgba = RgbaImage::from_pixel(2, 2, Rgba([1, 2, 3, 0]));
+        let rgb = to_rgb8(DynamicImage::ImageRgba8(rgba), IntensityScaling::Auto).unwrap();
+        assert_eq!(rgb.get_pixel(1, 1).0, [1, 2, 3]);
+    }
+
+    #[test]
+    fn sixteen_bit_is_min_max_scaled_by_default() {
+        let img: ImageBuffer<Luma<u16>, Vec<u16>> =
+            ImageBuffer::from_fn(3, 1, |x, _| Luma([1000 + 500 * x as u16]));
+        let rgb = to_rgb8(DynamicImage::ImageLuma16(img.clone()), IntensityScaling::Auto).unwrap();
+        let row: Vec<u8> = rgb.pixels().map(|p| p[0]).collect();
+        assert_eq!(row, vec![0, 128, 255]);
+        let full = to_rgb8(DynamicImage::ImageLuma16(img.clone()), IntensityScaling::Full).unwrap();
+        assert_eq!(full.get_pixel(2, 0)[0], (2000.0f64 / 65535.0 * 255.0).round() as u8);
+        let window = to_rgb8(
+            DynamicImage::ImageLuma16(img),
+            "window:1200,1700".parse().unwrap(),
+        )
+        .unwrap();
+        let row: Vec<u8> = window.pixels().map(|p| p[0]).collect();
+        assert_eq!(row, vec![0, 153, 255]);
+    }
+
+    #[test]
+    fn bad_scaling_strings_are_explained() {
+        for (s, needle) in [
+            ("window:5", "LOW,HIGH"),
+            ("window:9,1", "HIGH must exceed LOW"),
+            ("window:a,1", "not a number"),
+            ("gamma", "unknown intensity scaling"),
+        ] {
+            let err = s.parse::<IntensityScaling>().unwrap_err();
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! Reading SAM checkpoints: official PyTorch `.pth`, safetensors and burnpack, all
+//! under the official key names, with strict, explained loading.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::store::burn_pack::{self, Tensor as PackTensor};
+use burn::store::{
+    ChainAdapter, FloatCastAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
+use burn::tensor::{DType, Device};
+
+use super::infer::{infer_config, ParameterCounts, ShapeMap};
+use super::keymap::{module_to_official, official_to_module};
+use crate::model::{Sam, SamConfig, SamVariant};
+
+/// Metadata key under which samtune stores the model's [`SamConfig`] (JSON).
+pub const CONFIG_METADATA_KEY: &str = "samtune.config";
+/// The decoder head count of every official checkpoint (not visible in any shape).
+pub const OFFICIAL_DECODER_HEADS: usize = 8;
+const PATCH_EMBED_KEY: &str = "image_encoder.patch_embed.proj.weight";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointFormat {
+    Pytorch,
+    Safetensors,
+    Burnpack,
+}
+
+impl fmt::Display for CheckpointFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CheckpointFormat::Pytorch => "PyTorch",
+            CheckpointFormat::Safetensors => "safetensors",
+            CheckpointFormat::Burnpack => "burnpack",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{}: not a checkpoint: unknown file format (expected a PyTorch .pth, a .safetensors or a burnpack .bpk file)",
+        path.display()
+    )]
+    UnknownFormat { path: PathBuf },
+    #[error("{}: cannot read this {format} file (truncated or corrupt?): {message}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        format: CheckpointFormat,
+        message: String,
+    },
+    #[error("{}: not a SAM checkpoint: {message}", path.display())]
+    NotSam { path: PathBuf, message: String },
+    #[error("{}: tensors do not match the model:\n{report}", path.display())]
+    Mismatch {
+        path: PathBuf,
+        report: MismatchReport,
+    },
+    #[error("{}: checkpoint is {detected}, not the requested {requested}", path.display())]
+    VariantMismatch {
+        path: PathBuf,
+        requested: String,
+        detected: String,
+    },
+}
+
+/// What differs between a checkpoint and the model it is loaded into.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MismatchReport {
+    pub missing: Vec<(String, Vec<usize>)>,
+    pub unexpected: Vec<(String, Vec<usize>)>,
+    /// (key, expected shape, shape in the file)
+    pub wrong_shape: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl MismatchReport {
+    pub fn compare(expected: &ShapeMap, found: &ShapeMap) -> Self {
+        let mut report = Self::default();
+        for (key, shape) in expected {
+            match found.get(key) {
+                None => report.missing.push((key.clone(), shape.clone())),
+                Some(other) if other != shape => {
+                    report
+                        .wrong_shape
+                        .push((key.clone(), shape.clone(), other.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, shape) in found {
+            if !expected.contains_key(key) {
+                report.unexpected.push((key.clone(), shape.clone()));
+            }
+        }
+        report
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.wrong_shape.is_empty()
+    }
+}
+
+impl fmt::Display for MismatchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 12;
+        let section = |f: &mut fmt::Formatter<'_>, title: &str, lines: Vec<String>| {
+            if lines.is_empty() {
+                return Ok(());
+            }
+            writeln!(f, "  {title} ({}):", lines.len())?;
+            for line in lines.iter().take(SHOWN) {
+                writeln!(f, "    {line}")?;
+            }
+            if lines.len() > SHOWN {
+                writeln!(f, "    ... and {} more", lines.len() - SHOWN)?;
+            }
+            Ok(())
+        };
+        section(
+            f,
+            "missing from the file",
+            self.missing
+                .iter()
+                .map(|(k, s)| format!("{k} {s:?}"))
+                .collect(),
+        )?;
+        section(
+            f,
+            "unexpected in the file",
+            self.unexpected
+                .iter()
+                .map(|(k, s)| format!("{k} {s:?}"))
+                .collect(),
+        )?;
+        section(
+            f,
+            "wrong shape",
+            self.wrong_shape
+                .iter()
+                .map(|(k, e, g)| format!("{k}: model {e:?}, file {g:?}"))
+                .collect(),
+        )
+    }
+}
+
+/// An opened checkpoint: its tensors (read lazily) under official key names.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: CheckpointFormat,
+    pub file_size: u64,
+    /// Prefix removed from every key (`module.`, `model.` wrappers of training scripts).
+    pub prefix: String,
+    /// Official key -> lazily-read tensor.
+    pub tensors: BTreeMap<String, PackTensor>,
+    /// Entries outside the model prefix (optimizer state and the like), ignored.
+    pub ignored: Vec<String>,
+    /// File-level string metadata (safetensors `__metadata__`, burnpack metadata).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, WeightsError> {
+        let path = path.as_ref().to_path_buf();
+        let io = |source| WeightsError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file_size = std::fs::metadata(&path).map_err(io)?.len();
+        let format = detect_format(&path)?;
+        let corrupt = |message: String| WeightsError::Corrupt {
+            path: path.clone(),
+            format,
+            message,
+        };
+        let (raw, metadata) = match format {
+            CheckpointFormat::Pytorch => {
+                // keys as written: the official model has index gaps (`mask_downscaling.{0,1,3,4,6}`)
+                let mut store = PytorchStore::from_file(&path).map_indices_contiguous(false);
+                let tensors = store
+                    .get_all_tensors()
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .clone();
+                (tensors, BTreeMap::new())
+            }
+            CheckpointFormat::Safetensors => {
+                let metadata = read_safetensors_metadata(&path).map_err(corrupt)?;
+                let mut store = SafetensorsStore::from_file(&path).map_indices_contiguous(false);
+                let tensors = store
+                    .get_all_tensors()
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .clone();
+                (tensors, metadata)
+            }
+            CheckpointFormat::Burnpack => {
+                let reader = burn_pack::Reader::from_file_exact(&path)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let metadata = reader.metadata().clone();
+                let tensors = reader
+                    .into_tensors()
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .into_iter()
+                    .map(|t| (t.name.clone(), t))
+                    .collect();
+                (tensors, metadata)
+            }
+        };
+        let Some(prefix) = raw
+            .keys()
+            .find_map(|k| k.strip_suffix(PATCH_EMBED_KEY))
+            .map(str::to_string)
+        else {
+            let sample: Vec<&str> = raw.keys().take(5).map(String::as_str).collect();
+            return Err(WeightsError::NotSam {
+                path,
+                message: format!(
+                    "no '{PATCH_EMBED_KEY}' tensor among its {} entries (first keys: {sample:?})",
+                    raw.len()
+                ),
+            });
+        };
+        let mut tensors = BTreeMap::new();
+        let mut ignored = Vec::new();
+        for (key, tensor) in raw {
+            match key.strip_prefix(&prefix) {
+                Some(official) => {
+                    tensors.insert(official.to_string(), tensor);
+                }
+                None => ignored.push(key),
+            }
+        }
+        Ok(Self {
+            path,
+            format,
+            file_size,
+            prefix,
+            tensors,
+            ignored,
+            metadata,
+        })
+    }
+
+    /// Official key -> shape.
+    pub fn shapes(&self) -> ShapeMap {
+        self.tensors
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.to_vec()))
+            .collect()
+    }
+
+    /// The element types present, e.g. `["F32"]`.
+    pub fn dtypes(&self) -> Vec<DType> {
+        let mut dtypes: Vec<DType> = Vec::new();
+        for tensor in self.tensors.values() {
+            if !dtypes.contains(&tensor.dtype) {
+                dtypes.push(tensor.dtype);
+            }
+        }
+        dtypes
+    }
+
+    pub fn parameter_counts(&self) -> ParameterCounts {
+        ParameterCounts::from_shapes(&self.shapes())
+    }
+
+    /// The architecture: from samtune's metadata when present, else inferred from shapes.
+    pub fn config(&self) -> Result<SamConfig, WeightsError> {
+        let not_sam = |message: String| WeightsError::NotSam {
+            path: self.path.clone(),
+            message,
+        };
+        if let Some(json) = self.metadata.get(CONFIG_METADATA_KEY) {
+            let config: SamConfig = serde_json::from_str(json)
+                .map_err(|e| not_sam(format!("invalid '{CONFIG_METADATA_KEY}' metadata: {e}")))?;
+            config.validate().map_err(not_sam)?;
+            return Ok(config);
+        }
+        infer_config(&self.shapes(), OFFICIAL_DECODER_HEADS).map_err(not_sam)
+    }
+
+    /// [`Self::config`], checked against an explicitly requested variant.
+    pub fn config_for(&self, requested: Option<SamVariant>) -> Result<SamConfig, WeightsError> {
+        let config = self.config()?;
+        if let Some(requested) = requested {
+            if config != requested.config() {
+                return Err(WeightsError::VariantMismatch {
+                    path: self.path.clone(),
+                    requested: requested.to_string(),
+                    detected: describe(&config),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// Loads every tensor into `model`; any missing, unexpected or mis-shaped tensor is
+    /// an error that lists them, and nothing is applied.
+    pub fn load_into(&self, model: &mut Sam) -> Result<(), WeightsError> {
+        let report = MismatchReport::compare(&expected_shapes(model), &self.shapes());
+        if !report.is_empty() {
+            return Err(WeightsError::Mismatch {
+                path: self.path.clone(),
+                report,
+            });
+        }
+        let tensors: Vec<PackTensor> = self
+            .tensors
+            .iter()
+            .map(|(key, tensor)| {
+                let mut tensor = tensor.clone();
+                tensor.name = official_to_module(key);
+                tensor
+            })
+            .collect();
+        // Half-precision or f64 files are read as float32, the model's precision.
+        let adapter = ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32));
+        let result = model.apply(tensors, None, Some(Box::new(adapter)), false);
+        if !result.errors.is_empty() || !result.missing.is_empty() {
+            let mut message: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
+            message.extend(result.missing.iter().map(|(k, _)| format!("not applied: {k}")));
+            return Err(WeightsError::Corrupt {
+                path: self.path.clone(),
+                format: self.format,
+                message: message.join("; "),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens, checks and loads a checkpoint onto `device`.
+pub fn load_sam(
+    path: impl AsRef<Path>,
+    requested: Option<SamVariant>,
+    device: &Device,
+) -> Result<(Sam, SamConfig), WeightsError> {
+    let checkpoint = Checkpoint::open(path)?;
+    let config = checkpoint.config_for(requested)?;
+    let mut model = config.init(device);
+    checkpoint.load_into(&mut model)?;
+    Ok((model, config))
+}
+
+/// The official state_dict keys and shapes of a model.
+pub fn expected_shapes(model: &Sam) -> ShapeMap {
+    model
+        .collect(
+            None,
+            Some(Box::new(burn::store::BurnToPyTorchAdapter)),
+            false,
+        )
+        .into_iter()
+        .map(|t| (module_to_official(&t.name), t.shape.to_vec()))
+        .collect()
+}
+
+/// `vit_b` or a one-line description of a custom architecture.
+pub fn describe(config: &SamConfig) -> String {
+    match config.variant() {
+        Some(v) => v.to_string(),
+        None => {
+            let e = &config.image_encoder;
+            format!(
+                "a custom SAM (image {}, embed {}, depth {}, heads {}, global blocks {:?})",
+                e.img_size, e.embed_dim, e.depth, e.num_heads, e.global_attn_indexes
+            )
+        }
+    }
+}
+
+fn detect_format(path: &Path) -> Result<CheckpointFormat, WeightsError> {
+    let mut head = [0u8; 9];
+    let mut file = File::open(path).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let head = &head[..n];
+    if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
+        // torch.save zip archive, or the legacy pickle format
+        return Ok(CheckpointFormat::Pytorch);
+    }
+    if head.len() >= 4 {
+        let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if magic == burn_pack::MAGIC_NUMBER || magic.swap_bytes() == burn_pack::MAGIC_NUMBER {
+            return Ok(CheckpointFormat::Burnpack);
+        }
+    }
+    if head.len() == 9 && head[8] == b'{' {
+        return Ok(CheckpointFormat::Safetensors);
+    }
+    Err(WeightsError::UnknownFormat {
+        path: path.to_path_buf(),
+    })
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The `__metadata__` map of a safetensors header.
+fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, String> {
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len.saturating_add(8) > file_len {
+        return Err(format!(
+            "header length {header_len} exceeds the file size {file_len}"
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| format!("invalid header: {e}"))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}

@@ -1,0 +1,178 @@
+//! The architecture of a checkpoint, read from its tensor shapes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::model::{DecoderSizes, ImageEncoderViTConfig, SamConfig};
+
+/// Official key -> shape.
+pub type ShapeMap = BTreeMap<String, Vec<usize>>;
+
+/// Infers the full [`SamConfig`] from official-named tensor shapes: encoder width and
+/// patch from `patch_embed`, depth from the block count, heads from the `rel_pos`
+/// width (the head dim), global blocks and window from the `rel_pos` lengths, image
+/// size from `pos_embed`, and the prompt/decoder sizes likewise.
+///
+/// The decoder's head count leaves no trace in any shape; it is `decoder_heads`
+/// (8 in every official checkpoint, or what the file's samtune metadata says).
+pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig, String> {
+    let get = |key: &str| -> Result<&[usize], String> {
+        shapes
+            .get(key)
+            .map(|s| s.as_slice())
+            .ok_or_else(|| format!("missing tensor '{key}'"))
+    };
+    let dim = |key: &str, axis: usize| -> Result<usize, String> {
+        let shape = get(key)?;
+        shape
+            .get(axis)
+            .copied()
+            .ok_or_else(|| format!("tensor '{key}' has shape {shape:?}, expected rank > {axis}"))
+    };
+
+    let patch = get("image_encoder.patch_embed.proj.weight")?;
+    let [embed_dim, in_chans, patch_size, _] = patch else {
+        return Err(format!(
+            "image_encoder.patch_embed.proj.weight has shape {patch:?}, expected [embed, chans, p, p]"
+        ));
+    };
+    let (embed_dim, in_chans, patch_size) = (*embed_dim, *in_chans, *patch_size);
+    let depth = count_indexed(shapes, "image_encoder.blocks.");
+    if depth == 0 {
+        return Err("no image_encoder.blocks.* tensors".into());
+    }
+    let use_rel_pos = shapes.contains_key("image_encoder.blocks.0.attn.rel_pos_h");
+    if !use_rel_pos {
+        return Err(
+            "the encoder has no rel_pos tables, so its head count cannot be inferred".into(),
+        );
+    }
+    let head_dim = dim("image_encoder.blocks.0.attn.rel_pos_h", 1)?;
+    if head_dim == 0 || embed_dim % head_dim != 0 {
+        return Err(format!(
+            "rel_pos width {head_dim} does not divide the embedding width {embed_dim}"
+        ));
+    }
+    let num_heads = embed_dim / head_dim;
+    let rel_lengths: Vec<usize> = (0..depth)
+        .map(|i| dim(&format!("image_encoder.blocks.{i}.attn.rel_pos_h"), 0))
+        .collect::<Result<_, _>>()?;
+
+    let use_abs_pos = shapes.contains_key("image_encoder.pos_embed");
+    let grid = if use_abs_pos {
+        dim("image_encoder.pos_embed", 1)?
+    } else {
+        // the longest table belongs to a global block: 2 * grid - 1
+        (rel_lengths.iter().max().copied().unwrap_or(1) + 1) / 2
+    };
+    let global_len = 2 * grid - 1;
+    let global_attn_indexes: Vec<usize> = (0..depth)
+        .filter(|&i| rel_lengths[i] == global_len)
+        .collect();
+    let window_lengths: BTreeSet<usize> = rel_lengths
+        .iter()
+        .copied()
+        .filter(|&l| l != global_len)
+        .collect();
+    let window_size = match window_lengths.len() {
+        0 => 0,
+        1 => (window_lengths.first().copied().unwrap_or(1) + 1) / 2,
+        _ => {
+            return Err(format!(
+                "windowed blocks have different rel_pos lengths {window_lengths:?}"
+            ))
+        }
+    };
+    let mlp_dim = dim("image_encoder.blocks.0.mlp.lin1.weight", 0)?;
+    let out_chans = dim("image_encoder.neck.0.weight", 0)?;
+
+    let prompt_embed_dim = dim("prompt_encoder.not_a_point_embed.weight", 1)?;
+    let mask_in_chans = dim("prompt_encoder.mask_downscaling.3.weight", 0)?;
+    let transformer_dim = dim("mask_decoder.iou_token.weight", 1)?;
+    if out_chans != prompt_embed_dim || transformer_dim != prompt_embed_dim {
+        return Err(format!(
+            "encoder output {out_chans}, prompt embedding {prompt_embed_dim} and decoder width \
+             {transformer_dim} differ"
+        ));
+    }
+    let decoder_depth = count_indexed(shapes, "mask_decoder.transformer.layers.");
+    let decoder_mlp_dim = dim("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0)?;
+    let cross_width = dim(
+        "mask_decoder.transformer.final_attn_token_to_image.q_proj.weight",
+        0,
+    )?;
+    if cross_width == 0 || transformer_dim % cross_width != 0 {
+        return Err(format!(
+            "cross-attention width {cross_width} does not divide the decoder width {transformer_dim}"
+        ));
+    }
+    let num_mask_tokens = dim("mask_decoder.mask_tokens.weight", 0)?;
+    let iou_head_depth = count_indexed(shapes, "mask_decoder.iou_prediction_head.layers.");
+    let iou_head_hidden_dim = dim("mask_decoder.iou_prediction_head.layers.0.weight", 0)?;
+
+    let encoder = ImageEncoderViTConfig::new()
+        .with_img_size(grid * patch_size)
+        .with_patch_size(patch_size)
+        .with_in_chans(in_chans)
+        .with_embed_dim(embed_dim)
+        .with_depth(depth)
+        .with_num_heads(num_heads)
+        .with_mlp_ratio(mlp_dim as f64 / embed_dim as f64)
+        .with_qkv_bias(shapes.contains_key("image_encoder.blocks.0.attn.qkv.bias"))
+        .with_use_abs_pos(use_abs_pos)
+        .with_use_rel_pos(use_rel_pos)
+        .with_window_size(window_size)
+        .with_global_attn_indexes(global_attn_indexes);
+    let decoder = DecoderSizes::new()
+        .with_prompt_embed_dim(prompt_embed_dim)
+        .with_mask_in_chans(mask_in_chans)
+        .with_depth(decoder_depth)
+        .with_num_heads(decoder_heads)
+        .with_mlp_dim(decoder_mlp_dim)
+        .with_num_multimask_outputs(num_mask_tokens.saturating_sub(1))
+        .with_iou_head_depth(iou_head_depth)
+        .with_iou_head_hidden_dim(iou_head_hidden_dim);
+    let mut config = SamConfig::with_defaults(encoder, decoder);
+    config.mask_decoder.transformer.attention_downsample_rate = transformer_dim / cross_width;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Number of distinct `N` in keys `{prefix}{N}.…`.
+fn count_indexed(shapes: &ShapeMap, prefix: &str) -> usize {
+    shapes
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// Parameter counts (buffers excluded, as `model.parameters()` counts them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParameterCounts {
+    pub image_encoder: usize,
+    pub prompt_encoder: usize,
+    pub mask_decoder: usize,
+}
+
+impl ParameterCounts {
+    pub fn from_shapes(shapes: &ShapeMap) -> Self {
+        let mut counts = Self::default();
+        for (key, shape) in shapes {
+            if super::keymap::BUFFERS.contains(&key.as_str()) {
+                continue;
+            }
+            let n: usize = shape.iter().product();
+            match key.split('.').next() {
+                Some("image_encoder") => counts.image_encoder += n,
+                Some("prompt_encoder") => counts.prompt_encoder += n,
+                Some("mask_decoder") => counts.mask_decoder += n,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    pub fn total(&self) -> usize {
+        self.image_encoder + self.prompt_encoder + self.mask_decoder
+    }
+}

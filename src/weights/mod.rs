@@ -1,0 +1,11 @@
+//! Checkpoint input/output: official `.pth`, safetensors and burnpack files, the
+//! official-key map, architecture inference, the checkpoint catalog and downloads.
+
+pub mod checkpoint;
+pub mod infer;
+pub mod keymap;
+pub mod save;
+
+pub use checkpoint::{describe, load_sam, Checkpoint, CheckpointFormat, WeightsError};
+pub use infer::{infer_config, ParameterCounts};
+pub use save::save_checkpoint;

@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests: fixture paths and reference tensors.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::Tensor;
+use safetensors::SafeTensors;
+
+/// The committed fixtures, or the folder in `SAMTUNE_FIXTURES` (CI points it at freshly
+/// regenerated ones).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("SAMTUNE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+}
+
+/// A reference tensor: shape and values as f32.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Every tensor of a safetensors file, converted to f32.
+pub fn load_expected(name: &str) -> HashMap<String, Expected> {
+    let path = fixtures_dir().join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                safetensors::Dtype::U8 => data.iter().map(|&v| v as f32).collect(),
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            };
+            (
+                name,
+                Expected {
+                    shape: view.shape().to_vec(),
+                    values,
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// `max|a - b| / max|b|`.
+pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+#[track_caller]
+pub fn assert_close<const D: usize>(name: &str, actual: &Tensor<D>, expected: &Expected, tol: f32) {
+    assert_eq!(actual.dims().to_vec(), expected.shape, "{name}: shape");
+    let err = relative_error(&values(actual), &expected.values);
+    assert!(err < tol, "{name}: relative error {err:e} >= {tol:e}");
+}
+
+/// The deterministic test pattern of `make_fixtures.py::pattern_image`.
+pub fn pattern_image(h: u32, w: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        let (x, y) = (x as i64, y as i64);
+        let v = |c: i64| ((x * x * 3 + y * 5 + c * 77 + (x ^ y)) & 255) as u8;
+        image::Rgb([v(0), v(1), v(2)])
+    })
+}
