@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use samtune::model::image_encoder::get_rel_pos;
 use samtune::predict::transforms::{normalize_and_pad, resize_longest_side};
-use samtune::predict::{PromptBatch, Predictor};
+use samtune::predict::Predictor;
 use samtune::weights::{load_sam, Checkpoint};
 use serde_json::Value;
 
@@ -26,34 +26,6 @@ fn checkpoint_path(name: &str) -> PathBuf {
 
 fn scene() -> image::RgbImage {
     image::open(fixtures_dir().join("scene.png")).unwrap().to_rgb8()
-}
-
-/// The prompts of a fixture case, as `samtune predict` would build them.
-fn prompt_batch(case: &Value) -> PromptBatch {
-    let boxes: Vec<[f64; 4]> = case["boxes"]
-        .as_array()
-        .map(|bs| {
-            bs.iter()
-                .map(|b| {
-                    let v: Vec<f64> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-                    [v[0], v[1], v[2], v[3]]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let points: Vec<([f64; 2], i64)> = case["points"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .zip(case["labels"].as_array().unwrap())
-                .map(|(p, l)| {
-                    let p = p.as_array().unwrap();
-                    ([p[0].as_f64().unwrap(), p[1].as_f64().unwrap()], l.as_i64().unwrap())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    PromptBatch::from_boxes_and_points(boxes, points)
 }
 
 fn tensor_from(expected: &Expected, device: &Device) -> Tensor<4> {

@@ -1,6 +1,7 @@
 //! Pre- and post-processing and the interactive predictor.
 
 pub mod image;
+pub mod overlay;
 pub mod predictor;
 pub mod transforms;
 

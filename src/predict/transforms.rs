@@ -78,47 +78,66 @@ const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// Pillow's `Image.resize(size, BILINEAR)` for 8-bit RGB, bit for bit: a separable
 /// triangle filter whose support grows with the downscale factor (antialiasing),
-/// horizontal pass first, coefficients in 22-bit fixed point.
+/// coefficients in 22-bit fixed point, and Pillow's pass order (each pass rounds to
+/// 8 bits, so the order changes results).
 pub fn resize_bilinear(image: &RgbImage, new_w: usize, new_h: usize) -> RgbImage {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let mut pixels = image.as_raw().clone();
-    let mut cur_w = w;
-    if new_w != w {
-        let coeffs = Coefficients::new(w, new_w);
-        let mut out = vec![0u8; new_w * h * 3];
-        for y in 0..h {
-            let row = &pixels[y * w * 3..(y + 1) * w * 3];
-            for (xx, (start, weights)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let acc = weights.iter().enumerate().fold(
-                        1i64 << (PRECISION_BITS - 1),
-                        |acc, (i, k)| acc + row[(start + i) * 3 + c] as i64 * *k as i64,
-                    );
-                    out[(y * new_w + xx) * 3 + c] = clip8(acc);
-                }
-            }
-        }
-        pixels = out;
-        cur_w = new_w;
-    }
-    if new_h != h {
-        let coeffs = Coefficients::new(h, new_h);
-        let mut out = vec![0u8; cur_w * new_h * 3];
-        for (yy, (start, weights)) in coeffs.iter().enumerate() {
-            for x in 0..cur_w {
-                for c in 0..3 {
-                    let acc = weights.iter().enumerate().fold(
-                        1i64 << (PRECISION_BITS - 1),
-                        |acc, (i, k)| acc + pixels[((start + i) * cur_w + x) * 3 + c] as i64 * *k as i64,
-                    );
-                    out[(yy * cur_w + x) * 3 + c] = clip8(acc);
-                }
-            }
-        }
-        pixels = out;
-    }
+    let pixels = image.as_raw().clone();
+    // Pillow (`ImagingResampleInner`) runs the vertical pass first when the height
+    // shrinks by more than twice as many pixels as the width does.
+    let vertical_first = h > new_h && (h - new_h) as i64 > (w as i64 - new_w as i64) * 2;
+    let pixels = if vertical_first {
+        let pixels = resample_vertical(&pixels, w, h, new_h);
+        resample_horizontal(&pixels, w, new_h, new_w)
+    } else {
+        let pixels = resample_horizontal(&pixels, w, h, new_w);
+        resample_vertical(&pixels, new_w, h, new_h)
+    };
     RgbImage::from_raw(new_w as u32, new_h as u32, pixels)
         .expect("buffer size matches the requested dimensions")
+}
+
+/// Resamples each row of a `w x h` RGB buffer to `new_w` pixels.
+fn resample_horizontal(pixels: &[u8], w: usize, h: usize, new_w: usize) -> Vec<u8> {
+    if new_w == w {
+        return pixels.to_vec();
+    }
+    let coeffs = Coefficients::new(w, new_w);
+    let mut out = vec![0u8; new_w * h * 3];
+    for y in 0..h {
+        let row = &pixels[y * w * 3..(y + 1) * w * 3];
+        for (xx, (start, weights)) in coeffs.iter().enumerate() {
+            for c in 0..3 {
+                let acc = weights.iter().enumerate().fold(
+                    1i64 << (PRECISION_BITS - 1),
+                    |acc, (i, k)| acc + row[(start + i) * 3 + c] as i64 * *k as i64,
+                );
+                out[(y * new_w + xx) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    out
+}
+
+/// Resamples each column of a `w x h` RGB buffer to `new_h` pixels.
+fn resample_vertical(pixels: &[u8], w: usize, h: usize, new_h: usize) -> Vec<u8> {
+    if new_h == h {
+        return pixels.to_vec();
+    }
+    let coeffs = Coefficients::new(h, new_h);
+    let mut out = vec![0u8; w * new_h * 3];
+    for (yy, (start, weights)) in coeffs.iter().enumerate() {
+        for x in 0..w {
+            for c in 0..3 {
+                let acc = weights.iter().enumerate().fold(
+                    1i64 << (PRECISION_BITS - 1),
+                    |acc, (i, k)| acc + pixels[((start + i) * w + x) * 3 + c] as i64 * *k as i64,
+                );
+                out[(yy * w + x) * 3 + c] = clip8(acc);
+            }
+        }
+    }
+    out
 }
 
 fn clip8(acc: i64) -> u8 {
@@ -225,7 +244,7 @@ mod tests {
         let mean = [123.675, 116.28, 103.53];
         let std = [58.395, 57.12, 57.375];
         let t = normalize_and_pad(&img, 3, mean, std, &device);
-        let v = t.into_data().to_vec::<f32>().unwrap();
+        let v = t.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(v.len(), 27);
         assert!((v[0] - (123.0 - 123.675) / 58.395).abs() < 1e-7);
         assert!((v[9] - (116.0 - 116.28) / 57.12).abs() < 1e-7);

@@ -172,7 +172,46 @@ impl ParameterCounts {
         counts
     }
 
+    /// Counts for an architecture without allocating its weights: burn initialises
+    /// parameters lazily and knows their shapes before.
+    pub fn from_config(config: &crate::model::SamConfig) -> Self {
+        let model = config.init(&burn::tensor::Device::default());
+        let mut counter = LazyShapeCounter::default();
+        burn::module::Module::visit(&model, &mut counter);
+        counter.counts
+    }
+
     pub fn total(&self) -> usize {
         self.image_encoder + self.prompt_encoder + self.mask_decoder
+    }
+}
+
+/// Sums parameter sizes per component from `lazy_shape` (no initialisation).
+#[derive(Default)]
+struct LazyShapeCounter {
+    path: Vec<String>,
+    counts: ParameterCounts,
+}
+
+impl burn::module::ModuleVisitor for LazyShapeCounter {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+        if super::keymap::BUFFERS.contains(&self.path.join(".").as_str()) {
+            return;
+        }
+        let n = param.lazy_shape().num_elements();
+        match self.path.first().map(String::as_str) {
+            Some("image_encoder") => self.counts.image_encoder += n,
+            Some("prompt_encoder") => self.counts.prompt_encoder += n,
+            Some("mask_decoder") => self.counts.mask_decoder += n,
+            _ => {}
+        }
     }
 }

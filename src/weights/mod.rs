@@ -1,11 +1,13 @@
 //! Checkpoint input/output: official `.pth`, safetensors and burnpack files, the
 //! official-key map, architecture inference, the checkpoint catalog and downloads.
 
+pub mod catalog;
 pub mod checkpoint;
+pub mod download;
 pub mod infer;
 pub mod keymap;
 pub mod save;
 
 pub use checkpoint::{describe, load_sam, Checkpoint, CheckpointFormat, WeightsError};
 pub use infer::{infer_config, ParameterCounts};
-pub use save::save_checkpoint;
+pub use save::{save_checkpoint, write_safetensors, RawTensor};

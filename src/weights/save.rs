@@ -68,17 +68,30 @@ pub fn save_checkpoint(
                 .write_to_file(path)
                 .with_context(|| format!("writing {}", path.display()))
         }
-        SaveFormat::Safetensors => write_safetensors(tensors, metadata, path),
+        SaveFormat::Safetensors => write_safetensors(path, &pack_to_raw(tensors)?, metadata),
     }
 }
 
-struct OwnedView {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+/// A tensor ready for a safetensors file: name, dtype, shape and little-endian bytes.
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
 }
 
-impl safetensors::View for &OwnedView {
+impl RawTensor {
+    pub fn f32(name: &str, shape: Vec<usize>, values: &[f32]) -> Self {
+        Self {
+            name: name.to_string(),
+            dtype: Dtype::F32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+}
+
+impl safetensors::View for &RawTensor {
     fn dtype(&self) -> Dtype {
         self.dtype
     }
@@ -93,12 +106,8 @@ impl safetensors::View for &OwnedView {
     }
 }
 
-fn write_safetensors(
-    tensors: Vec<PackTensor>,
-    metadata: BTreeMap<String, String>,
-    path: &Path,
-) -> Result<()> {
-    let views = tensors
+fn pack_to_raw(tensors: Vec<PackTensor>) -> Result<Vec<RawTensor>> {
+    tensors
         .into_iter()
         .map(|t| {
             let dtype = safetensors_dtype(t.dtype)
@@ -107,16 +116,22 @@ fn write_safetensors(
             let (name, _, _, _, bytes) = t
                 .into_parts()
                 .map_err(|e| anyhow::anyhow!("reading a tensor to save it: {e}"))?;
-            Ok((
+            Ok(RawTensor {
                 name,
-                OwnedView {
-                    dtype,
-                    shape,
-                    data: bytes.to_vec(),
-                },
-            ))
+                dtype,
+                shape,
+                data: bytes.to_vec(),
+            })
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
+
+/// Writes a safetensors file atomically (temp file in the same folder, then rename).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating folder {}", parent.display()))?;
@@ -124,7 +139,7 @@ fn write_safetensors(
     let tmp = temp_path(path);
     let info: HashMap<String, String> = metadata.into_iter().collect();
     let result = safetensors::serialize_to_file(
-        views.iter().map(|(name, view)| (name.as_str(), view)),
+        tensors.iter().map(|t| (t.name.as_str(), t)),
         Some(info),
         &tmp,
     )

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
+use samtune::predict::PromptBatch;
+use serde_json::Value;
 use safetensors::SafeTensors;
 
 /// The committed fixtures, or the folder in `SAMTUNE_FIXTURES` (CI points it at freshly
@@ -24,8 +26,12 @@ pub struct Expected {
 
 /// Every tensor of a safetensors file, converted to f32.
 pub fn load_expected(name: &str) -> HashMap<String, Expected> {
-    let path = fixtures_dir().join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    load_expected_from(&fixtures_dir().join(name))
+}
+
+/// Every tensor of the safetensors file at `path`, converted to f32.
+pub fn load_expected_from(path: &std::path::Path) -> HashMap<String, Expected> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.tensors()
         .into_iter()
@@ -51,7 +57,7 @@ pub fn load_expected(name: &str) -> HashMap<String, Expected> {
 }
 
 pub fn values<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
-    t.to_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
 
 /// `max|a - b| / max|b|`.
@@ -79,4 +85,32 @@ pub fn pattern_image(h: u32, w: u32) -> image::RgbImage {
         let v = |c: i64| ((x * x * 3 + y * 5 + c * 77 + (x ^ y)) & 255) as u8;
         image::Rgb([v(0), v(1), v(2)])
     })
+}
+
+/// The prompts of a fixture case, as `samtune predict` would build them.
+pub fn prompt_batch(case: &Value) -> PromptBatch {
+    let boxes: Vec<[f64; 4]> = case["boxes"]
+        .as_array()
+        .map(|bs| {
+            bs.iter()
+                .map(|b| {
+                    let v: Vec<f64> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+                    [v[0], v[1], v[2], v[3]]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let points: Vec<([f64; 2], i64)> = case["points"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .zip(case["labels"].as_array().unwrap())
+                .map(|(p, l)| {
+                    let p = p.as_array().unwrap();
+                    ([p[0].as_f64().unwrap(), p[1].as_f64().unwrap()], l.as_i64().unwrap())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    PromptBatch::from_boxes_and_points(boxes, points)
 }

@@ -109,8 +109,14 @@ def randomize(sam, seed):
                 value = 0.05 * noise
             elif "rel_pos" in name or "pos_embed" in name:
                 value = 0.2 * noise
-            elif "gaussian" in name or "embed" in name or "token" in name:
-                value = noise
+            elif "gaussian" in name:
+                value = noise  # the official init: randn, scale 1
+            elif "token" in name or (name.startswith("prompt_encoder.") and "_embed" in name):
+                # Learned tokens and prompt embeddings. At unit scale the decoder's
+                # attention saturates and even PyTorch float32 drifts 3e-4 from float64
+                # on these fixtures; at 0.3 the float32/float64 gap is ~1e-5, so the
+                # parity tolerance measures the port rather than the conditioning.
+                value = 0.3 * noise
             else:
                 fan_in = t[0].numel() if t.dim() > 1 else t.numel()
                 if "output_upscaling" in name:  # ConvTranspose2d: [in, out, k, k]

@@ -1,0 +1,61 @@
+//! The `samtune` command line.
+
+pub mod device;
+pub mod download;
+pub mod inspect;
+pub mod predict;
+pub mod variants;
+
+use std::str::FromStr;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::model::SamVariant;
+
+#[derive(Debug, Parser)]
+#[command(name = "samtune", version, about = "Fine-tune Meta's Segment Anything Model on your own labeled images")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Masks for box and point prompts on one image.
+    Predict(predict::PredictArgs),
+    /// Architecture, parameter counts, dtype and size of a checkpoint.
+    Inspect(inspect::InspectArgs),
+    /// The official checkpoints: parameters, size, memory, use cases.
+    Variants(variants::VariantsArgs),
+    /// The checkpoint to use for the GPU memory available.
+    Select(variants::SelectArgs),
+    /// Download an official checkpoint (resumable, verified).
+    Download(download::DownloadArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Predict(args) => predict::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Variants(args) => variants::run_variants(args),
+        Command::Select(args) => variants::run_select(args),
+        Command::Download(args) => download::run(args),
+    }
+}
+
+/// `--variant auto|vit_b|vit_l|vit_h`: `auto` (None) infers it from the checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct VariantArg(pub Option<SamVariant>);
+
+impl FromStr for VariantArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("auto") {
+            Ok(VariantArg(None))
+        } else {
+            s.parse().map(|v| VariantArg(Some(v)))
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `samtune predict`: masks for box and point prompts on one image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use image::GrayImage;
+use serde::Serialize;
+
+use super::device::{self, DeviceChoice};
+use super::VariantArg;
+use crate::fsutil::write_atomic;
+use crate::predict::image::{load_rgb, IntensityScaling};
+use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
+use crate::predict::{Predictor, PromptBatch};
+use crate::weights::{describe, load_sam, write_safetensors, RawTensor};
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Checkpoint: official `.pth`, safetensors or burnpack.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// `auto` infers the architecture from the checkpoint; vit_b/vit_l/vit_h insist on one.
+    #[arg(long, default_value = "auto")]
+    pub variant: VariantArg,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// A box prompt `x0,y0,x1,y1` in image pixels; several boxes are a batch.
+    #[arg(long = "box", value_parser = parse_box)]
+    pub boxes: Vec<[f64; 4]>,
+    /// A point prompt `x,y,label` (label 1 foreground, 0 background); shared by every box.
+    #[arg(long = "point", value_parser = parse_point)]
+    pub points: Vec<([f64; 2], i64)>,
+    /// Three masks per prompt instead of one.
+    #[arg(long)]
+    pub multimask: bool,
+    /// Also write `logits.safetensors` (low-res logits, IoU predictions, image embedding).
+    #[arg(long)]
+    pub save_logits: bool,
+    /// How 16-bit and float images become 8-bit: auto, minmax, full or window:LOW,HIGH.
+    #[arg(long, default_value = "auto")]
+    pub intensity: IntensityScaling,
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn parse_box(s: &str) -> Result<[f64; 4], String> {
+    let v = parse_numbers(s, 4, "a box must be x0,y0,x1,y1")?;
+    if v[2] < v[0] || v[3] < v[1] {
+        return Err(format!("box '{s}': x1 must be >= x0 and y1 >= y0"));
+    }
+    Ok([v[0], v[1], v[2], v[3]])
+}
+
+pub fn parse_point(s: &str) -> Result<([f64; 2], i64), String> {
+    let v = parse_numbers(s, 3, "a point must be x,y,label")?;
+    if v[2] != 0.0 && v[2] != 1.0 {
+        return Err(format!("point '{s}': label must be 1 (foreground) or 0 (background)"));
+    }
+    Ok(([v[0], v[1]], v[2] as i64))
+}
+
+fn parse_numbers(s: &str, n: usize, what: &str) -> Result<Vec<f64>, String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("'{s}': {what}, numbers separated by commas"))?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+        return Err(format!("'{s}': {what}"));
+    }
+    Ok(v)
+}
+
+#[derive(Serialize)]
+struct MaskRecord {
+    file: String,
+    prompt_index: usize,
+    mask_index: usize,
+    predicted_iou: f32,
+    area: usize,
+}
+
+#[derive(Serialize)]
+struct PredictionReport {
+    image: String,
+    width: usize,
+    height: usize,
+    checkpoint: String,
+    variant: String,
+    multimask: bool,
+    boxes: Vec<[f64; 4]>,
+    points: Vec<([f64; 2], i64)>,
+    masks: Vec<MaskRecord>,
+    timings_ms: BTreeMap<&'static str, f64>,
+}
+
+pub fn run(args: PredictArgs) -> Result<()> {
+    let device = device::resolve(args.device)?;
+    let start = Instant::now();
+    let mut timings = BTreeMap::new();
+    let (model, config) = load_sam(&args.checkpoint, args.variant.0, &device)?;
+    timings.insert("load", ms(start));
+    let image = load_rgb(&args.image, args.intensity)?;
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let prompts = PromptBatch::from_boxes_and_points(args.boxes.clone(), args.points.clone());
+    if args.boxes.is_empty() && args.points.is_empty() {
+        bail!("give at least one --box or --point prompt");
+    }
+    let predictor = Predictor::new(&model);
+    let t = Instant::now();
+    let encoded = predictor.encode(&image);
+    let embedding = tensor_values(encoded.embedding.clone())?;
+    timings.insert("encode", ms(t));
+    let t = Instant::now();
+    let prediction = predictor
+        .predict(&encoded, &prompts, args.multimask)
+        .map_err(anyhow::Error::msg)?;
+    let logits = tensor_values(prediction.logits.clone())?;
+    timings.insert("decode", ms(t));
+    let iou = tensor_values(prediction.iou_predictions.clone())?;
+    let [batch, per_prompt, _, _] = prediction.logits.dims();
+
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    let mut records = Vec::new();
+    let mut masks = Vec::new();
+    for (i, plane) in logits.chunks(w * h).enumerate() {
+        let mask = GrayImage::from_fn(w as u32, h as u32, |x, y| {
+            image::Luma([if plane[y as usize * w + x as usize] > 0.0 { 255 } else { 0 }])
+        });
+        let file = format!("mask_{i}.png");
+        save_png(&args.out.join(&file), &mask)?;
+        records.push(MaskRecord {
+            file,
+            prompt_index: i / per_prompt,
+            mask_index: i % per_prompt,
+            predicted_iou: iou[i],
+            area: plane.iter().filter(|&&v| v > 0.0).count(),
+        });
+        masks.push(mask);
+    }
+    let mut overlay = overlay_masks(&image, &masks);
+    for b in &args.boxes {
+        draw_box(&mut overlay, *b, [255, 255, 255]);
+    }
+    for (p, label) in &args.points {
+        draw_point(&mut overlay, *p, *label);
+    }
+    save_png(&args.out.join("overlay.png"), &overlay)?;
+
+    if args.save_logits {
+        let low_res = prediction.low_res_logits.clone();
+        let [_, _, lh, lw] = low_res.dims();
+        let [_, c, eh, ew] = encoded.embedding.dims();
+        let tensors = [
+            RawTensor::f32("low_res_logits", vec![batch * per_prompt, lh, lw], &tensor_values(low_res)?),
+            RawTensor::f32("iou_predictions", vec![batch * per_prompt], &iou),
+            RawTensor::f32("image_embeddings", vec![c, eh, ew], &embedding),
+        ];
+        write_safetensors(&args.out.join("logits.safetensors"), &tensors, BTreeMap::new())?;
+    }
+    timings.insert("total", ms(start));
+    let report = PredictionReport {
+        image: args.image.display().to_string(),
+        width: w,
+        height: h,
+        checkpoint: args.checkpoint.display().to_string(),
+        variant: describe(&config),
+        multimask: args.multimask,
+        boxes: args.boxes,
+        points: args.points,
+        masks: records,
+        timings_ms: timings,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    write_atomic(&args.out.join("prediction.json"), |f| {
+        use std::io::Write;
+        Ok(f.write_all(json.as_bytes())?)
+    })?;
+    for r in &report.masks {
+        println!(
+            "{}  prompt {} mask {}  predicted IoU {:.3}  area {} px",
+            args.out.join(&r.file).display(),
+            r.prompt_index,
+            r.mask_index,
+            r.predicted_iou,
+            r.area
+        );
+    }
+    println!(
+        "overlay: {}  (encode {:.0} ms, decode {:.0} ms)",
+        args.out.join("overlay.png").display(),
+        report.timings_ms["encode"],
+        report.timings_ms["decode"]
+    );
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A tensor's values as f32, row-major.
+pub fn tensor_values<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading tensor values: {e:?}"))
+}
+
+/// Saves a PNG atomically (format from the extension).
+pub fn save_png<P>(path: &Path, image: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<()>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    write_atomic(path, |f| {
+        image
+            .write_to(f, image::ImageFormat::Png)
+            .with_context(|| format!("encoding {}", path.display()))
+    })
+}

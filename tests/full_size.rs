@@ -1,0 +1,47 @@
+//! Parity on an official-size random-weight model (`make_fixtures.py --full vit_b`).
+//! Too big to commit (375 MB): `.ci/run` generates it and runs this with `--ignored`,
+//! pointing `SAMTUNE_FULL_FIXTURES` at the folder.
+
+mod common;
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use common::*;
+use samtune::model::SamVariant;
+use samtune::predict::Predictor;
+use samtune::weights::{load_sam, Checkpoint};
+use serde_json::Value;
+
+fn full_dir() -> PathBuf {
+    PathBuf::from(std::env::var("SAMTUNE_FULL_FIXTURES").expect("set SAMTUNE_FULL_FIXTURES to the --full fixtures folder"))
+}
+
+#[test]
+#[ignore = "needs make_fixtures.py --full vit_b (375 MB); run by .ci/run"]
+fn vit_b_random_checkpoint_matches_the_official_model() {
+    let dir = full_dir();
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("vit_b_meta.json")).unwrap()).unwrap();
+    let path = dir.join("sam_vit_b_random.pth");
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    assert_eq!(checkpoint.config().unwrap().variant(), Some(SamVariant::VitB));
+    assert_eq!(checkpoint.parameter_counts().total() as u64, meta["num_parameters"].as_u64().unwrap());
+    assert_eq!(checkpoint.parameter_counts().total(), 93_735_472);
+    assert_eq!(checkpoint.tensors.len() as u64, meta["num_state_dict_tensors"].as_u64().unwrap());
+    drop(checkpoint);
+
+    let device = Device::default();
+    let (model, _) = load_sam(&path, Some(SamVariant::VitB), &device).unwrap();
+    let expected = load_expected_from(&dir.join("vit_b_expected.safetensors"));
+    let image = image::open(dir.join("scene_full.png")).unwrap().to_rgb8();
+    let predictor = Predictor::new(&model);
+    let encoded = predictor.encode(&image);
+    assert_close("image_embedding", &encoded.embedding, &expected["image_embedding"], 1e-4);
+    for case in meta["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompts = prompt_batch(case);
+        let prediction = predictor.predict(&encoded, &prompts, case["multimask"].as_bool().unwrap()).unwrap();
+        assert_close(&format!("{name}: low_res_logits"), &prediction.low_res_logits, &expected[&format!("{name}.low_res_logits")], 1e-4);
+        assert_close(&format!("{name}: iou_predictions"), &prediction.iou_predictions, &expected[&format!("{name}.iou_predictions")], 1e-4);
+    }
+}
