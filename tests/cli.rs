@@ -24,7 +24,10 @@ fn assert_fails_naming(output: &Output, needles: &[&str]) {
     assert!(!output.status.success(), "expected failure, got success");
     let stderr = String::from_utf8_lossy(&output.stderr);
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr lacks '{needle}':\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks '{needle}':\n{stderr}"
+        );
     }
     assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
 }
@@ -43,26 +46,54 @@ fn predict_writes_masks_json_overlay_and_logits_matching_the_reference() {
     let out = tempfile::tempdir().unwrap();
     let out_dir = out.path().join("pred");
     // The prompts of the fixture's `boxes_batch` case, so outputs compare to PyTorch's.
-    let meta: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("tiny_meta.json")).unwrap()).unwrap();
-    let case = meta["cases"].as_array().unwrap().iter().find(|c| c["name"] == "boxes_batch").unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join("tiny_meta.json")).unwrap())
+            .unwrap();
+    let case = meta["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "boxes_batch")
+        .unwrap();
     let boxes: Vec<String> = case["boxes"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| b.as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","))
+        .map(|b| {
+            b.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .collect();
     let checkpoint = fixture("tiny_sam.pth");
     let image = fixture("scene.png");
-    let mut args = vec!["predict", "--checkpoint", &checkpoint, "--image", &image, "--save-logits", "--multimask", "--out", out_dir.to_str().unwrap()];
+    let mut args = vec![
+        "predict",
+        "--checkpoint",
+        &checkpoint,
+        "--image",
+        &image,
+        "--save-logits",
+        "--multimask",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
     for b in &boxes {
         args.extend(["--box", b.as_str()]);
     }
     let output = samtune(&args);
     stdout(&output);
-    let report: Value = serde_json::from_slice(&std::fs::read(out_dir.join("prediction.json")).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("prediction.json")).unwrap()).unwrap();
     let masks = report["masks"].as_array().unwrap();
     assert_eq!(masks.len(), 3 * boxes.len(), "3 masks per box");
-    assert_eq!((report["width"].as_u64(), report["height"].as_u64()), (Some(300), Some(200)));
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(300), Some(200))
+    );
     for (i, m) in masks.iter().enumerate() {
         assert_eq!(m["file"], format!("mask_{i}.png"));
         let mask = image::open(out_dir.join(format!("mask_{i}.png"))).unwrap();
@@ -81,8 +112,18 @@ fn predict_writes_masks_json_overlay_and_logits_matching_the_reference() {
     assert_eq!(logits["low_res_logits"].shape, vec![9, 80, 80]);
     assert_eq!(logits["iou_predictions"].shape, vec![9]);
     assert_eq!(logits["image_embeddings"].shape, vec![64, 20, 20]);
-    assert!(relative_error(&logits["low_res_logits"].values, &expected["boxes_batch.low_res_logits"].values) < 1e-4);
-    assert!(relative_error(&logits["image_embeddings"].values, &expected["image_embedding"].values) < 1e-4);
+    assert!(
+        relative_error(
+            &logits["low_res_logits"].values,
+            &expected["boxes_batch.low_res_logits"].values
+        ) < 1e-4
+    );
+    assert!(
+        relative_error(
+            &logits["image_embeddings"].values,
+            &expected["image_embedding"].values
+        ) < 1e-4
+    );
     for (i, m) in masks.iter().enumerate() {
         let reference = expected["boxes_batch.iou_predictions"].values[i];
         assert!((m["predicted_iou"].as_f64().unwrap() as f32 - reference).abs() < 1e-4);
@@ -92,14 +133,35 @@ fn predict_writes_masks_json_overlay_and_logits_matching_the_reference() {
 #[test]
 fn predict_checks_its_arguments() {
     let out = tempfile::tempdir().unwrap();
-    let base = ["predict", "--checkpoint", &fixture("tiny_sam.pth"), "--image", &fixture("scene.png"), "--out", out.path().to_str().unwrap()];
+    let base = [
+        "predict",
+        "--checkpoint",
+        &fixture("tiny_sam.pth"),
+        "--image",
+        &fixture("scene.png"),
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
     let with = |extra: &[&str]| samtune(&[&base[..], extra].concat());
     assert_fails_naming(&with(&["--box", "10,10,5"]), &["10,10,5", "x0,y0,x1,y1"]);
     assert_fails_naming(&with(&["--box", "50,50,10,10"]), &["x1 must be >= x0"]);
     assert_fails_naming(&with(&["--point", "10,10,2"]), &["label must be 1"]);
     assert_fails_naming(&with(&[]), &["--box or --point"]);
-    assert_fails_naming(&with(&["--point", "1,1,1", "--variant", "vit_q"]), &["vit_q"]);
-    let missing = samtune(&["predict", "--checkpoint", &fixture("tiny_sam.pth"), "--image", "no/such.png", "--point", "1,1,1", "--out", out.path().to_str().unwrap()]);
+    assert_fails_naming(
+        &with(&["--point", "1,1,1", "--variant", "vit_q"]),
+        &["vit_q"],
+    );
+    let missing = samtune(&[
+        "predict",
+        "--checkpoint",
+        &fixture("tiny_sam.pth"),
+        "--image",
+        "no/such.png",
+        "--point",
+        "1,1,1",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
     assert_fails_naming(&missing, &["no/such.png"]);
 }
 
@@ -108,7 +170,19 @@ fn bad_checkpoints_are_errors_that_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let image = fixture("scene.png");
     let run = |checkpoint: &Path, variant: &str| {
-        samtune(&["predict", "--checkpoint", checkpoint.to_str().unwrap(), "--variant", variant, "--image", &image, "--point", "5,5,1", "--out", dir.path().join("o").to_str().unwrap()])
+        samtune(&[
+            "predict",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--variant",
+            variant,
+            "--image",
+            &image,
+            "--point",
+            "5,5,1",
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+        ])
     };
 
     let original = std::fs::read(fixtures_dir().join("tiny_sam.pth")).unwrap();
@@ -123,18 +197,25 @@ fn bad_checkpoints_are_errors_that_name_the_file() {
     let missing = dir.path().join("absent.pth");
     assert_fails_naming(&run(&missing, "auto"), &["absent.pth"]);
 
-    assert_fails_naming(&run(&fixtures_dir().join("tiny_sam.pth"), "vit_b"), &["tiny_sam.pth", "vit_b"]);
+    assert_fails_naming(
+        &run(&fixtures_dir().join("tiny_sam.pth"), "vit_b"),
+        &["tiny_sam.pth", "vit_b"],
+    );
 }
 
 #[test]
 fn missing_unexpected_and_misshapen_tensors_are_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let checkpoint = samtune::weights::Checkpoint::open(fixtures_dir().join("tiny_sam.pth")).unwrap();
+    let checkpoint =
+        samtune::weights::Checkpoint::open(fixtures_dir().join("tiny_sam.pth")).unwrap();
     let mut tensors: Vec<samtune::weights::RawTensor> = Vec::new();
     for (name, t) in &checkpoint.tensors {
         let bytes = t.to_bytes().unwrap();
         let mut shape = t.shape.to_vec();
-        let mut values: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if name == "mask_decoder.output_hypernetworks_mlps.1.layers.2.bias" {
             continue; // missing
         }
@@ -143,7 +224,11 @@ fn missing_unexpected_and_misshapen_tensors_are_listed() {
             values.truncate(shape.iter().product());
         }
         if name == "prompt_encoder.no_mask_embed.weight" {
-            tensors.push(samtune::weights::RawTensor::f32("prompt_encoder.extra_head.weight", vec![2], &[1.0, 2.0]));
+            tensors.push(samtune::weights::RawTensor::f32(
+                "prompt_encoder.extra_head.weight",
+                vec![2],
+                &[1.0, 2.0],
+            ));
         }
         tensors.push(samtune::weights::RawTensor::f32(name, shape, &values));
     }
@@ -152,30 +237,66 @@ fn missing_unexpected_and_misshapen_tensors_are_listed() {
     let output = samtune(&["inspect", path.to_str().unwrap()]);
     // inspect does not need a complete model, predict does
     stdout(&output);
-    let predict = samtune(&["predict", "--checkpoint", path.to_str().unwrap(), "--image", &fixture("scene.png"), "--point", "5,5,1", "--out", dir.path().join("o").to_str().unwrap()]);
-    assert_fails_naming(&predict, &[
-        "edited.safetensors",
-        "mask_decoder.output_hypernetworks_mlps.1.layers.2.bias",
-        "prompt_encoder.extra_head.weight",
-        "mask_decoder.transformer.norm_final_attn.weight",
+    let predict = samtune(&[
+        "predict",
+        "--checkpoint",
+        path.to_str().unwrap(),
+        "--image",
+        &fixture("scene.png"),
+        "--point",
+        "5,5,1",
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
     ]);
+    assert_fails_naming(
+        &predict,
+        &[
+            "edited.safetensors",
+            "mask_decoder.output_hypernetworks_mlps.1.layers.2.bias",
+            "prompt_encoder.extra_head.weight",
+            "mask_decoder.transformer.norm_final_attn.weight",
+        ],
+    );
 }
 
 #[test]
 fn inspect_variants_and_select() {
-    let json: Value = serde_json::from_str(&stdout(&samtune(&["inspect", "--json", &fixture("tiny_sam.pth")]))).unwrap();
-    let meta: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join("tiny_meta.json")).unwrap()).unwrap();
+    let json: Value = serde_json::from_str(&stdout(&samtune(&[
+        "inspect",
+        "--json",
+        &fixture("tiny_sam.pth"),
+    ])))
+    .unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join("tiny_meta.json")).unwrap())
+            .unwrap();
     assert_eq!(json["parameters"]["total"], meta["num_parameters"]);
     assert_eq!(json["format"], "PyTorch");
-    assert_eq!(json["config"]["image_encoder"]["depth"], meta["config"]["depth"]);
+    assert_eq!(
+        json["config"]["image_encoder"]["depth"],
+        meta["config"]["depth"]
+    );
     let text = stdout(&samtune(&["inspect", &fixture("tiny_sam.pth")]));
     assert!(text.contains("custom SAM"), "{text}");
 
     let variants = stdout(&samtune(&["variants"]));
-    for needle in ["sam_vit_b_01ec64.pth", "sam_vit_l_0b3195.pth", "sam_vit_h_4b8939.pth", "93,735,472", "641,090,608"] {
-        assert!(variants.contains(needle), "{needle} missing from:\n{variants}");
+    for needle in [
+        "sam_vit_b_01ec64.pth",
+        "sam_vit_l_0b3195.pth",
+        "sam_vit_h_4b8939.pth",
+        "93,735,472",
+        "641,090,608",
+    ] {
+        assert!(
+            variants.contains(needle),
+            "{needle} missing from:\n{variants}"
+        );
     }
-    let select = |gb: &str| stdout(&samtune(&["select", "--memory-gb", gb])).trim().to_string();
+    let select = |gb: &str| {
+        stdout(&samtune(&["select", "--memory-gb", gb]))
+            .trim()
+            .to_string()
+    };
     assert_eq!(select("4"), "vit_b");
     assert_eq!(select("8"), "vit_l");
     assert_eq!(select("24"), "vit_h");

@@ -21,7 +21,11 @@ struct Behaviour {
 }
 
 /// Serves `body` under `/name`; returns the base URL and the Range headers it saw.
-fn serve(name: &'static str, body: Vec<u8>, behaviour: Behaviour) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
+fn serve(
+    name: &'static str,
+    body: Vec<u8>,
+    behaviour: Behaviour,
+) -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -45,12 +49,17 @@ fn serve(name: &'static str, body: Vec<u8>, behaviour: Behaviour) -> (String, Ar
             }
             log.lock().unwrap().push(range.clone());
             if !request_line.contains(&format!("/{name} ")) {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 continue;
             }
-            let start = range
-                .filter(|_| behaviour.honour_range)
-                .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+            let start = range.filter(|_| behaviour.honour_range).and_then(|r| {
+                r.strip_prefix("bytes=")?
+                    .strip_suffix('-')?
+                    .parse::<usize>()
+                    .ok()
+            });
             let (status, part) = match start {
                 Some(s) => ("206 Partial Content", &body[s..]),
                 None => ("200 OK", &body[..]),
@@ -83,49 +92,95 @@ fn loads_as_sam(path: &Path) -> anyhow::Result<()> {
 fn an_interrupted_download_resumes_where_it_stopped() {
     let body = tiny_checkpoint();
     let cut = body.len() / 3;
-    let (base, seen) = serve("tiny.pth", body.clone(), Behaviour { cut_first_after: Some(cut), honour_range: true });
+    let (base, seen) = serve(
+        "tiny.pth",
+        body.clone(),
+        Behaviour {
+            cut_first_after: Some(cut),
+            honour_range: true,
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("tiny.pth");
     let url = format!("{base}/tiny.pth");
 
     let err = download_file(&url, &dest, false, &loads_as_sam).unwrap_err();
     assert!(format!("{err:#}").contains("resume"), "{err:#}");
-    assert!(!dest.exists(), "an incomplete download must not appear under the final name");
-    assert_eq!(std::fs::metadata(partial_path(&dest)).unwrap().len(), cut as u64);
+    assert!(
+        !dest.exists(),
+        "an incomplete download must not appear under the final name"
+    );
+    assert_eq!(
+        std::fs::metadata(partial_path(&dest)).unwrap().len(),
+        cut as u64
+    );
 
     let resumed_from = download_file(&url, &dest, false, &loads_as_sam).unwrap();
     assert_eq!(resumed_from, cut as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), body);
     assert!(!partial_path(&dest).exists());
-    assert_eq!(seen.lock().unwrap().last().unwrap().as_deref(), Some(format!("bytes={cut}-").as_str()));
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap().as_deref(),
+        Some(format!("bytes={cut}-").as_str())
+    );
 }
 
 #[test]
 fn a_server_that_ignores_ranges_restarts_the_file() {
     let body = tiny_checkpoint();
-    let (base, _) = serve("tiny.pth", body.clone(), Behaviour { cut_first_after: None, honour_range: false });
+    let (base, _) = serve(
+        "tiny.pth",
+        body.clone(),
+        Behaviour {
+            cut_first_after: None,
+            honour_range: false,
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("tiny.pth");
     std::fs::write(partial_path(&dest), b"stale bytes from another file").unwrap();
-    assert_eq!(download_file(&format!("{base}/tiny.pth"), &dest, false, &loads_as_sam).unwrap(), 0);
+    assert_eq!(
+        download_file(&format!("{base}/tiny.pth"), &dest, false, &loads_as_sam).unwrap(),
+        0
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), body);
 }
 
 #[test]
 fn a_file_that_is_not_the_named_variant_is_rejected_and_removed() {
-    let (base, _) = serve("sam_vit_b_01ec64.pth", tiny_checkpoint(), Behaviour { cut_first_after: None, honour_range: true });
+    let (base, _) = serve(
+        "sam_vit_b_01ec64.pth",
+        tiny_checkpoint(),
+        Behaviour {
+            cut_first_after: None,
+            honour_range: true,
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     let err = download_official(SamVariant::VitB, dir.path(), Some(&base), false).unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("vit_b") && message.contains("verification"), "{message}");
+    assert!(
+        message.contains("vit_b") && message.contains("verification"),
+        "{message}"
+    );
     let dest = dir.path().join("sam_vit_b_01ec64.pth");
     assert!(!dest.exists() && !partial_path(&dest).exists());
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .args(["download", "vit_l", "--dir", dir.path().to_str().unwrap(), "--base-url", &base])
+        .args([
+            "download",
+            "vit_l",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--base-url",
+            &base,
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("HTTP 404") && stderr.contains("sam_vit_l_0b3195.pth"), "{stderr}");
+    assert!(
+        stderr.contains("HTTP 404") && stderr.contains("sam_vit_l_0b3195.pth"),
+        "{stderr}"
+    );
 }

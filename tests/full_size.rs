@@ -14,20 +14,33 @@ use samtune::weights::{load_sam, Checkpoint};
 use serde_json::Value;
 
 fn full_dir() -> PathBuf {
-    PathBuf::from(std::env::var("SAMTUNE_FULL_FIXTURES").expect("set SAMTUNE_FULL_FIXTURES to the --full fixtures folder"))
+    PathBuf::from(
+        std::env::var("SAMTUNE_FULL_FIXTURES")
+            .expect("set SAMTUNE_FULL_FIXTURES to the --full fixtures folder"),
+    )
 }
 
 #[test]
 #[ignore = "needs make_fixtures.py --full vit_b (375 MB); run by .ci/run"]
 fn vit_b_random_checkpoint_matches_the_official_model() {
     let dir = full_dir();
-    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("vit_b_meta.json")).unwrap()).unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("vit_b_meta.json")).unwrap()).unwrap();
     let path = dir.join("sam_vit_b_random.pth");
     let checkpoint = Checkpoint::open(&path).unwrap();
-    assert_eq!(checkpoint.config().unwrap().variant(), Some(SamVariant::VitB));
-    assert_eq!(checkpoint.parameter_counts().total() as u64, meta["num_parameters"].as_u64().unwrap());
+    assert_eq!(
+        checkpoint.config().unwrap().variant(),
+        Some(SamVariant::VitB)
+    );
+    assert_eq!(
+        checkpoint.parameter_counts().total() as u64,
+        meta["num_parameters"].as_u64().unwrap()
+    );
     assert_eq!(checkpoint.parameter_counts().total(), 93_735_472);
-    assert_eq!(checkpoint.tensors.len() as u64, meta["num_state_dict_tensors"].as_u64().unwrap());
+    assert_eq!(
+        checkpoint.tensors.len() as u64,
+        meta["num_state_dict_tensors"].as_u64().unwrap()
+    );
     drop(checkpoint);
 
     let device = Device::default();
@@ -36,12 +49,34 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
     let image = image::open(dir.join("scene_full.png")).unwrap().to_rgb8();
     let predictor = Predictor::new(&model);
     let encoded = predictor.encode(&image);
-    assert_close("image_embedding", &encoded.embedding, &expected["image_embedding"], 1e-4);
+    assert_close(
+        "image_embedding",
+        &encoded.embedding,
+        &expected["image_embedding"],
+        1e-4,
+    );
     for case in meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let prompts = prompt_batch(case);
-        let prediction = predictor.predict(&encoded, &prompts, case["multimask"].as_bool().unwrap()).unwrap();
-        assert_close(&format!("{name}: low_res_logits"), &prediction.low_res_logits, &expected[&format!("{name}.low_res_logits")], 1e-4);
-        assert_close(&format!("{name}: iou_predictions"), &prediction.iou_predictions, &expected[&format!("{name}.iou_predictions")], 1e-4);
+        let prediction = predictor
+            .predict(&encoded, &prompts, case["multimask"].as_bool().unwrap())
+            .unwrap();
+        // Random full-size weights make the decoder ill-conditioned: PyTorch's own float32
+        // result is up to ~8e-5 away from the float64 one. So samtune is held to the
+        // float64 result: within twice PyTorch float32's own distance (or within 1e-4).
+        for (output, actual) in [
+            ("low_res_logits", values(&prediction.low_res_logits)),
+            ("iou_predictions", values(&prediction.iou_predictions)),
+        ] {
+            let official = &expected[&format!("{name}.{output}")].values;
+            let exact = &expected[&format!("{name}.{output}.f64")].values;
+            let ours = relative_error(&actual, exact);
+            let pytorch = relative_error(official, exact);
+            println!("{name}.{output}: samtune vs float64 {ours:e}, PyTorch float32 vs float64 {pytorch:e}, samtune vs PyTorch {:e}", relative_error(&actual, official));
+            assert!(
+                ours < 1e-4_f32.max(2.0 * pytorch),
+                "{name}.{output}: {ours:e} from float64 (PyTorch float32: {pytorch:e})"
+            );
+        }
     }
 }

@@ -25,7 +25,9 @@ fn checkpoint_path(name: &str) -> PathBuf {
 }
 
 fn scene() -> image::RgbImage {
-    image::open(fixtures_dir().join("scene.png")).unwrap().to_rgb8()
+    image::open(fixtures_dir().join("scene.png"))
+        .unwrap()
+        .to_rgb8()
 }
 
 fn tensor_from(expected: &Expected, device: &Device) -> Tensor<4> {
@@ -48,8 +50,19 @@ fn architecture_is_inferred_from_the_checkpoint() {
     assert_eq!(enc.depth as u64, c["depth"].as_u64().unwrap());
     assert_eq!(enc.num_heads as u64, c["num_heads"].as_u64().unwrap());
     assert_eq!(enc.window_size as u64, c["window_size"].as_u64().unwrap());
-    let global: Vec<u64> = c["global_attn_indexes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert_eq!(enc.global_attn_indexes.iter().map(|&v| v as u64).collect::<Vec<_>>(), global);
+    let global: Vec<u64> = c["global_attn_indexes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        enc.global_attn_indexes
+            .iter()
+            .map(|&v| v as u64)
+            .collect::<Vec<_>>(),
+        global
+    );
     assert_eq!(
         config.mask_decoder.transformer.mlp_dim as u64,
         c["decoder_mlp_dim"].as_u64().unwrap()
@@ -65,7 +78,12 @@ fn architecture_is_inferred_from_the_checkpoint() {
 fn resize_longest_side_matches_pil_bit_for_bit() {
     let expected = load_expected("tiny_expected.safetensors");
     for case in meta()["resize_cases"].as_array().unwrap() {
-        let v: Vec<u32> = case.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let v: Vec<u32> = case
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         let (h, w, target) = (v[0], v[1], v[2]);
         let out = resize_longest_side(&pattern_image(h, w), target as usize);
         let reference = &expected[&format!("resize.{h}x{w}to{target}")];
@@ -80,7 +98,10 @@ fn resize_longest_side_matches_pil_bit_for_bit() {
             .zip(&reference.values)
             .filter(|(a, b)| **a as f32 != **b)
             .count();
-        assert_eq!(different, 0, "{h}x{w}->{target}: {different} bytes differ from PIL");
+        assert_eq!(
+            different, 0,
+            "{h}x{w}->{target}: {different} bytes differ from PIL"
+        );
     }
 }
 
@@ -89,12 +110,23 @@ fn rel_pos_lookup_and_interpolation_match() {
     let expected = load_expected("tiny_expected.safetensors");
     let device = Device::default();
     for case in meta()["rel_pos_cases"].as_array().unwrap() {
-        let v: Vec<usize> = case.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let v: Vec<usize> = case
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         let (q, k, len) = (v[0], v[1], v[2]);
         let table = &expected[&format!("rel_pos.{q}.{k}.{len}.table")];
-        let table = Tensor::<2>::from_data(TensorData::new(table.values.clone(), [len, 6]), &device);
+        let table =
+            Tensor::<2>::from_data(TensorData::new(table.values.clone(), [len, 6]), &device);
         let out = get_rel_pos(q, k, table);
-        assert_close(&format!("rel_pos {q} {k} {len}"), &out, &expected[&format!("rel_pos.{q}.{k}.{len}.out")], 1e-6);
+        assert_close(
+            &format!("rel_pos {q} {k} {len}"),
+            &out,
+            &expected[&format!("rel_pos.{q}.{k}.{len}.out")],
+            1e-6,
+        );
     }
 }
 
@@ -109,35 +141,70 @@ fn preprocessing_embedding_and_every_prompt_kind_match() {
     let (input, input_size) = predictor.preprocess(&image);
     assert_eq!(input_size, [213, 320]);
     assert_close("preprocessed", &input, &expected["preprocessed"], 1e-6);
-    assert_close("dense_pe", &model.prompt_encoder.get_dense_pe(), &expected["dense_pe"], 1e-5);
+    assert_close(
+        "dense_pe",
+        &model.prompt_encoder.get_dense_pe(),
+        &expected["dense_pe"],
+        1e-5,
+    );
 
     let encoded = predictor.encode(&image);
-    assert_close("image_embedding", &encoded.embedding, &expected["image_embedding"], TOL);
+    assert_close(
+        "image_embedding",
+        &encoded.embedding,
+        &expected["image_embedding"],
+        TOL,
+    );
 
     for case in meta()["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let mut prompts = prompt_batch(case);
         if case.get("mask_input_from").is_some() {
-            prompts.mask_input = Some(tensor_from(&expected[&format!("{name}.mask_input")], &device));
+            prompts.mask_input = Some(tensor_from(
+                &expected[&format!("{name}.mask_input")],
+                &device,
+            ));
         }
         let multimask = case["multimask"].as_bool().unwrap();
         let prediction = predictor.predict(&encoded, &prompts, multimask).unwrap();
-        assert_close(&format!("{name}: low_res_logits"), &prediction.low_res_logits, &expected[&format!("{name}.low_res_logits")], TOL);
-        assert_close(&format!("{name}: iou_predictions"), &prediction.iou_predictions, &expected[&format!("{name}.iou_predictions")], TOL);
+        assert_close(
+            &format!("{name}: low_res_logits"),
+            &prediction.low_res_logits,
+            &expected[&format!("{name}.low_res_logits")],
+            TOL,
+        );
+        assert_close(
+            &format!("{name}: iou_predictions"),
+            &prediction.iou_predictions,
+            &expected[&format!("{name}.iou_predictions")],
+            TOL,
+        );
         if let Some(reference) = expected.get(&format!("{name}.logits")) {
-            assert_close(&format!("{name}: logits"), &prediction.logits, reference, TOL);
+            assert_close(
+                &format!("{name}: logits"),
+                &prediction.logits,
+                reference,
+                TOL,
+            );
         }
         // Binary masks agree wherever the logit is not within rounding of the threshold.
         let logits = values(&prediction.logits);
         let scale = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
         let masks = &expected[&format!("{name}.masks")];
-        assert_eq!(prediction.logits.dims().to_vec(), masks.shape, "{name}: mask shape");
+        assert_eq!(
+            prediction.logits.dims().to_vec(),
+            masks.shape,
+            "{name}: mask shape"
+        );
         let flipped = logits
             .iter()
             .zip(&masks.values)
             .filter(|(l, m)| (**l > 0.0) != (**m > 0.5) && l.abs() > scale * 1e-4)
             .count();
-        assert_eq!(flipped, 0, "{name}: {flipped} mask pixels differ away from the threshold");
+        assert_eq!(
+            flipped, 0,
+            "{name}: {flipped} mask pixels differ away from the threshold"
+        );
     }
 }
 
@@ -154,7 +221,9 @@ fn prompt_encoder_embeddings_match() {
         .unwrap()
         .clone();
     let prompts = prompt_batch(&case).to_prompts([200, 300], model.img_size, &device);
-    let (sparse, dense) = model.prompt_encoder.forward(prompts.points, prompts.boxes, None);
+    let (sparse, dense) = model
+        .prompt_encoder
+        .forward(prompts.points, prompts.boxes, None);
     assert_close("sparse", &sparse, &expected["box_point.sparse"], 1e-5);
     assert_close("dense", &dense, &expected["box_point.dense"], 1e-6);
 }

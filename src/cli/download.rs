@@ -22,16 +22,29 @@ pub struct DownloadArgs {
 
 pub fn run(args: DownloadArgs) -> Result<()> {
     let entry = official(args.variant);
-    eprintln!("{} ({}) -> {}", entry.file_name, entry.download_size, args.dir.display());
+    eprintln!(
+        "{} ({}) -> {}",
+        entry.file_name,
+        entry.download_size,
+        args.dir.display()
+    );
     match download_official(args.variant, &args.dir, args.base_url.as_deref(), true)? {
         DownloadOutcome::AlreadyPresent(path) => {
-            println!("{} is already here and loads as {}", path.display(), args.variant)
+            println!(
+                "{} is already here and loads as {}",
+                path.display(),
+                args.variant
+            )
         }
         DownloadOutcome::Downloaded { path, resumed_from } => {
             if resumed_from > 0 {
                 eprintln!("resumed after {resumed_from} bytes");
             }
-            println!("{} downloaded and verified as {}", path.display(), args.variant)
+            println!(
+                "{} downloaded and verified as {}",
+                path.display(),
+                args.variant
+            )
         }
     }
     Ok(())

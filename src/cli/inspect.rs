@@ -19,7 +19,11 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&args.checkpoint)?;
     let config = checkpoint.config()?;
     let counts = checkpoint.parameter_counts();
-    let mut dtypes: Vec<String> = checkpoint.dtypes().iter().map(|d| format!("{d:?}")).collect();
+    let mut dtypes: Vec<String> = checkpoint
+        .dtypes()
+        .iter()
+        .map(|d| format!("{d:?}"))
+        .collect();
     dtypes.sort();
     dtypes.dedup();
     let size = checkpoint.file_size;

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use crate::model::SamVariant;
 
 #[derive(Debug, Parser)]
-#[command(name = "samtune", version, about = "Fine-tune Meta's Segment Anything Model on your own labeled images")]
+#[command(
+    name = "samtune",
+    version,
+    about = "Fine-tune Meta's Segment Anything Model on your own labeled images"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -59,7 +59,9 @@ pub fn parse_box(s: &str) -> Result<[f64; 4], String> {
 pub fn parse_point(s: &str) -> Result<([f64; 2], i64), String> {
     let v = parse_numbers(s, 3, "a point must be x,y,label")?;
     if v[2] != 0.0 && v[2] != 1.0 {
-        return Err(format!("point '{s}': label must be 1 (foreground) or 0 (background)"));
+        return Err(format!(
+            "point '{s}': label must be 1 (foreground) or 0 (background)"
+        ));
     }
     Ok(([v[0], v[1]], v[2] as i64))
 }
@@ -131,7 +133,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut masks = Vec::new();
     for (i, plane) in logits.chunks(w * h).enumerate() {
         let mask = GrayImage::from_fn(w as u32, h as u32, |x, y| {
-            image::Luma([if plane[y as usize * w + x as usize] > 0.0 { 255 } else { 0 }])
+            image::Luma([if plane[y as usize * w + x as usize] > 0.0 {
+                255
+            } else {
+                0
+            }])
         });
         let file = format!("mask_{i}.png");
         save_png(&args.out.join(&file), &mask)?;
@@ -158,11 +164,19 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let [_, _, lh, lw] = low_res.dims();
         let [_, c, eh, ew] = encoded.embedding.dims();
         let tensors = [
-            RawTensor::f32("low_res_logits", vec![batch * per_prompt, lh, lw], &tensor_values(low_res)?),
+            RawTensor::f32(
+                "low_res_logits",
+                vec![batch * per_prompt, lh, lw],
+                &tensor_values(low_res)?,
+            ),
             RawTensor::f32("iou_predictions", vec![batch * per_prompt], &iou),
             RawTensor::f32("image_embeddings", vec![c, eh, ew], &embedding),
         ];
-        write_safetensors(&args.out.join("logits.safetensors"), &tensors, BTreeMap::new())?;
+        write_safetensors(
+            &args.out.join("logits.safetensors"),
+            &tensors,
+            BTreeMap::new(),
+        )?;
     }
     timings.insert("total", ms(start));
     let report = PredictionReport {

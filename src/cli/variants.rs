@@ -42,13 +42,18 @@ pub fn run_variants(args: VariantsArgs) -> Result<()> {
             c.use_case
         );
     }
-    println!("\nspeed: A100, from the SAM paper and Roboflow; `samtune download <model>` fetches a file");
+    println!(
+        "\nspeed: A100, from the SAM paper and Roboflow; `samtune download <model>` fetches a file"
+    );
     Ok(())
 }
 
 pub fn run_select(args: SelectArgs) -> Result<()> {
     if !args.memory_gb.is_finite() || args.memory_gb < 0.0 {
-        bail!("--memory-gb {}: give the available GPU memory in GB (a number >= 0)", args.memory_gb);
+        bail!(
+            "--memory-gb {}: give the available GPU memory in GB (a number >= 0)",
+            args.memory_gb
+        );
     }
     let variant = select_by_memory(args.memory_gb);
     let c = official(variant);

@@ -121,7 +121,11 @@ impl MlpConfig {
     pub fn init(&self, device: &Device) -> Mlp {
         let layers = (0..self.num_layers)
             .map(|i| {
-                let d_in = if i == 0 { self.input_dim } else { self.hidden_dim };
+                let d_in = if i == 0 {
+                    self.input_dim
+                } else {
+                    self.hidden_dim
+                };
                 let d_out = if i + 1 == self.num_layers {
                     self.output_dim
                 } else {

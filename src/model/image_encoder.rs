@@ -228,7 +228,8 @@ impl Attention {
         let scale = (head_dim as f64).powf(-0.5);
         let mut attn = (q.clone() * scale).matmul(k.swap_dims(1, 2));
         if let (Some(rel_pos_h), Some(rel_pos_w)) = (&self.rel_pos_h, &self.rel_pos_w) {
-            attn = add_decomposed_rel_pos(attn, q, rel_pos_h.val(), rel_pos_w.val(), [h, w], [h, w]);
+            attn =
+                add_decomposed_rel_pos(attn, q, rel_pos_h.val(), rel_pos_w.val(), [h, w], [h, w]);
         }
         let attn = softmax(attn, 2);
         let x = attn
@@ -260,7 +261,14 @@ pub fn window_partition(x: Tensor<4>, window_size: usize) -> (Tensor<4>, [usize;
     };
     let (hp, wp) = (h + pad_h, w + pad_w);
     let windows = x
-        .reshape([b, hp / window_size, window_size, wp / window_size, window_size, c])
+        .reshape([
+            b,
+            hp / window_size,
+            window_size,
+            wp / window_size,
+            window_size,
+            c,
+        ])
         .permute([0, 1, 3, 2, 4, 5])
         .reshape([
             b * (hp / window_size) * (wp / window_size),
@@ -283,7 +291,14 @@ pub fn window_unpartition(
     let [n, _, _, c] = windows.dims();
     let b = n / (hp * wp / window_size / window_size);
     let x = windows
-        .reshape([b, hp / window_size, wp / window_size, window_size, window_size, c])
+        .reshape([
+            b,
+            hp / window_size,
+            wp / window_size,
+            window_size,
+            window_size,
+            c,
+        ])
         .permute([0, 1, 3, 2, 4, 5])
         .reshape([b, hp, wp, c]);
     if hp > h || wp > w {
@@ -373,8 +388,6 @@ pub fn add_decomposed_rel_pos(
         .reshape([qw, n, qh, kw])
         .permute([1, 2, 0, 3]);
 
-    (attn.reshape([n, qh, qw, kh, kw])
-        + rel_h.unsqueeze_dim::<5>(4)
-        + rel_w.unsqueeze_dim::<5>(3))
-    .reshape([n, qh * qw, kh * kw])
+    (attn.reshape([n, qh, qw, kh, kw]) + rel_h.unsqueeze_dim::<5>(4) + rel_w.unsqueeze_dim::<5>(3))
+        .reshape([n, qh * qw, kh * kw])
 }

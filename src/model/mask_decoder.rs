@@ -145,7 +145,10 @@ impl MaskDecoder {
         };
 
         let (hs, src) = self.transformer.forward(src, image_pe, tokens);
-        let iou_token_out = hs.clone().slice([0..batch, 0..1, 0..dim]).squeeze_dim::<2>(1);
+        let iou_token_out = hs
+            .clone()
+            .slice([0..batch, 0..1, 0..dim])
+            .squeeze_dim::<2>(1);
         let mask_tokens_out = hs.slice([0..batch, 1..1 + num_mask_tokens, 0..dim]);
 
         let src = src.swap_dims(1, 2).reshape([batch, channels, h, w]);

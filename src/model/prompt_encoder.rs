@@ -128,7 +128,8 @@ impl PromptEncoder {
             Some(masks) => self.mask_downscaling.forward(masks),
             None => {
                 let [h, w] = self.image_embedding_size;
-                self.no_mask_dense_embedding().expand([batch, self.embed_dim(), h, w])
+                self.no_mask_dense_embedding()
+                    .expand([batch, self.embed_dim(), h, w])
             }
         };
         (sparse, dense)
@@ -161,7 +162,13 @@ impl PromptEncoder {
             .pe_layer
             .forward_with_coords(coords, self.input_image_size);
         let dim = self.embed_dim();
-        let where_label = |value: i64| labels.clone().equal_elem(value).float().unsqueeze_dim::<3>(2);
+        let where_label = |value: i64| {
+            labels
+                .clone()
+                .equal_elem(value)
+                .float()
+                .unsqueeze_dim::<3>(2)
+        };
         let weight = |embedding: &Embedding| embedding.weight.val().reshape([1, 1, dim]);
         let not_a_point = where_label(-1);
         // Exactly `pe[labels == -1] = 0; pe[labels == -1] += not_a_point; ...` as 0/1 masks.

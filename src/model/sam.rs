@@ -67,7 +67,9 @@ impl FromStr for SamVariant {
             "vit_b" | "b" => Ok(SamVariant::VitB),
             "vit_l" | "l" => Ok(SamVariant::VitL),
             "vit_h" | "h" | "default" => Ok(SamVariant::VitH),
-            _ => Err(format!("unknown SAM variant '{s}' (expected vit_b, vit_l or vit_h)")),
+            _ => Err(format!(
+                "unknown SAM variant '{s}' (expected vit_b, vit_l or vit_h)"
+            )),
         }
     }
 }

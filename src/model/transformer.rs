@@ -28,9 +28,11 @@ impl TwoWayTransformerConfig {
     pub fn init(&self, device: &Device) -> TwoWayTransformer {
         let dim = self.embedding_dim;
         let norm = || LayerNormConfig::new(dim).init(device); // PyTorch default eps 1e-5
-        let cross = || AttentionConfig::new(dim, self.num_heads)
-            .with_downsample_rate(self.attention_downsample_rate)
-            .init(device);
+        let cross = || {
+            AttentionConfig::new(dim, self.num_heads)
+                .with_downsample_rate(self.attention_downsample_rate)
+                .init(device)
+        };
         let layers = (0..self.depth)
             .map(|i| TwoWayAttentionBlock {
                 self_attn: AttentionConfig::new(dim, self.num_heads).init(device),

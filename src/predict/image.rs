@@ -33,7 +33,9 @@ impl std::str::FromStr for IntensityScaling {
             "full" => Ok(Self::Full),
             _ => {
                 let window = s.strip_prefix("window:").ok_or_else(|| {
-                    format!("unknown intensity scaling '{s}' (auto, minmax, full or window:LOW,HIGH)")
+                    format!(
+                        "unknown intensity scaling '{s}' (auto, minmax, full or window:LOW,HIGH)"
+                    )
                 })?;
                 let (low, high) = window
                     .split_once(',')
@@ -89,7 +91,15 @@ pub fn to_rgb8(image: DynamicImage, scaling: IntensityScaling) -> Result<RgbImag
         | DynamicImage::ImageLumaA16(_)
         | DynamicImage::ImageRgb16(_)
         | DynamicImage::ImageRgba16(_) => (rgb_values(image.to_rgb16().into_raw()), 65535.0),
-        _ => (image.to_rgb32f().into_raw().into_iter().map(f64::from).collect(), 1.0),
+        _ => (
+            image
+                .to_rgb32f()
+                .into_raw()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            1.0,
+        ),
     };
     let (low, high) = match scaling {
         IntensityScaling::Full => (0.0, full_max),
@@ -131,11 +141,22 @@ mod tests {
     fn sixteen_bit_is_min_max_scaled_by_default() {
         let img: ImageBuffer<Luma<u16>, Vec<u16>> =
             ImageBuffer::from_fn(3, 1, |x, _| Luma([1000 + 500 * x as u16]));
-        let rgb = to_rgb8(DynamicImage::ImageLuma16(img.clone()), IntensityScaling::Auto).unwrap();
+        let rgb = to_rgb8(
+            DynamicImage::ImageLuma16(img.clone()),
+            IntensityScaling::Auto,
+        )
+        .unwrap();
         let row: Vec<u8> = rgb.pixels().map(|p| p[0]).collect();
         assert_eq!(row, vec![0, 128, 255]);
-        let full = to_rgb8(DynamicImage::ImageLuma16(img.clone()), IntensityScaling::Full).unwrap();
-        assert_eq!(full.get_pixel(2, 0)[0], (2000.0f64 / 65535.0 * 255.0).round() as u8);
+        let full = to_rgb8(
+            DynamicImage::ImageLuma16(img.clone()),
+            IntensityScaling::Full,
+        )
+        .unwrap();
+        assert_eq!(
+            full.get_pixel(2, 0)[0],
+            (2000.0f64 / 65535.0 * 255.0).round() as u8
+        );
         let window = to_rgb8(
             DynamicImage::ImageLuma16(img),
             "window:1200,1700".parse().unwrap(),

@@ -22,7 +22,11 @@ pub fn overlay_masks(image: &RgbImage, masks: &[GrayImage]) -> RgbImage {
         let color = PALETTE[i % PALETTE.len()];
         let (w, h) = mask.dimensions();
         let inside = |x: i64, y: i64| {
-            x >= 0 && y >= 0 && x < w as i64 && y < h as i64 && mask.get_pixel(x as u32, y as u32)[0] > 0
+            x >= 0
+                && y >= 0
+                && x < w as i64
+                && y < h as i64
+                && mask.get_pixel(x as u32, y as u32)[0] > 0
         };
         for y in 0..h.min(out.height()) {
             for x in 0..w.min(out.width()) {
@@ -30,13 +34,17 @@ pub fn overlay_masks(image: &RgbImage, masks: &[GrayImage]) -> RgbImage {
                     continue;
                 }
                 let (xi, yi) = (x as i64, y as i64);
-                let edge = !(inside(xi - 1, yi) && inside(xi + 1, yi) && inside(xi, yi - 1) && inside(xi, yi + 1));
+                let edge = !(inside(xi - 1, yi)
+                    && inside(xi + 1, yi)
+                    && inside(xi, yi - 1)
+                    && inside(xi, yi + 1));
                 let pixel = out.get_pixel_mut(x, y);
                 for c in 0..3 {
                     pixel[c] = if edge {
                         color[c]
                     } else {
-                        (pixel[c] as f32 * (1.0 - FILL_ALPHA) + color[c] as f32 * FILL_ALPHA).round() as u8
+                        (pixel[c] as f32 * (1.0 - FILL_ALPHA) + color[c] as f32 * FILL_ALPHA)
+                            .round() as u8
                     };
                 }
             }
@@ -49,7 +57,12 @@ pub fn overlay_masks(image: &RgbImage, masks: &[GrayImage]) -> RgbImage {
 pub fn draw_box(image: &mut RgbImage, b: [f64; 4], color: [u8; 3]) {
     let (w, h) = (image.width() as i64, image.height() as i64);
     let clamp = |v: f64, max: i64| (v.round() as i64).clamp(0, max - 1);
-    let (x0, y0, x1, y1) = (clamp(b[0], w), clamp(b[1], h), clamp(b[2], w), clamp(b[3], h));
+    let (x0, y0, x1, y1) = (
+        clamp(b[0], w),
+        clamp(b[1], h),
+        clamp(b[2], w),
+        clamp(b[3], h),
+    );
     for t in 0..2 {
         for x in x0..=x1 {
             for y in [(y0 + t).min(h - 1), (y1 - t).max(0)] {
@@ -67,7 +80,11 @@ pub fn draw_box(image: &mut RgbImage, b: [f64; 4], color: [u8; 3]) {
 /// Draws a point prompt: a filled disc, green for foreground (label 1), red otherwise,
 /// with a white ring so it shows on any background.
 pub fn draw_point(image: &mut RgbImage, p: [f64; 2], label: i64) {
-    let color = if label == 1 { [40, 200, 60] } else { [220, 40, 40] };
+    let color = if label == 1 {
+        [40, 200, 60]
+    } else {
+        [220, 40, 40]
+    };
     let radius = (image.width().max(image.height()) as f64 / 150.0).max(3.0);
     let (cx, cy) = (p[0], p[1]);
     let r = radius.ceil() as i64 + 1;
@@ -104,7 +121,8 @@ mod tests {
         assert_eq!(out.get_pixel(0, 0), &Rgb([100, 100, 100]));
         assert_eq!(out.get_pixel(2, 2), &Rgb(PALETTE[0]));
         let inner = out.get_pixel(4, 4);
-        let expected = (100.0 * (1.0 - FILL_ALPHA) + PALETTE[0][2] as f32 * FILL_ALPHA).round() as u8;
+        let expected =
+            (100.0 * (1.0 - FILL_ALPHA) + PALETTE[0][2] as f32 * FILL_ALPHA).round() as u8;
         assert_eq!(inner[2], expected);
     }
 

@@ -57,7 +57,10 @@ impl PromptBatch {
     pub fn validate(&self) -> Result<(), String> {
         let b = self.batch_size();
         if !self.points.is_empty() && self.points.len() != b {
-            return Err(format!("{} point sets for a batch of {b}", self.points.len()));
+            return Err(format!(
+                "{} point sets for a batch of {b}",
+                self.points.len()
+            ));
         }
         if !self.boxes.is_empty() && self.boxes.len() != b {
             return Err(format!("{} boxes for a batch of {b}", self.boxes.len()));
@@ -69,14 +72,21 @@ impl PromptBatch {
         }
         for b in &self.boxes {
             if !(b[2] >= b[0] && b[3] >= b[1]) || b.iter().any(|v| !v.is_finite()) {
-                return Err(format!("box {b:?} must be x0,y0,x1,y1 with x0<=x1 and y0<=y1"));
+                return Err(format!(
+                    "box {b:?} must be x0,y0,x1,y1 with x0<=x1 and y0<=y1"
+                ));
             }
         }
         Ok(())
     }
 
     /// The model-frame tensors for an image of `original_size`.
-    pub fn to_prompts(&self, original_size: [usize; 2], img_size: usize, device: &Device) -> Prompts {
+    pub fn to_prompts(
+        &self,
+        original_size: [usize; 2],
+        img_size: usize,
+        device: &Device,
+    ) -> Prompts {
         let points = (!self.points.is_empty() && !self.points[0].is_empty()).then(|| {
             let b = self.points.len();
             let n = self.points[0].len();
@@ -188,7 +198,12 @@ impl<'a> Predictor<'a> {
         let output = self
             .model
             .mask_decoder
-            .predict_masks(image.embedding.clone(), self.dense_pe.clone(), sparse, dense)
+            .predict_masks(
+                image.embedding.clone(),
+                self.dense_pe.clone(),
+                sparse,
+                dense,
+            )
             .select(multimask_output);
         let logits = self.model.postprocess_masks(
             output.masks.clone(),

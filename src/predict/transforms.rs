@@ -108,10 +108,12 @@ fn resample_horizontal(pixels: &[u8], w: usize, h: usize, new_w: usize) -> Vec<u
         let row = &pixels[y * w * 3..(y + 1) * w * 3];
         for (xx, (start, weights)) in coeffs.iter().enumerate() {
             for c in 0..3 {
-                let acc = weights.iter().enumerate().fold(
-                    1i64 << (PRECISION_BITS - 1),
-                    |acc, (i, k)| acc + row[(start + i) * 3 + c] as i64 * *k as i64,
-                );
+                let acc = weights
+                    .iter()
+                    .enumerate()
+                    .fold(1i64 << (PRECISION_BITS - 1), |acc, (i, k)| {
+                        acc + row[(start + i) * 3 + c] as i64 * *k as i64
+                    });
                 out[(y * new_w + xx) * 3 + c] = clip8(acc);
             }
         }
@@ -129,10 +131,12 @@ fn resample_vertical(pixels: &[u8], w: usize, h: usize, new_h: usize) -> Vec<u8>
     for (yy, (start, weights)) in coeffs.iter().enumerate() {
         for x in 0..w {
             for c in 0..3 {
-                let acc = weights.iter().enumerate().fold(
-                    1i64 << (PRECISION_BITS - 1),
-                    |acc, (i, k)| acc + pixels[((start + i) * w + x) * 3 + c] as i64 * *k as i64,
-                );
+                let acc = weights
+                    .iter()
+                    .enumerate()
+                    .fold(1i64 << (PRECISION_BITS - 1), |acc, (i, k)| {
+                        acc + pixels[((start + i) * w + x) * 3 + c] as i64 * *k as i64
+                    });
                 out[(yy * w + x) * 3 + c] = clip8(acc);
             }
         }

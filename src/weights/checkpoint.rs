@@ -328,7 +328,12 @@ impl Checkpoint {
         let result = model.apply(tensors, None, Some(Box::new(adapter)), false);
         if !result.errors.is_empty() || !result.missing.is_empty() {
             let mut message: Vec<String> = result.errors.iter().map(|e| e.to_string()).collect();
-            message.extend(result.missing.iter().map(|(k, _)| format!("not applied: {k}")));
+            message.extend(
+                result
+                    .missing
+                    .iter()
+                    .map(|(k, _)| format!("not applied: {k}")),
+            );
             return Err(WeightsError::Corrupt {
                 path: self.path.clone(),
                 format: self.format,

@@ -142,7 +142,9 @@ pub fn download_file(
     }
     if let Err(err) = verify(&part) {
         let _ = fs::remove_file(&part);
-        return Err(err.context(format!("the file downloaded from {url} failed verification")));
+        return Err(err.context(format!(
+            "the file downloaded from {url} failed verification"
+        )));
     }
     fs::rename(&part, dest)
         .with_context(|| format!("renaming {} to {}", part.display(), dest.display()))?;
@@ -167,7 +169,11 @@ fn progress_bar(show: bool, total: Option<u64>, position: u64) -> ProgressBar {
     bar
 }
 
-fn copy_with_progress(reader: &mut impl Read, file: &mut File, bar: &ProgressBar) -> io::Result<()> {
+fn copy_with_progress(
+    reader: &mut impl Read,
+    file: &mut File,
+    bar: &ProgressBar,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match reader.read(&mut buf) {

@@ -141,7 +141,13 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
 fn count_indexed(shapes: &ShapeMap, prefix: &str) -> usize {
     shapes
         .keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .collect::<BTreeSet<_>>()
         .len()
 }
@@ -202,7 +208,10 @@ impl burn::module::ModuleVisitor for LazyShapeCounter {
         self.path.pop();
     }
 
-    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<D>>) {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
         if super::keymap::BUFFERS.contains(&self.path.join(".").as_str()) {
             return;
         }

@@ -9,14 +9,38 @@ const SEQUENTIAL_RENAMES: &[(&str, &str)] = &[
     ("image_encoder.neck.1.", "image_encoder.neck.ln1."),
     ("image_encoder.neck.2.", "image_encoder.neck.conv2."),
     ("image_encoder.neck.3.", "image_encoder.neck.ln2."),
-    ("prompt_encoder.mask_downscaling.0.", "prompt_encoder.mask_downscaling.conv1."),
-    ("prompt_encoder.mask_downscaling.1.", "prompt_encoder.mask_downscaling.ln1."),
-    ("prompt_encoder.mask_downscaling.3.", "prompt_encoder.mask_downscaling.conv2."),
-    ("prompt_encoder.mask_downscaling.4.", "prompt_encoder.mask_downscaling.ln2."),
-    ("prompt_encoder.mask_downscaling.6.", "prompt_encoder.mask_downscaling.conv3."),
-    ("mask_decoder.output_upscaling.0.", "mask_decoder.output_upscaling.conv1."),
-    ("mask_decoder.output_upscaling.1.", "mask_decoder.output_upscaling.ln1."),
-    ("mask_decoder.output_upscaling.3.", "mask_decoder.output_upscaling.conv2."),
+    (
+        "prompt_encoder.mask_downscaling.0.",
+        "prompt_encoder.mask_downscaling.conv1.",
+    ),
+    (
+        "prompt_encoder.mask_downscaling.1.",
+        "prompt_encoder.mask_downscaling.ln1.",
+    ),
+    (
+        "prompt_encoder.mask_downscaling.3.",
+        "prompt_encoder.mask_downscaling.conv2.",
+    ),
+    (
+        "prompt_encoder.mask_downscaling.4.",
+        "prompt_encoder.mask_downscaling.ln2.",
+    ),
+    (
+        "prompt_encoder.mask_downscaling.6.",
+        "prompt_encoder.mask_downscaling.conv3.",
+    ),
+    (
+        "mask_decoder.output_upscaling.0.",
+        "mask_decoder.output_upscaling.conv1.",
+    ),
+    (
+        "mask_decoder.output_upscaling.1.",
+        "mask_decoder.output_upscaling.ln1.",
+    ),
+    (
+        "mask_decoder.output_upscaling.3.",
+        "mask_decoder.output_upscaling.conv2.",
+    ),
 ];
 
 /// `image_encoder.neck.0.weight` -> `image_encoder.neck.conv1.weight`.
@@ -61,7 +85,10 @@ mod tests {
     #[test]
     fn sequential_indexes_round_trip() {
         for (official, module) in [
-            ("image_encoder.neck.2.weight", "image_encoder.neck.conv2.weight"),
+            (
+                "image_encoder.neck.2.weight",
+                "image_encoder.neck.conv2.weight",
+            ),
             (
                 "prompt_encoder.mask_downscaling.6.bias",
                 "prompt_encoder.mask_downscaling.conv3.bias",

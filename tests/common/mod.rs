@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use burn::tensor::Tensor;
+use safetensors::SafeTensors;
 use samtune::predict::PromptBatch;
 use serde_json::Value;
-use safetensors::SafeTensors;
 
 /// The committed fixtures, or the folder in `SAMTUNE_FIXTURES` (CI points it at freshly
 /// regenerated ones).
@@ -94,7 +94,12 @@ pub fn prompt_batch(case: &Value) -> PromptBatch {
         .map(|bs| {
             bs.iter()
                 .map(|b| {
-                    let v: Vec<f64> = b.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+                    let v: Vec<f64> = b
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect();
                     [v[0], v[1], v[2], v[3]]
                 })
                 .collect()
@@ -107,7 +112,10 @@ pub fn prompt_batch(case: &Value) -> PromptBatch {
                 .zip(case["labels"].as_array().unwrap())
                 .map(|(p, l)| {
                     let p = p.as_array().unwrap();
-                    ([p[0].as_f64().unwrap(), p[1].as_f64().unwrap()], l.as_i64().unwrap())
+                    (
+                        [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()],
+                        l.as_i64().unwrap(),
+                    )
                 })
                 .collect()
         })
