@@ -1,7 +1,10 @@
 //! samtune: fine-tune Meta's Segment Anything Model on your own labeled images.
 
 pub mod cli;
+pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod model;
 pub mod predict;
+pub mod train;
 pub mod weights;

@@ -4,6 +4,7 @@ pub mod device;
 pub mod download;
 pub mod inspect;
 pub mod predict;
+pub mod train;
 pub mod variants;
 
 use std::str::FromStr;
@@ -36,6 +37,12 @@ pub enum Command {
     Select(variants::SelectArgs),
     /// Download an official checkpoint (resumable, verified).
     Download(download::DownloadArgs),
+    /// Fine-tune a checkpoint on a labeled image set.
+    Train(train::TrainArgs),
+    /// Fill the embedding cache of a training config ahead of training.
+    Embed(train::EmbedArgs),
+    /// Write the generated sample dataset (source or target domain).
+    SampleData(train::SampleDataArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -45,6 +52,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Variants(args) => variants::run_variants(args),
         Command::Select(args) => variants::run_select(args),
         Command::Download(args) => download::run(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Embed(args) => train::run_embed(args),
+        Command::SampleData(args) => train::run_sample_data(args),
     }
 }
 

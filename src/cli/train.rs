@@ -1,0 +1,171 @@
+//! `samtune train`, `samtune embed`, `samtune sample-data`.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::synthetic::{write_dataset, Domain};
+use crate::eval::evaluate::encode_image;
+use crate::train::cache::EmbeddingCache;
+use crate::train::trainer::{device_for, load_split};
+use crate::train::{train, TrainConfig};
+use crate::weights::load_sam;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The run's TOML configuration (see configs/README.md).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Continue the run in runs/<name>/ from its last saved state.
+    #[arg(long)]
+    pub resume: bool,
+    /// Settings over the file's, e.g. `train.lr=3e-4 train.epochs=20 name=exp2`.
+    pub overrides: Vec<String>,
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let interrupt = interrupt_flag()?;
+    let outcome = train(&config, args.resume, &interrupt)?;
+    let dir = outcome.run_dir.join("checkpoints");
+    if outcome.interrupted {
+        println!(
+            "interrupted: resume with `samtune train --config {} --resume`",
+            args.config.display()
+        );
+        return Ok(());
+    }
+    let state = &outcome.state;
+    if let (Some(zero), Some(best)) = (&state.zero_shot, state.best_miou) {
+        println!(
+            "val mIoU: zero-shot {:.4} -> fine-tuned {:.4} (best epoch {})",
+            zero.mean_iou,
+            best,
+            state.best_epoch.unwrap_or(0)
+        );
+    }
+    println!("checkpoints: {}", dir.display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Only this worker's share `i/N` of the images (0-based i), for parallel extraction.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    pub overrides: Vec<String>,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("shard '{s}' must be i/N"))?;
+    let (i, n): (usize, usize) = (
+        i.parse()
+            .map_err(|_| format!("shard '{s}': i is not a number"))?,
+        n.parse()
+            .map_err(|_| format!("shard '{s}': N is not a number"))?,
+    );
+    if n == 0 || i >= n {
+        return Err(format!("shard '{s}': need 0 <= i < N"));
+    }
+    Ok((i, n))
+}
+
+/// Fills the embedding cache for every train and val image of a config.
+pub fn run_embed(args: EmbedArgs) -> Result<()> {
+    let config = TrainConfig::load(&args.config, &args.overrides)?;
+    let device = device_for(&config.model.device)?;
+    let variant = config
+        .model
+        .variant
+        .parse::<super::VariantArg>()
+        .map_err(anyhow::Error::msg)?
+        .0;
+    let (model, sam_config) = load_sam(&config.model.checkpoint, variant, &device)?;
+    let cache = EmbeddingCache::open(
+        &config.cache.dir,
+        &config.model.checkpoint,
+        &sam_config,
+        config.data.intensity,
+    )?;
+    let (train, val, _) = load_split(&config)?;
+    let (shard, shards) = args.shard.unwrap_or((0, 1));
+    let mine: Vec<_> = train
+        .iter()
+        .chain(&val)
+        .enumerate()
+        .filter(|(i, _)| i % shards == shard)
+        .map(|(_, p)| p)
+        .collect();
+    let bar = ProgressBar::new(mine.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
+            .expect("valid template"),
+    );
+    for prepared in &mine {
+        encode_image(
+            &model,
+            prepared,
+            Some(&cache),
+            config.data.intensity,
+            &device,
+        )?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let (hits, misses) = cache.stats();
+    println!(
+        "{}: {misses} images encoded, {hits} already cached",
+        cache.dir().display()
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct SampleDataArgs {
+    /// Output folder (gets images/ and masks/).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "target")]
+    pub domain: Domain,
+    #[arg(long, default_value_t = 24)]
+    pub count: usize,
+    #[arg(long, default_value_t = 128)]
+    pub size: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run_sample_data(args: SampleDataArgs) -> Result<()> {
+    write_dataset(&args.out, args.domain, args.count, args.size, args.seed)?;
+    println!(
+        "{} {:?} images in {}",
+        args.count,
+        args.domain,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// A flag set by the first Ctrl-C (the run then saves and stops); a second one exits.
+#[cfg(unix)]
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::SIGINT;
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(SIGINT, 130, flag.clone())
+        .context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(SIGINT, flag.clone()).context("installing the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+#[cfg(not(unix))]
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    Ok(Arc::new(AtomicBool::new(false)))
+}

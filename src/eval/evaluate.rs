@@ -1,0 +1,141 @@
+//! Predict every object of a labeled set with fixed, seeded prompts and score it.
+
+use anyhow::Result;
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::metrics::{iou_and_dice, ObjectResult};
+use crate::data::dataset::Prepared;
+use crate::data::prompts::{sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt};
+use crate::data::BinaryMask;
+use crate::model::Sam;
+use crate::predict::image::{load_rgb, IntensityScaling};
+use crate::predict::{EncodedImage, Predictor};
+use crate::train::cache::EmbeddingCache;
+use crate::train::config::PromptConfig;
+
+/// One image's results, and its predicted masks when asked for.
+pub struct ImageEval {
+    pub results: Vec<ObjectResult>,
+    pub prompts: Vec<ObjectPrompt>,
+    pub predicted: Vec<BinaryMask>,
+}
+
+/// The prompts an image's objects get in evaluation: drawn from `config` with an RNG
+/// seeded by `seed` and the image's index, so every epoch and checkpoint sees the same.
+pub fn evaluation_prompts(
+    prepared: &Prepared,
+    index: usize,
+    config: &PromptConfig,
+    seed: u64,
+) -> Vec<ObjectPrompt> {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(index as u64),
+    );
+    let no_jitter = PromptConfig {
+        box_jitter: 0.0,
+        ..config.clone()
+    };
+    let kind = sample_kind(config, &mut rng);
+    prepared
+        .objects
+        .iter()
+        .map(|o| sample_prompt(&o.mask, kind, &no_jitter, &mut rng))
+        .collect()
+}
+
+/// Encodes an image (through the cache when given).
+pub fn encode_image(
+    model: &Sam,
+    prepared: &Prepared,
+    cache: Option<&EmbeddingCache>,
+    intensity: IntensityScaling,
+    device: &Device,
+) -> Result<EncodedImage> {
+    let encode = || -> Result<EncodedImage> {
+        let image = load_rgb(&prepared.sample.image, intensity)?;
+        Ok(Predictor::new(model).encode(&image))
+    };
+    match cache {
+        Some(cache) => cache.get_or_encode(&prepared.sample.image, device, encode),
+        None => encode(),
+    }
+}
+
+/// Evaluates `model` (a non-autodiff copy) on `samples`. With several masks per prompt,
+/// the one with the highest predicted IoU is scored, as SAM's users pick it.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Sam,
+    samples: &[Prepared],
+    cache: Option<&EmbeddingCache>,
+    intensity: IntensityScaling,
+    prompts: &PromptConfig,
+    seed: u64,
+    keep_masks: bool,
+    progress: bool,
+) -> Result<Vec<ImageEval>> {
+    let device = model.prompt_encoder.get_dense_pe().device();
+    let predictor = Predictor::new(model);
+    let bar = if progress {
+        ProgressBar::new(samples.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("eval {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
+            .expect("valid template"),
+    );
+    let mut out = Vec::with_capacity(samples.len());
+    for (index, prepared) in samples.iter().enumerate() {
+        let object_prompts = evaluation_prompts(prepared, index, prompts, seed);
+        let encoded = encode_image(model, prepared, cache, intensity, &device)?;
+        let prediction = predictor
+            .predict(
+                &encoded,
+                &to_prompt_batch(&object_prompts),
+                prompts.multimask,
+            )
+            .map_err(anyhow::Error::msg)?;
+        let [_, m, h, w] = prediction.logits.dims();
+        let logits = crate::cli::predict::tensor_values(prediction.logits)?;
+        let ious = crate::cli::predict::tensor_values(prediction.iou_predictions)?;
+        let mut results = Vec::new();
+        let mut predicted = Vec::new();
+        for (i, object) in prepared.objects.iter().enumerate() {
+            let best = (0..m)
+                .max_by(|&a, &b| ious[i * m + a].total_cmp(&ious[i * m + b]))
+                .expect("at least one mask per prompt");
+            let plane = &logits[(i * m + best) * h * w..(i * m + best + 1) * h * w];
+            let mask = BinaryMask {
+                width: w,
+                height: h,
+                data: plane.iter().map(|&v| (v > 0.0) as u8).collect(),
+            };
+            let (iou, dice) = iou_and_dice(&mask, &object.mask);
+            results.push(ObjectResult {
+                image: prepared.sample.name(),
+                object: i,
+                category: object.category.clone(),
+                area: object.mask.area(),
+                iou,
+                dice,
+                predicted_iou: ious[i * m + best] as f64,
+            });
+            if keep_masks {
+                predicted.push(mask);
+            }
+        }
+        out.push(ImageEval {
+            results,
+            prompts: object_prompts,
+            predicted,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}

@@ -1,0 +1,173 @@
+//! IoU and Dice of binary masks, and their aggregation per image, per category and overall.
+//!
+//! Empty cases: a prediction and a ground truth that are both empty score 1 (nothing to
+//! find, nothing found); exactly one of them empty scores 0.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::BinaryMask;
+
+/// `(IoU, Dice)` of a prediction against a ground truth of the same size.
+pub fn iou_and_dice(predicted: &BinaryMask, truth: &BinaryMask) -> (f64, f64) {
+    assert_eq!(
+        (predicted.width, predicted.height),
+        (truth.width, truth.height),
+        "mask sizes differ"
+    );
+    let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
+    for (a, b) in predicted.data.iter().zip(&truth.data) {
+        let (a, b) = (*a != 0, *b != 0);
+        inter += (a && b) as usize;
+        p += a as usize;
+        t += b as usize;
+    }
+    if p + t == 0 {
+        return (1.0, 1.0);
+    }
+    let union = p + t - inter;
+    (
+        inter as f64 / union as f64,
+        2.0 * inter as f64 / (p + t) as f64,
+    )
+}
+
+/// One evaluated object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectResult {
+    pub image: String,
+    pub object: usize,
+    pub category: Option<String>,
+    pub area: usize,
+    pub iou: f64,
+    pub dice: f64,
+    pub predicted_iou: f64,
+}
+
+/// Means over a set of objects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub objects: usize,
+    pub mean_iou: f64,
+    pub mean_dice: f64,
+    /// Mean |predicted IoU - actual IoU|.
+    pub iou_prediction_error: f64,
+}
+
+impl Summary {
+    pub fn of<'a>(results: impl IntoIterator<Item = &'a ObjectResult>) -> Self {
+        let mut s = Summary::default();
+        for r in results {
+            s.objects += 1;
+            s.mean_iou += r.iou;
+            s.mean_dice += r.dice;
+            s.iou_prediction_error += (r.predicted_iou - r.iou).abs();
+        }
+        if s.objects > 0 {
+            let n = s.objects as f64;
+            s.mean_iou /= n;
+            s.mean_dice /= n;
+            s.iou_prediction_error /= n;
+        }
+        s
+    }
+}
+
+/// Overall, per-image (mean of each image's objects, then over images) and per-category summaries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Aggregate {
+    pub overall: Summary,
+    /// Mean over images of each image's mean IoU.
+    pub mean_image_iou: f64,
+    pub mean_image_dice: f64,
+    pub per_image: BTreeMap<String, Summary>,
+    pub per_category: BTreeMap<String, Summary>,
+}
+
+impl Aggregate {
+    pub fn of(results: &[ObjectResult]) -> Self {
+        let mut by_image: BTreeMap<String, Vec<&ObjectResult>> = BTreeMap::new();
+        let mut by_category: BTreeMap<String, Vec<&ObjectResult>> = BTreeMap::new();
+        for r in results {
+            by_image.entry(r.image.clone()).or_default().push(r);
+            if let Some(c) = &r.category {
+                by_category.entry(c.clone()).or_default().push(r);
+            }
+        }
+        let per_image: BTreeMap<String, Summary> = by_image
+            .into_iter()
+            .map(|(k, v)| (k, Summary::of(v)))
+            .collect();
+        let n = per_image.len().max(1) as f64;
+        Self {
+            overall: Summary::of(results),
+            mean_image_iou: per_image.values().map(|s| s.mean_iou).sum::<f64>() / n,
+            mean_image_dice: per_image.values().map(|s| s.mean_dice).sum::<f64>() / n,
+            per_image,
+            per_category: by_category
+                .into_iter()
+                .map(|(k, v)| (k, Summary::of(v)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(bits: &[u8]) -> BinaryMask {
+        BinaryMask {
+            width: bits.len(),
+            height: 1,
+            data: bits.to_vec(),
+        }
+    }
+
+    #[test]
+    fn iou_and_dice_by_hand() {
+        // |P| = 3, |T| = 2, |P ∩ T| = 1: IoU 1/4, Dice 2/5
+        let (iou, dice) = iou_and_dice(&mask(&[1, 1, 1, 0, 0]), &mask(&[0, 0, 1, 1, 0]));
+        assert!((iou - 0.25).abs() < 1e-12 && (dice - 0.4).abs() < 1e-12);
+        assert_eq!(iou_and_dice(&mask(&[1, 1]), &mask(&[1, 1])), (1.0, 1.0));
+    }
+
+    #[test]
+    fn empty_cases_are_counted_as_documented() {
+        assert_eq!(
+            iou_and_dice(&mask(&[0, 0]), &mask(&[0, 0])),
+            (1.0, 1.0),
+            "both empty"
+        );
+        assert_eq!(
+            iou_and_dice(&mask(&[0, 0]), &mask(&[1, 0])),
+            (0.0, 0.0),
+            "empty prediction"
+        );
+        assert_eq!(
+            iou_and_dice(&mask(&[0, 1]), &mask(&[0, 0])),
+            (0.0, 0.0),
+            "empty ground truth"
+        );
+    }
+
+    #[test]
+    fn aggregates_per_image_and_category() {
+        let r = |image: &str, category: &str, iou: f64| ObjectResult {
+            image: image.into(),
+            object: 0,
+            category: Some(category.into()),
+            area: 1,
+            iou,
+            dice: iou,
+            predicted_iou: 0.5,
+        };
+        let results = vec![r("a", "x", 1.0), r("a", "y", 0.0), r("b", "x", 0.5)];
+        let agg = Aggregate::of(&results);
+        assert!((agg.overall.mean_iou - 0.5).abs() < 1e-12);
+        assert!((agg.mean_image_iou - 0.5).abs() < 1e-12); // (0.5 + 0.5) / 2
+        assert!((agg.per_category["x"].mean_iou - 0.75).abs() < 1e-12);
+        assert!((agg.overall.iou_prediction_error - 1.0 / 3.0).abs() < 1e-12);
+    }
+}

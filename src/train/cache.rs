@@ -1,0 +1,189 @@
+//! The embedding cache: with a frozen image encoder each image is encoded once. Entries
+//! are safetensors files keyed by the image's content hash, under a folder keyed by the
+//! checkpoint's content hash and the preprocessing, so a change of any of them is a miss.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{Device, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use crate::model::SamConfig;
+use crate::predict::image::IntensityScaling;
+use crate::predict::EncodedImage;
+use crate::weights::{write_safetensors, RawTensor};
+
+/// Bumped whenever preprocessing or the encoder's numerics change.
+const CACHE_FORMAT: &str = "samtune-embedding-v1";
+
+pub struct EmbeddingCache {
+    dir: PathBuf,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+}
+
+impl EmbeddingCache {
+    /// The cache for `checkpoint` (hashed) with `config` and `scaling` under `root`.
+    pub fn open(
+        root: &Path,
+        checkpoint: &Path,
+        config: &SamConfig,
+        scaling: IntensityScaling,
+    ) -> Result<Self> {
+        let weights = file_sha256(checkpoint)?;
+        let preprocessing = format!(
+            "{CACHE_FORMAT};img_size={};mean={:?};std={:?};resize=pillow-bilinear;intensity={}",
+            config.image_encoder.img_size,
+            config.pixel_mean,
+            config.pixel_std,
+            serde_json::to_string(&scaling)?
+        );
+        let key = format!(
+            "{}-{}",
+            &weights[..16],
+            &hex(&Sha256::digest(preprocessing.as_bytes()))[..8]
+        );
+        let dir = root.join(key);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating cache folder {}", dir.display()))?;
+        let manifest = serde_json::json!({
+            "checkpoint": checkpoint.display().to_string(),
+            "checkpoint_sha256": weights,
+            "preprocessing": preprocessing,
+        });
+        crate::fsutil::write_bytes_atomic(
+            &dir.join("manifest.json"),
+            serde_json::to_string_pretty(&manifest)?.as_bytes(),
+        )?;
+        Ok(Self {
+            dir,
+            hits: AtomicUsize::new(0),
+            misses: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `(hits, misses)` so far.
+    pub fn stats(&self) -> (usize, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The entry path of an image (by content).
+    pub fn entry_path(&self, image: &Path) -> Result<PathBuf> {
+        Ok(self
+            .dir
+            .join(format!("{}.safetensors", &file_sha256(image)?[..32])))
+    }
+
+    /// The cached embedding of `image`, or `encode()`'s result, stored for next time.
+    pub fn get_or_encode(
+        &self,
+        image: &Path,
+        device: &Device,
+        encode: impl FnOnce() -> Result<EncodedImage>,
+    ) -> Result<EncodedImage> {
+        let entry = self.entry_path(image)?;
+        if entry.is_file() {
+            match read_entry(&entry, device) {
+                Ok(encoded) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(encoded);
+                }
+                // a damaged entry is re-computed, not fatal
+                Err(err) => eprintln!(
+                    "warning: re-encoding {}: cache entry {}: {err:#}",
+                    image.display(),
+                    entry.display()
+                ),
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let encoded = encode()?;
+        write_entry(&entry, &encoded)?;
+        Ok(encoded)
+    }
+}
+
+fn write_entry(path: &Path, encoded: &EncodedImage) -> Result<()> {
+    let [_, c, h, w] = encoded.embedding.dims();
+    let values = encoded
+        .embedding
+        .to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading an embedding: {e:?}"))?;
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "original_size".into(),
+        serde_json::to_string(&encoded.original_size)?,
+    );
+    metadata.insert(
+        "input_size".into(),
+        serde_json::to_string(&encoded.input_size)?,
+    );
+    write_safetensors(
+        path,
+        &[RawTensor::f32("embedding", vec![c, h, w], &values)],
+        metadata,
+    )
+}
+
+fn read_entry(path: &Path, device: &Device) -> Result<EncodedImage> {
+    let bytes = std::fs::read(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let size = |key: &str| -> Result<[usize; 2]> {
+        let text = meta.get(key).with_context(|| format!("missing {key}"))?;
+        Ok(serde_json::from_str(text)?)
+    };
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+    let view = tensors.tensor("embedding")?;
+    let shape = view.shape().to_vec();
+    if shape.len() != 3 || view.dtype() != safetensors::Dtype::F32 {
+        bail!("unexpected embedding {:?} {:?}", view.dtype(), shape);
+    }
+    let values: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(EncodedImage {
+        embedding: Tensor::from_data(
+            TensorData::new(values, [1, shape[0], shape[1], shape[2]]),
+            device,
+        ),
+        original_size: size("original_size")?,
+        input_size: size("input_size")?,
+    })
+}
+
+/// Hex SHA-256 of a file's content.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,211 @@
+//! The SAM paper's mask loss: focal + dice on mask logits, plus MSE between the predicted
+//! and the actual IoU; with several masks per prompt, only the best one is trained.
+
+use burn::tensor::activation::{log_sigmoid, sigmoid};
+use burn::tensor::{Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Loss weights and focal parameters (`[train.loss]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Weight of the focal term (SAM paper: 20).
+    pub focal_weight: f64,
+    /// Weight of the dice term (SAM paper: 1).
+    pub dice_weight: f64,
+    /// Weight of the IoU-prediction MSE (SAM paper: 1).
+    pub iou_weight: f64,
+    /// Focal alpha: weight of the positive class (0.25 as in RetinaNet/torchvision).
+    pub focal_alpha: f64,
+    /// Focal gamma (2.0).
+    pub focal_gamma: f64,
+    /// Compute the mask terms on logits upsampled to the original image size instead of
+    /// the decoder's 256x256 output against the downsampled ground truth.
+    pub full_size: bool,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            focal_weight: 20.0,
+            dice_weight: 1.0,
+            iou_weight: 1.0,
+            focal_alpha: 0.25,
+            focal_gamma: 2.0,
+            full_size: false,
+        }
+    }
+}
+
+/// The loss of a batch and its terms (means over prompts).
+#[derive(Debug, Clone)]
+pub struct LossTerms {
+    /// Scalar `[1]` to differentiate.
+    pub total: Tensor<1>,
+    pub focal: Tensor<1>,
+    pub dice: Tensor<1>,
+    pub iou: Tensor<1>,
+    /// `[N]` the actual IoU of the trained mask of each prompt (no gradient).
+    pub actual_iou: Tensor<1>,
+}
+
+/// Per-mask sigmoid focal loss, averaged over pixels: `[N, M, H, W]` x `[N, 1, H, W]` -> `[N, M]`.
+pub fn focal_per_mask(logits: Tensor<4>, targets: Tensor<4>, alpha: f64, gamma: f64) -> Tensor<2> {
+    let [n, m, h, w] = logits.dims();
+    let targets = targets.expand([n, m, h, w]);
+    let p = sigmoid(logits.clone());
+    // binary cross-entropy with logits, stable: -(t log p + (1 - t) log(1 - p))
+    let ce = -(targets.clone() * log_sigmoid(logits.clone())
+        + (targets.clone().neg() + 1.0) * log_sigmoid(logits.neg()));
+    let p_t = p.clone() * targets.clone() + (p.neg() + 1.0) * (targets.clone().neg() + 1.0);
+    let modulation = (p_t.neg() + 1.0).powf_scalar(gamma);
+    let alpha_t = targets.clone() * alpha + (targets.neg() + 1.0) * (1.0 - alpha);
+    (alpha_t * ce * modulation)
+        .reshape([n, m, h * w])
+        .mean_dim(2)
+        .reshape([n, m])
+}
+
+/// Per-mask dice loss `1 - (2|P∩T| + 1) / (|P| + |T| + 1)` on sigmoid probabilities.
+pub fn dice_per_mask(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<2> {
+    let [n, m, h, w] = logits.dims();
+    let p = sigmoid(logits).reshape([n, m, h * w]);
+    let t = targets.expand([n, m, h, w]).reshape([n, m, h * w]);
+    let intersection = (p.clone() * t.clone()).sum_dim(2);
+    let total = p.sum_dim(2) + t.sum_dim(2);
+    let dice = (intersection * 2.0 + 1.0) / (total + 1.0);
+    (dice.neg() + 1.0).reshape([n, m])
+}
+
+/// IoU of the binarised masks (logit > 0) with the targets: `[N, M]`, no gradient.
+pub fn mask_iou(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<2> {
+    let [n, m, h, w] = logits.dims();
+    let pred = logits
+        .detach()
+        .greater_elem(0.0)
+        .float()
+        .reshape([n, m, h * w]);
+    let t = targets.detach().expand([n, m, h, w]).reshape([n, m, h * w]);
+    let intersection = (pred.clone() * t.clone()).sum_dim(2);
+    let union = (pred + t).clamp_max(1.0).sum_dim(2);
+    // both empty: a perfect prediction
+    let empty = union.clone().equal_elem(0.0).float();
+    ((intersection + empty.clone()) / (union + empty)).reshape([n, m])
+}
+
+/// Loss of `N` prompts with `M` candidate masks each against their `[N, 1, H, W]` targets
+/// (0/1). The mask with the lowest focal+dice loss is the one trained (the SAM paper's
+/// rule for ambiguous prompts).
+pub fn sam_loss(
+    logits: Tensor<4>,
+    iou_predictions: Tensor<2>,
+    targets: Tensor<4>,
+    config: &LossConfig,
+) -> LossTerms {
+    let [n, m, _, _] = logits.dims();
+    let focal = focal_per_mask(
+        logits.clone(),
+        targets.clone(),
+        config.focal_alpha,
+        config.focal_gamma,
+    );
+    let dice = dice_per_mask(logits.clone(), targets.clone());
+    let actual = mask_iou(logits, targets);
+    let mask_loss = focal.clone() * config.focal_weight + dice.clone() * config.dice_weight;
+    let best: Tensor<2, Int> = if m == 1 {
+        Tensor::zeros([n, 1], &mask_loss.device())
+    } else {
+        mask_loss.clone().detach().argmin(1)
+    };
+    let pick = |t: Tensor<2>| t.gather(1, best.clone()).reshape([n]);
+    let focal = pick(focal);
+    let dice = pick(dice);
+    let actual_iou = pick(actual);
+    let predicted = pick(iou_predictions);
+    let iou = (predicted - actual_iou.clone()).square();
+    let total = focal.clone() * config.focal_weight
+        + dice.clone() * config.dice_weight
+        + iou.clone() * config.iou_weight;
+    LossTerms {
+        total: total.mean(),
+        focal: focal.mean(),
+        dice: dice.mean(),
+        iou: iou.mean(),
+        actual_iou,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    fn t4(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(values, shape), &Device::default())
+    }
+
+    fn scalar<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn focal_matches_hand_computed_values() {
+        // logits 0 and 2 against targets 1 and 0, alpha 0.25, gamma 2
+        let logits = t4(vec![0.0, 2.0], [1, 1, 1, 2]);
+        let targets = t4(vec![1.0, 0.0], [1, 1, 1, 2]);
+        let got = scalar(focal_per_mask(logits, targets, 0.25, 2.0))[0];
+        // pixel 1: p = 0.5, ce = ln 2, p_t = 0.5, alpha_t = 0.25 -> 0.25 * ln2 * 0.25
+        let a = 0.25 * std::f64::consts::LN_2 * 0.25;
+        // pixel 2: p = sigmoid(2), ce = -ln(1 - p), p_t = 1 - p, alpha_t = 0.75 -> 0.75 * ce * p^2
+        let p = 1.0 / (1.0 + (-2.0f64).exp());
+        let b = 0.75 * -(1.0 - p).ln() * p * p;
+        assert!(
+            (got as f64 - (a + b) / 2.0).abs() < 1e-6,
+            "{got} vs {}",
+            (a + b) / 2.0
+        );
+    }
+
+    #[test]
+    fn dice_matches_hand_computed_values() {
+        // probabilities 0.5 (logit 0) everywhere on 4 pixels, 2 of them foreground:
+        // intersection 1, |P| 2, |T| 2 -> 1 - (2 + 1) / (4 + 1) = 0.4
+        let logits = t4(vec![0.0; 4], [1, 1, 2, 2]);
+        let targets = t4(vec![1.0, 1.0, 0.0, 0.0], [1, 1, 2, 2]);
+        let got = scalar(dice_per_mask(logits, targets))[0];
+        assert!((got - 0.4).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn iou_counts_empty_against_empty_as_perfect() {
+        let logits = t4(
+            vec![5.0, -5.0, -5.0, -5.0, -1.0, -1.0, -1.0, -1.0],
+            [1, 2, 2, 2],
+        );
+        let targets = t4(vec![1.0, 1.0, 0.0, 0.0], [1, 1, 2, 2]);
+        assert_eq!(scalar(mask_iou(logits, targets)), vec![0.5, 0.0]);
+        let nothing = t4(vec![-1.0; 4], [1, 1, 2, 2]);
+        assert_eq!(
+            scalar(mask_iou(nothing, t4(vec![0.0; 4], [1, 1, 2, 2]))),
+            vec![1.0]
+        );
+    }
+
+    #[test]
+    fn the_best_of_several_masks_is_the_one_trained() {
+        // mask 0 is wrong, mask 1 is right: the loss is mask 1's
+        let targets = t4(vec![1.0, 0.0, 1.0, 0.0], [1, 1, 2, 2]);
+        let logits = t4(
+            vec![-9.0, 9.0, -9.0, 9.0, 9.0, -9.0, 9.0, -9.0],
+            [1, 2, 2, 2],
+        );
+        let iou_pred = Tensor::<2>::from_data(
+            TensorData::new(vec![0.0f32, 1.0], [1, 2]),
+            &Device::default(),
+        );
+        let terms = sam_loss(logits, iou_pred, targets, &LossConfig::default());
+        assert_eq!(scalar(terms.actual_iou), vec![1.0]);
+        assert!(scalar(terms.total)[0] < 0.01);
+    }
+}
