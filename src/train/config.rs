@@ -196,6 +196,9 @@ pub struct OptimConfig {
     pub images_per_batch: usize,
     /// Stop after this many epochs without a better validation mIoU (0: never).
     pub patience: usize,
+    /// Stop (resumably) after this many epochs in one invocation, e.g. to fit a cluster
+    /// job's time limit; continue with `--resume` (0: no limit).
+    pub stop_after_epochs: usize,
     pub seed: u64,
 }
 
@@ -214,6 +217,7 @@ impl Default for OptimConfig {
             grad_accumulation: 1,
             images_per_batch: 2,
             patience: 0,
+            stop_after_epochs: 0,
             seed: 42,
         }
     }

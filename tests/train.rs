@@ -1,0 +1,114 @@
+//! Fine-tuning end to end on the tiny reference model and generated data.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use common::fixtures_dir;
+use samtune::data::synthetic::{write_dataset, Domain};
+use samtune::train::{train, TrainConfig};
+use samtune::weights::Checkpoint;
+
+fn config(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
+    let text = format!(
+        r#"
+name = "{name}"
+runs_dir = "{runs}"
+[model]
+checkpoint = "{ckpt}"
+[data]
+path = "{data}"
+val_ratio = 0.25
+max_objects_per_image = 4
+[prompts]
+box_prob = 1.0
+points_prob = 0.0
+box_and_points_prob = 0.0
+[train]
+epochs = {epochs}
+lr = 3e-3
+images_per_batch = 2
+warmup_fraction = 0.0
+[cache]
+dir = "{cache}"
+"#,
+        runs = dir.join("runs").display(),
+        ckpt = fixtures_dir().join("tiny_sam.pth").display(),
+        data = dir.join("data").display(),
+        cache = dir.join("cache").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    TrainConfig::load(&path, &[]).unwrap()
+}
+
+fn dataset(dir: &Path) {
+    write_dataset(&dir.join("data"), Domain::Source, 12, 64, 11).unwrap();
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let checkpoint = Checkpoint::open(path).unwrap();
+    checkpoint
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.to_bytes().unwrap().to_vec()))
+        .collect()
+}
+
+fn run_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("runs").join(name).join("checkpoints")
+}
+
+#[test]
+fn training_lowers_the_loss_and_only_touches_the_decoder() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let config = config(dir.path(), "learn", 6);
+    let outcome = train(&config, false, &AtomicBool::new(false)).unwrap();
+    let history = &outcome.state.history;
+    assert_eq!(history.len(), 6);
+    assert!(history.last().unwrap().train_loss < history[0].train_loss, "{history:#?}");
+    assert!(outcome.state.zero_shot.is_some() && outcome.state.best_miou.is_some());
+
+    let base = tensors(&fixtures_dir().join("tiny_sam.pth"));
+    let tuned = tensors(&run_dir(dir.path(), "learn").join("last.safetensors"));
+    assert_eq!(base.len(), tuned.len());
+    let mut decoder_changed = 0;
+    for ((name, a), (name_b, b)) in base.iter().zip(&tuned) {
+        assert_eq!(name, name_b);
+        if name.starts_with("mask_decoder.") {
+            decoder_changed += (a != b) as usize;
+        } else {
+            assert!(a == b, "{name} changed: frozen weights must stay bit-identical");
+        }
+    }
+    assert!(decoder_changed > 20, "only {decoder_changed} decoder tensors changed");
+    let decoder_only = common::load_expected_from(&run_dir(dir.path(), "learn").join("decoder.safetensors"));
+    assert_eq!(decoder_only.len(), tuned.iter().filter(|(k, _)| k.starts_with("mask_decoder.")).count());
+    assert!(decoder_only.keys().all(|k| k.starts_with("mask_decoder.")));
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(dir.path(), "learn").join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(metadata["epoch"], 6);
+    assert!(dir.path().join("runs/learn/tensorboard").read_dir().unwrap().count() > 0);
+}
+
+#[test]
+fn two_epochs_equal_one_epoch_plus_a_resumed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    train(&config(dir.path(), "straight", 2), false, &AtomicBool::new(false)).unwrap();
+    let mut first = config(dir.path(), "resumed", 2);
+    first.train.stop_after_epochs = 1;
+    let stopped = train(&first, false, &AtomicBool::new(false)).unwrap();
+    assert!(stopped.interrupted && stopped.state.epoch == 1);
+    let err = train(&first, false, &AtomicBool::new(false)).unwrap_err();
+    assert!(format!("{err:#}").contains("--resume"), "{err:#}");
+    let outcome = train(&first, true, &AtomicBool::new(false)).unwrap();
+    assert_eq!(outcome.state.history.len(), 2);
+    let a = tensors(&run_dir(dir.path(), "straight").join("last.safetensors"));
+    let b = tensors(&run_dir(dir.path(), "resumed").join("last.safetensors"));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs between the straight and the resumed run");
+    }
+}
