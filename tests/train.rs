@@ -68,7 +68,10 @@ fn training_lowers_the_loss_and_only_touches_the_decoder() {
     let outcome = train(&config, false, &AtomicBool::new(false)).unwrap();
     let history = &outcome.state.history;
     assert_eq!(history.len(), 6);
-    assert!(history.last().unwrap().train_loss < history[0].train_loss, "{history:#?}");
+    assert!(
+        history.last().unwrap().train_loss < history[0].train_loss,
+        "{history:#?}"
+    );
     assert!(outcome.state.zero_shot.is_some() && outcome.state.best_miou.is_some());
 
     let base = tensors(&fixtures_dir().join("tiny_sam.pth"));
@@ -80,24 +83,51 @@ fn training_lowers_the_loss_and_only_touches_the_decoder() {
         if name.starts_with("mask_decoder.") {
             decoder_changed += (a != b) as usize;
         } else {
-            assert!(a == b, "{name} changed: frozen weights must stay bit-identical");
+            assert!(
+                a == b,
+                "{name} changed: frozen weights must stay bit-identical"
+            );
         }
     }
-    assert!(decoder_changed > 20, "only {decoder_changed} decoder tensors changed");
-    let decoder_only = common::load_expected_from(&run_dir(dir.path(), "learn").join("decoder.safetensors"));
-    assert_eq!(decoder_only.len(), tuned.iter().filter(|(k, _)| k.starts_with("mask_decoder.")).count());
+    assert!(
+        decoder_changed > 20,
+        "only {decoder_changed} decoder tensors changed"
+    );
+    let decoder_only =
+        common::load_expected_from(&run_dir(dir.path(), "learn").join("decoder.safetensors"));
+    assert_eq!(
+        decoder_only.len(),
+        tuned
+            .iter()
+            .filter(|(k, _)| k.starts_with("mask_decoder."))
+            .count()
+    );
     assert!(decoder_only.keys().all(|k| k.starts_with("mask_decoder.")));
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir(dir.path(), "learn").join("metadata.json")).unwrap()).unwrap();
+    let metadata: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir(dir.path(), "learn").join("metadata.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(metadata["epoch"], 6);
-    assert!(dir.path().join("runs/learn/tensorboard").read_dir().unwrap().count() > 0);
+    assert!(
+        dir.path()
+            .join("runs/learn/tensorboard")
+            .read_dir()
+            .unwrap()
+            .count()
+            > 0
+    );
 }
 
 #[test]
 fn two_epochs_equal_one_epoch_plus_a_resumed_one() {
     let dir = tempfile::tempdir().unwrap();
     dataset(dir.path());
-    train(&config(dir.path(), "straight", 2), false, &AtomicBool::new(false)).unwrap();
+    train(
+        &config(dir.path(), "straight", 2),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     let mut first = config(dir.path(), "resumed", 2);
     first.train.stop_after_epochs = 1;
     let stopped = train(&first, false, &AtomicBool::new(false)).unwrap();
@@ -109,6 +139,9 @@ fn two_epochs_equal_one_epoch_plus_a_resumed_one() {
     let a = tensors(&run_dir(dir.path(), "straight").join("last.safetensors"));
     let b = tensors(&run_dir(dir.path(), "resumed").join("last.safetensors"));
     for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert!(x == y, "{name} differs between the straight and the resumed run");
+        assert!(
+            x == y,
+            "{name} differs between the straight and the resumed run"
+        );
     }
 }

@@ -123,7 +123,7 @@ pub fn decode_segmentation(
                     .as_array()
                     .and_then(|p| p.iter().map(|v| v.as_f64()).collect::<Option<Vec<_>>>())
                     .context("a polygon must be a list of numbers [x0, y0, x1, y1, ...]")?;
-                if xy.len() < 6 || xy.len() % 2 != 0 {
+                if xy.len() < 6 || !xy.len().is_multiple_of(2) {
                     bail!("a polygon needs at least 3 points (an even count of numbers), got {} numbers", xy.len());
                 }
                 mask.union(&Rle::from_polygon(&xy, height, width).decode()?);

@@ -142,6 +142,20 @@ pub fn correction_click(
     ))
 }
 
+/// The prompts of one image's objects as a batch (they share a kind, so they have the same
+/// number of points and all or none have a box).
+pub fn to_prompt_batch(prompts: &[ObjectPrompt]) -> crate::predict::PromptBatch {
+    crate::predict::PromptBatch {
+        points: if prompts.iter().all(|p| p.points.is_empty()) {
+            Vec::new()
+        } else {
+            prompts.iter().map(|p| p.points.clone()).collect()
+        },
+        boxes: prompts.iter().filter_map(|p| p.bbox).collect(),
+        mask_input: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -225,19 +239,5 @@ mod tests {
         assert_eq!(label, 1);
         assert!((2.0..6.0).contains(&p[0]));
         assert_eq!(correction_click(&target, &target, &mut rng), None);
-    }
-}
-
-/// The prompts of one image's objects as a batch (they share a kind, so they have the same
-/// number of points and all or none have a box).
-pub fn to_prompt_batch(prompts: &[ObjectPrompt]) -> crate::predict::PromptBatch {
-    crate::predict::PromptBatch {
-        points: if prompts.iter().all(|p| p.points.is_empty()) {
-            Vec::new()
-        } else {
-            prompts.iter().map(|p| p.points.clone()).collect()
-        },
-        boxes: prompts.iter().filter_map(|p| p.bbox).collect(),
-        mask_input: None,
     }
 }

@@ -68,7 +68,7 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
         Domain::Source => [235.0, 232.0, 220.0],
         Domain::Target => [90.0, 90.0, 90.0],
     };
-    let phase: f64 = rng.random_range(0.0..6.28);
+    let phase: f64 = rng.random_range(0.0..std::f64::consts::TAU);
     let image = RgbImage::from_fn(size, size, |x, y| {
         let label = labels.get_pixel(x, y)[0] as usize;
         let base = if label == 0 {

@@ -157,13 +157,13 @@ impl SamConfig {
         let dec = &self.mask_decoder;
         let pe = &self.prompt_encoder;
         let mut problems = Vec::new();
-        if enc.img_size % enc.patch_size != 0 {
+        if !enc.img_size.is_multiple_of(enc.patch_size) {
             problems.push(format!(
                 "img_size {} is not a multiple of patch_size {}",
                 enc.img_size, enc.patch_size
             ));
         }
-        if enc.embed_dim % enc.num_heads != 0 {
+        if !enc.embed_dim.is_multiple_of(enc.num_heads) {
             problems.push(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 enc.embed_dim, enc.num_heads
@@ -192,7 +192,7 @@ impl SamConfig {
             ));
         }
         let internal = dec.transformer_dim / dec.transformer.attention_downsample_rate.max(1);
-        if internal % dec.transformer.num_heads != 0 {
+        if !internal.is_multiple_of(dec.transformer.num_heads) {
             problems.push(format!(
                 "decoder num_heads {} must divide the cross-attention width {internal}",
                 dec.transformer.num_heads

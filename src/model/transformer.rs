@@ -153,7 +153,7 @@ impl AttentionConfig {
     pub fn init(&self, device: &Device) -> Attention {
         let internal = self.embedding_dim / self.downsample_rate;
         assert!(
-            internal % self.num_heads == 0,
+            internal.is_multiple_of(self.num_heads),
             "num_heads ({}) must divide the internal dim ({internal})",
             self.num_heads
         );

@@ -449,8 +449,13 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
 
     let first_epoch = state.epoch;
     while state.epoch < config.train.epochs {
-        if config.train.stop_after_epochs > 0 && state.epoch - first_epoch >= config.train.stop_after_epochs {
-            log.line(&format!("stopping after {} epoch(s) as configured; continue with --resume", config.train.stop_after_epochs));
+        if config.train.stop_after_epochs > 0
+            && state.epoch - first_epoch >= config.train.stop_after_epochs
+        {
+            log.line(&format!(
+                "stopping after {} epoch(s) as configured; continue with --resume",
+                config.train.stop_after_epochs
+            ));
             interrupted = true;
             break;
         }

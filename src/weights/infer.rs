@@ -62,7 +62,7 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
         dim("image_encoder.pos_embed", 1)?
     } else {
         // the longest table belongs to a global block: 2 * grid - 1
-        (rel_lengths.iter().max().copied().unwrap_or(1) + 1) / 2
+        rel_lengths.iter().max().copied().unwrap_or(1).div_ceil(2)
     };
     let global_len = 2 * grid - 1;
     let global_attn_indexes: Vec<usize> = (0..depth)
@@ -75,7 +75,7 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
         .collect();
     let window_size = match window_lengths.len() {
         0 => 0,
-        1 => (window_lengths.first().copied().unwrap_or(1) + 1) / 2,
+        1 => window_lengths.first().copied().unwrap_or(1).div_ceil(2),
         _ => {
             return Err(format!(
                 "windowed blocks have different rel_pos lengths {window_lengths:?}"
