@@ -65,7 +65,8 @@ def main():
     api = COCO(path)
     masks = {}
     for ann in api.loadAnns(api.getAnnIds()):
-        masks[f"ann{ann['id']}"] = api.annToMask(ann).astype(np.uint8)
+        # C order: safetensors writes the raw buffer, and pycocotools returns Fortran arrays
+        masks[f"ann{ann['id']}"] = np.ascontiguousarray(api.annToMask(ann), dtype=np.uint8)
     save_file(masks, os.path.join(args.out, "expected_masks.safetensors"))
 
 
