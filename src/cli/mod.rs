@@ -1,5 +1,6 @@
 //! The `samtune` command line.
 
+pub mod bench;
 pub mod device;
 pub mod download;
 pub mod inspect;
@@ -43,6 +44,8 @@ pub enum Command {
     Embed(train::EmbedArgs),
     /// Write the generated sample dataset (source or target domain).
     SampleData(train::SampleDataArgs),
+    /// Speed and memory of the five benchmark cases (random weights of the real sizes).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::Embed(args) => train::run_embed(args),
         Command::SampleData(args) => train::run_sample_data(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,0 +1,518 @@
+//! `samtune bench`: the five speed/memory cases of the benchmark, on random-weight models
+//! of the real sizes. Each case runs in a child process so that its peak memory is its own.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::device::{self, DeviceChoice};
+use crate::model::image_encoder::ImageEncoderViTConfig;
+use crate::model::{DecoderSizes, SamConfig, SamVariant};
+use crate::predict::{EncodedImage, Predictor, PromptBatch};
+use crate::train::config::OptimConfig;
+use crate::train::loss::{sam_loss, LossConfig};
+use crate::train::optim::adamw;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "vit_b")]
+    pub variant: SamVariant,
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
+    /// CPU threads (sets RAYON_NUM_THREADS for the cases).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed repetitions per case (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Images, prompts per image and epochs of the fine-tuning case.
+    #[arg(long, default_value_t = 2)]
+    pub ft_images: usize,
+    #[arg(long, default_value_t = 8)]
+    pub ft_prompts: usize,
+    #[arg(long, default_value_t = 3)]
+    pub ft_epochs: usize,
+    /// A small architecture instead of the variant (smoke tests).
+    #[arg(long)]
+    pub tiny: bool,
+    /// Only these cases (encoder, decoder_step, prompt_latency, finetune, load).
+    #[arg(long = "case")]
+    pub cases: Vec<String>,
+    /// Write the results as JSON too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Internal: run one case in this process and print its JSON.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+pub const CASES: [&str; 5] = [
+    "encoder",
+    "decoder_step",
+    "prompt_latency",
+    "finetune",
+    "load",
+];
+
+/// One case's timings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub description: String,
+    /// Seconds per repetition.
+    pub seconds: Vec<f64>,
+    pub median_s: f64,
+    /// (max - min) / median.
+    pub spread: f64,
+    pub flops: Option<f64>,
+    pub peak_rss_mb: f64,
+    /// Extra numbers (e.g. the fine-tune run with and without the cache).
+    pub extra: BTreeMap<String, f64>,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(case) = &args.child {
+        let result = run_case(case, &args)?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let cases: Vec<String> = if args.cases.is_empty() {
+        CASES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.cases.clone()
+    };
+    let exe = std::env::current_exe().context("locating the samtune binary")?;
+    let mut results = Vec::new();
+    for case in &cases {
+        if !CASES.contains(&case.as_str()) {
+            bail!("unknown case '{case}' (cases: {})", CASES.join(", "));
+        }
+        eprintln!("running {case} ...");
+        let mut cmd = Command::new(&exe);
+        cmd.arg("bench")
+            .arg("--child")
+            .arg(case)
+            .args(child_args(&args));
+        if let Some(threads) = args.threads {
+            cmd.env("RAYON_NUM_THREADS", threads.to_string());
+        }
+        let output = cmd
+            .output()
+            .with_context(|| format!("running case {case}"))?;
+        if !output.status.success() {
+            bail!(
+                "case {case} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let line = String::from_utf8_lossy(&output.stdout);
+        let result: CaseResult = serde_json::from_str(line.trim())
+            .with_context(|| format!("case {case} printed {line}"))?;
+        results.push(result);
+    }
+    print_table(&results, &args);
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "tool": "samtune",
+            "variant": if args.tiny { "tiny".to_string() } else { args.variant.to_string() },
+            "device": format!("{:?}", args.device.unwrap_or_else(DeviceChoice::best_available)),
+            "threads": args.threads,
+            "results": results,
+        });
+        crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn child_args(args: &BenchArgs) -> Vec<String> {
+    let mut v = vec![
+        "--variant".into(),
+        args.variant.to_string(),
+        "--reps".into(),
+        args.reps.to_string(),
+        "--ft-images".into(),
+        args.ft_images.to_string(),
+        "--ft-prompts".into(),
+        args.ft_prompts.to_string(),
+        "--ft-epochs".into(),
+        args.ft_epochs.to_string(),
+    ];
+    if let Some(d) = args.device {
+        v.push("--device".into());
+        v.push(format!("{d:?}").to_lowercase());
+    }
+    if args.tiny {
+        v.push("--tiny".into());
+    }
+    v
+}
+
+fn print_table(results: &[CaseResult], args: &BenchArgs) {
+    println!(
+        "samtune bench: {} on {:?}, {} threads",
+        if args.tiny {
+            "tiny".to_string()
+        } else {
+            args.variant.to_string()
+        },
+        args.device.unwrap_or_else(DeviceChoice::best_available),
+        args.threads
+            .map_or("default".to_string(), |t| t.to_string())
+    );
+    println!(
+        "{:<16} {:>10} {:>8} {:>10} {:>10}  description",
+        "case", "median s", "spread", "GFLOP/s", "peak MB"
+    );
+    for r in results {
+        let gflops = r
+            .flops
+            .map_or("-".to_string(), |f| format!("{:.1}", f / r.median_s / 1e9));
+        println!(
+            "{:<16} {:>10.4} {:>7.0}% {:>10} {:>10.0}  {}",
+            r.case,
+            r.median_s,
+            r.spread * 100.0,
+            gflops,
+            r.peak_rss_mb,
+            r.description
+        );
+        for (k, v) in &r.extra {
+            println!("{:<16} {:>10.4}  {k}", "", v);
+        }
+    }
+}
+
+fn config(args: &BenchArgs) -> SamConfig {
+    if args.tiny {
+        let encoder = ImageEncoderViTConfig::new()
+            .with_img_size(256)
+            .with_embed_dim(64)
+            .with_depth(2)
+            .with_num_heads(2)
+            .with_window_size(4)
+            .with_global_attn_indexes(vec![1]);
+        SamConfig::with_defaults(encoder, DecoderSizes::official())
+    } else {
+        args.variant.config()
+    }
+}
+
+fn stats(
+    case: &str,
+    description: String,
+    seconds: Vec<f64>,
+    flops: Option<f64>,
+    extra: BTreeMap<String, f64>,
+) -> CaseResult {
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let spread = (sorted[sorted.len() - 1] - sorted[0]) / median.max(1e-12);
+    CaseResult {
+        case: case.into(),
+        description,
+        seconds,
+        median_s: median,
+        spread,
+        flops,
+        peak_rss_mb: peak_rss_mb(),
+        extra,
+    }
+}
+
+/// Times `f` `reps` times after one warm-up.
+fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+/// Forces pending work on the device to finish (GPU backends are asynchronous).
+fn sync<const D: usize>(t: Tensor<D>) -> Result<()> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+fn random_boxes(n: usize, size: f64) -> Vec<[f64; 4]> {
+    (0..n)
+        .map(|i| {
+            let f = (i as f64 + 1.0) / (n as f64 + 2.0);
+            [
+                size * f * 0.5,
+                size * f * 0.4,
+                size * (0.5 + f * 0.4),
+                size * (0.45 + f * 0.5),
+            ]
+        })
+        .collect()
+}
+
+fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
+    let device = device::resolve(args.device)?;
+    let config = config(args);
+    let img = config.image_encoder.img_size;
+    let grid = img / config.image_encoder.patch_size;
+    match case {
+        "encoder" => {
+            let model = config.init(&device);
+            let input =
+                Tensor::<4>::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), &device);
+            let seconds = time_reps(args.reps, || {
+                sync(model.image_encoder.forward(input.clone()))
+            })?;
+            Ok(stats(
+                case,
+                format!("image encoder forward {img}x{img}, batch 1"),
+                seconds,
+                Some(encoder_flops(&config)),
+                BTreeMap::new(),
+            ))
+        }
+        "decoder_step" => {
+            let autodiff = device.autodiff();
+            let mut model = config.init(&autodiff);
+            model.image_encoder = model.image_encoder.freeze();
+            model.prompt_encoder = model.prompt_encoder.freeze();
+            let mut optim = adamw(&model, &OptimConfig::default());
+            let embedding = Tensor::<4>::random(
+                [1, 256, grid, grid],
+                Distribution::Normal(0.0, 1.0),
+                &autodiff,
+            );
+            let low = grid * 4;
+            let targets =
+                Tensor::<4>::random([8, 1, low, low], Distribution::Bernoulli(0.3), &autodiff);
+            let prompts =
+                PromptBatch::from_boxes_and_points(random_boxes(8, img as f64), Vec::new());
+            let loss_config = LossConfig::default();
+            let mut step = || -> Result<()> {
+                let p = prompts.to_prompts([img, img], img, &autodiff);
+                let (sparse, dense) = model.prompt_encoder.forward(p.points, p.boxes, None);
+                let out = model
+                    .mask_decoder
+                    .predict_masks(
+                        embedding.clone(),
+                        model.prompt_encoder.get_dense_pe(),
+                        sparse,
+                        dense,
+                    )
+                    .select(true);
+                let terms = sam_loss(
+                    out.masks,
+                    out.iou_predictions,
+                    targets.clone(),
+                    &loss_config,
+                );
+                let grads = GradientsParams::from_grads(terms.total.backward(), &model);
+                model = optim.step(1e-4, model.clone(), grads);
+                sync(model.mask_decoder.iou_token.weight.val())
+            };
+            let seconds = time_reps(args.reps, &mut step)?;
+            Ok(stats(
+                case,
+                "decoder train step: 8 box prompts, multimask, fwd+bwd+AdamW".into(),
+                seconds,
+                None,
+                BTreeMap::new(),
+            ))
+        }
+        "prompt_latency" => {
+            let model = config.init(&device);
+            let predictor = Predictor::new(&model);
+            let encoded = EncodedImage {
+                embedding: Tensor::random(
+                    [1, 256, grid, grid],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                ),
+                original_size: [img * 3 / 4, img],
+                input_size: [img * 3 / 4, img],
+            };
+            let prompts =
+                PromptBatch::from_boxes_and_points(random_boxes(1, img as f64 * 0.75), Vec::new());
+            let seconds = time_reps(args.reps.max(10), || {
+                let p = predictor
+                    .predict(&encoded, &prompts, true)
+                    .map_err(anyhow::Error::msg)?;
+                sync(p.logits)
+            })?;
+            Ok(stats(
+                case,
+                "1 box -> 3 masks at image size, on an encoded image".into(),
+                seconds,
+                None,
+                BTreeMap::new(),
+            ))
+        }
+        "finetune" => finetune_case(args, &config, &device),
+        "load" => {
+            let dir = tempfile_dir()?;
+            let path = dir.join("bench_model.safetensors");
+            {
+                let model = config.init(&device);
+                crate::weights::save_checkpoint(&model, &config, &path, &BTreeMap::new(), &|_| {
+                    true
+                })?;
+            }
+            let seconds = time_reps(args.reps, || {
+                let (model, _) = crate::weights::load_sam(&path, None, &device)?;
+                sync(model.mask_decoder.iou_token.weight.val())
+            })?;
+            let size = std::fs::metadata(&path)?.len() as f64 / 1e6;
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut extra = BTreeMap::new();
+            extra.insert("file MB".into(), size);
+            Ok(stats(
+                case,
+                "load a full checkpoint (safetensors, official keys)".into(),
+                seconds,
+                None,
+                extra,
+            ))
+        }
+        other => bail!("unknown case {other}"),
+    }
+}
+
+/// Case 4: a decoder fine-tune over `ft_images` images x `ft_prompts` prompts for
+/// `ft_epochs` epochs, with embeddings computed once (the cache) and re-encoded every step.
+fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Result<CaseResult> {
+    let img = config.image_encoder.img_size;
+    let grid = img / config.image_encoder.patch_size;
+    let autodiff = device.clone().autodiff();
+    let mut model = config.init(&autodiff);
+    model.image_encoder = model.image_encoder.freeze();
+    model.prompt_encoder = model.prompt_encoder.freeze();
+    let encoder = model.valid();
+    let mut optim = adamw(&model, &OptimConfig::default());
+    let images: Vec<Tensor<4>> = (0..args.ft_images)
+        .map(|_| Tensor::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), device))
+        .collect();
+    let low = grid * 4;
+    let targets = Tensor::<4>::random(
+        [args.ft_prompts, 1, low, low],
+        Distribution::Bernoulli(0.3),
+        &autodiff,
+    );
+    let prompts =
+        PromptBatch::from_boxes_and_points(random_boxes(args.ft_prompts, img as f64), Vec::new());
+    let loss_config = LossConfig::default();
+    let mut step = |embedding: Tensor<4>| -> Result<()> {
+        let p = prompts.to_prompts([img, img], img, &autodiff);
+        let (sparse, dense) = model.prompt_encoder.forward(p.points, p.boxes, None);
+        let out = model
+            .mask_decoder
+            .predict_masks(
+                embedding,
+                model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+            )
+            .select(true);
+        let terms = sam_loss(
+            out.masks,
+            out.iou_predictions,
+            targets.clone(),
+            &loss_config,
+        );
+        let grads = GradientsParams::from_grads(terms.total.backward(), &model);
+        model = optim.step(1e-4, model.clone(), grads);
+        sync(model.mask_decoder.iou_token.weight.val())
+    };
+    // warm-up (first-call allocations and kernel selection), untimed
+    step(encoder.image_encoder.forward(images[0].clone()).autodiff())?;
+    // with the cache: encode once, then train
+    let t = Instant::now();
+    let embeddings: Vec<Tensor<4>> = images
+        .iter()
+        .map(|x| encoder.image_encoder.forward(x.clone()))
+        .collect();
+    for e in &embeddings {
+        sync(e.clone())?;
+    }
+    for _ in 0..args.ft_epochs {
+        for e in &embeddings {
+            step(e.clone().autodiff())?;
+        }
+    }
+    let cached = t.elapsed().as_secs_f64();
+    // without: the frozen encoder runs for every step
+    let t = Instant::now();
+    for _ in 0..args.ft_epochs {
+        for x in &images {
+            let e = encoder.image_encoder.forward(x.clone());
+            step(e.autodiff())?;
+        }
+    }
+    let uncached = t.elapsed().as_secs_f64();
+    let mut extra = BTreeMap::new();
+    extra.insert("without cache (re-encode every step), s".into(), uncached);
+    extra.insert("speed-up of the cache".into(), uncached / cached);
+    Ok(stats(
+        "finetune",
+        format!(
+            "{} epochs x {} images x {} box prompts, embedding cache",
+            args.ft_epochs, args.ft_images, args.ft_prompts
+        ),
+        vec![cached],
+        None,
+        extra,
+    ))
+}
+
+/// Multiply-adds x2 of the image encoder forward (matmuls and convolutions).
+pub fn encoder_flops(config: &SamConfig) -> f64 {
+    let e = &config.image_encoder;
+    let grid = (e.img_size / e.patch_size) as f64;
+    let n = grid * grid;
+    let d = e.embed_dim as f64;
+    let hidden = d * e.mlp_ratio;
+    let mut flops = 2.0 * n * d * (3.0 * (e.patch_size * e.patch_size) as f64); // patch embedding
+    for i in 0..e.depth {
+        flops += 2.0 * n * d * (3.0 * d + d + 2.0 * hidden); // qkv, proj, mlp
+                                                             // QK^T and AV: over all tokens in global blocks, per padded window otherwise
+        let (groups, tokens) = if e.global_attn_indexes.contains(&i) {
+            (1.0, n)
+        } else {
+            let w = e.window_size as f64;
+            ((grid / w).ceil().powi(2), w * w)
+        };
+        flops += groups * 2.0 * 2.0 * tokens * tokens * d;
+    }
+    let out = e.out_chans as f64;
+    flops + 2.0 * n * d * out + 2.0 * n * out * out * 9.0 // neck
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("samtune-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), MB; 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
