@@ -18,7 +18,9 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+from sam_loss import sam_loss  # noqa: E402  (the same loss as samtune's)
 
 CASES = ["encoder", "decoder_step", "prompt_latency", "finetune", "load"]
 
@@ -42,26 +44,6 @@ def build(variant, tiny):
                                  transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
                                  transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
     )
-
-
-def sam_loss(masks, iou_pred, targets):
-    """Focal (20) + dice (1) + IoU MSE (1) on the best of the masks, as samtune's loss."""
-    t = targets.expand_as(masks)
-    p = torch.sigmoid(masks)
-    ce = F.binary_cross_entropy_with_logits(masks, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    focal = ((0.25 * t + 0.75 * (1 - t)) * ce * (1 - p_t) ** 2).flatten(2).mean(-1)
-    inter = (p * t).flatten(2).sum(-1)
-    dice = 1 - (2 * inter + 1) / (p.flatten(2).sum(-1) + t.flatten(2).sum(-1) + 1)
-    with torch.no_grad():
-        pred = (masks > 0).float()
-        i = (pred * t).flatten(2).sum(-1)
-        u = ((pred + t).clamp(max=1)).flatten(2).sum(-1)
-        actual = torch.where(u > 0, i / u.clamp(min=1), torch.ones_like(u))
-    per_mask = 20 * focal + dice
-    best = per_mask.detach().argmin(1, keepdim=True)
-    pick = lambda x: x.gather(1, best).squeeze(1)
-    return (pick(per_mask) + (pick(iou_pred) - pick(actual)) ** 2).mean()
 
 
 def boxes(n, size):

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use samtune::model::image_encoder::get_rel_pos;
@@ -242,4 +243,134 @@ fn wrapped_checkpoint_loads_the_same_weights() {
     let ea = values(&a.image_encoder.forward(input.clone()));
     let eb = values(&b.image_encoder.forward(input));
     assert_eq!(ea, eb);
+}
+
+/// A decoder training step: loss and gradients equal PyTorch's for the same model,
+/// embedding, boxes and targets (fixture `train_step.*`).
+#[test]
+fn training_step_loss_and_gradients_match() {
+    use samtune::train::loss::{sam_loss, LossConfig};
+
+    let device = Device::default().autodiff();
+    let expected = load_expected("tiny_expected.safetensors");
+    let (mut model, _) = load_sam(checkpoint_path("tiny_sam.pth"), None, &device).unwrap();
+    model.image_encoder = model.image_encoder.freeze();
+    model.prompt_encoder = model.prompt_encoder.freeze();
+    let embedding = tensor_from(&expected["image_embedding"], &device);
+    let targets = tensor_from(&expected["train_step.targets"], &device);
+    let boxes = &expected["train_step.boxes"];
+    let boxes = Tensor::<2>::from_data(
+        TensorData::new(boxes.values.clone(), [boxes.shape[0], 4]),
+        &device,
+    );
+    let (sparse, dense) = model.prompt_encoder.forward(None, Some(boxes), None);
+    let out = model
+        .mask_decoder
+        .predict_masks(
+            embedding,
+            model.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+        )
+        .select(true);
+    let terms = sam_loss(
+        out.masks,
+        out.iou_predictions,
+        targets,
+        &LossConfig::default(),
+    );
+    let loss = values(&terms.total)[0];
+    let reference = expected["train_step.loss"].values[0];
+    assert!(
+        (loss - reference).abs() / reference.abs() < 1e-4,
+        "loss {loss} vs {reference}"
+    );
+    let grads = terms.total.backward();
+    // (name, gradient as [shape, values]); Linear weights transposed to PyTorch's [out, in]
+    let d = &model.mask_decoder;
+    let t = &d.transformer;
+    let bias = |l: &burn::nn::Linear| l.bias.clone().expect("Linear layers have biases");
+    let checks = [
+        (
+            "iou_token.weight",
+            grad_of(&d.iou_token.weight, &grads, false),
+        ),
+        (
+            "mask_tokens.weight",
+            grad_of(&d.mask_tokens.weight, &grads, false),
+        ),
+        (
+            "transformer.layers.0.self_attn.q_proj.weight",
+            grad_of(&t.layers[0].self_attn.q_proj.weight, &grads, true),
+        ),
+        (
+            "transformer.layers.1.cross_attn_image_to_token.v_proj.bias",
+            grad_of(
+                &bias(&t.layers[1].cross_attn_image_to_token.v_proj),
+                &grads,
+                false,
+            ),
+        ),
+        (
+            "transformer.final_attn_token_to_image.out_proj.weight",
+            grad_of(&t.final_attn_token_to_image.out_proj.weight, &grads, true),
+        ),
+        (
+            "transformer.norm_final_attn.weight",
+            grad_of(&t.norm_final_attn.gamma, &grads, false),
+        ),
+        (
+            "output_upscaling.0.weight",
+            grad_of(&d.output_upscaling.conv1.weight, &grads, false),
+        ),
+        (
+            "output_upscaling.1.weight",
+            grad_of(&d.output_upscaling.ln1.weight, &grads, false),
+        ),
+        (
+            "output_hypernetworks_mlps.2.layers.0.weight",
+            grad_of(
+                &d.output_hypernetworks_mlps[2].layers[0].weight,
+                &grads,
+                true,
+            ),
+        ),
+        (
+            "iou_prediction_head.layers.2.bias",
+            grad_of(&bias(&d.iou_prediction_head.layers[2]), &grads, false),
+        ),
+    ];
+    let mut checked = 0;
+    for (name, (shape, grad)) in checks {
+        let reference = &expected[&format!("train_step.grad.mask_decoder.{name}")];
+        assert_eq!(shape, reference.shape, "{name}: shape");
+        let err = relative_error(&grad, &reference.values);
+        assert!(err < 1e-4, "{name}: gradient relative error {err:e}");
+        checked += 1;
+    }
+    assert_eq!(
+        checked,
+        expected
+            .keys()
+            .filter(|k| k.starts_with("train_step.grad."))
+            .count()
+    );
+}
+
+/// A parameter's gradient as `(shape, values)`, optionally transposed (rank 2).
+fn grad_of<const D: usize>(
+    param: &burn::module::Param<Tensor<D>>,
+    grads: &burn::tensor::Gradients,
+    transpose: bool,
+) -> (Vec<usize>, Vec<f32>) {
+    let grad = param
+        .val()
+        .grad(grads)
+        .expect("a trained parameter has a gradient");
+    let grad = if transpose {
+        grad.swap_dims(0, 1)
+    } else {
+        grad
+    };
+    (grad.dims().to_vec(), values(&grad))
 }

@@ -8,14 +8,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::device::{self, DeviceChoice};
 use crate::model::image_encoder::ImageEncoderViTConfig;
-use crate::model::{DecoderSizes, SamConfig, SamVariant};
+use crate::model::{DecoderSizes, Sam, SamConfig, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
 use crate::train::config::OptimConfig;
 use crate::train::loss::{sam_loss, LossConfig};
@@ -285,44 +285,13 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
             ))
         }
         "decoder_step" => {
-            let autodiff = device.autodiff();
-            let mut model = config.init(&autodiff);
-            model.image_encoder = model.image_encoder.freeze();
-            model.prompt_encoder = model.prompt_encoder.freeze();
-            let mut optim = adamw(&model, &OptimConfig::default());
+            let mut trainer = DecoderTrainer::new(&config, 8, &device);
             let embedding = Tensor::<4>::random(
                 [1, 256, grid, grid],
                 Distribution::Normal(0.0, 1.0),
-                &autodiff,
+                &trainer.device,
             );
-            let low = grid * 4;
-            let targets =
-                Tensor::<4>::random([8, 1, low, low], Distribution::Bernoulli(0.3), &autodiff);
-            let prompts =
-                PromptBatch::from_boxes_and_points(random_boxes(8, img as f64), Vec::new());
-            let loss_config = LossConfig::default();
-            let mut step = || -> Result<()> {
-                let p = prompts.to_prompts([img, img], img, &autodiff);
-                let (sparse, dense) = model.prompt_encoder.forward(p.points, p.boxes, None);
-                let out = model
-                    .mask_decoder
-                    .predict_masks(
-                        embedding.clone(),
-                        model.prompt_encoder.get_dense_pe(),
-                        sparse,
-                        dense,
-                    )
-                    .select(true);
-                let terms = sam_loss(
-                    out.masks,
-                    out.iou_predictions,
-                    targets.clone(),
-                    &loss_config,
-                );
-                let grads = GradientsParams::from_grads(terms.total.backward(), &model);
-                model = optim.step(1e-4, model.clone(), grads);
-                sync(model.mask_decoder.iou_token.weight.val())
-            };
+            let mut step = || trainer.step(embedding.clone());
             let seconds = time_reps(args.reps, &mut step)?;
             Ok(stats(
                 case,
@@ -394,49 +363,13 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
 /// `ft_epochs` epochs, with embeddings computed once (the cache) and re-encoded every step.
 fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Result<CaseResult> {
     let img = config.image_encoder.img_size;
-    let grid = img / config.image_encoder.patch_size;
-    let autodiff = device.clone().autodiff();
-    let mut model = config.init(&autodiff);
-    model.image_encoder = model.image_encoder.freeze();
-    model.prompt_encoder = model.prompt_encoder.freeze();
-    let encoder = model.valid();
-    let mut optim = adamw(&model, &OptimConfig::default());
+    let mut trainer = DecoderTrainer::new(config, args.ft_prompts, device);
+    let encoder = trainer.model.valid();
     let images: Vec<Tensor<4>> = (0..args.ft_images)
         .map(|_| Tensor::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), device))
         .collect();
-    let low = grid * 4;
-    let targets = Tensor::<4>::random(
-        [args.ft_prompts, 1, low, low],
-        Distribution::Bernoulli(0.3),
-        &autodiff,
-    );
-    let prompts =
-        PromptBatch::from_boxes_and_points(random_boxes(args.ft_prompts, img as f64), Vec::new());
-    let loss_config = LossConfig::default();
-    let mut step = |embedding: Tensor<4>| -> Result<()> {
-        let p = prompts.to_prompts([img, img], img, &autodiff);
-        let (sparse, dense) = model.prompt_encoder.forward(p.points, p.boxes, None);
-        let out = model
-            .mask_decoder
-            .predict_masks(
-                embedding,
-                model.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-            )
-            .select(true);
-        let terms = sam_loss(
-            out.masks,
-            out.iou_predictions,
-            targets.clone(),
-            &loss_config,
-        );
-        let grads = GradientsParams::from_grads(terms.total.backward(), &model);
-        model = optim.step(1e-4, model.clone(), grads);
-        sync(model.mask_decoder.iou_token.weight.val())
-    };
     // warm-up (first-call allocations and kernel selection), untimed
-    step(encoder.image_encoder.forward(images[0].clone()).autodiff())?;
+    trainer.step(encoder.image_encoder.forward(images[0].clone()).autodiff())?;
     // with the cache: encode once, then train
     let t = Instant::now();
     let embeddings: Vec<Tensor<4>> = images
@@ -448,7 +381,7 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
     }
     for _ in 0..args.ft_epochs {
         for e in &embeddings {
-            step(e.clone().autodiff())?;
+            trainer.step(e.clone().autodiff())?;
         }
     }
     let cached = t.elapsed().as_secs_f64();
@@ -457,7 +390,7 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
     for _ in 0..args.ft_epochs {
         for x in &images {
             let e = encoder.image_encoder.forward(x.clone());
-            step(e.autodiff())?;
+            trainer.step(e.autodiff())?;
         }
     }
     let uncached = t.elapsed().as_secs_f64();
@@ -474,6 +407,64 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
         None,
         extra,
     ))
+}
+
+/// One decoder training step as `samtune train` takes it: frozen encoders, `n` box
+/// prompts on one image embedding, multimask loss, backward, AdamW.
+struct DecoderTrainer {
+    model: Sam,
+    optim: ModuleOptimizer,
+    prompts: PromptBatch,
+    targets: Tensor<4>,
+    device: Device,
+    img: usize,
+}
+
+impl DecoderTrainer {
+    fn new(config: &SamConfig, n: usize, device: &Device) -> Self {
+        let autodiff = device.clone().autodiff();
+        let mut model = config.init(&autodiff);
+        model.image_encoder = model.image_encoder.freeze();
+        model.prompt_encoder = model.prompt_encoder.freeze();
+        let optim = adamw(&model, &OptimConfig::default());
+        let img = config.image_encoder.img_size;
+        let low = config.prompt_encoder.image_embedding_size[0] * 4;
+        Self {
+            model,
+            optim,
+            prompts: PromptBatch::from_boxes_and_points(random_boxes(n, img as f64), Vec::new()),
+            targets: Tensor::random([n, 1, low, low], Distribution::Bernoulli(0.3), &autodiff),
+            device: autodiff,
+            img,
+        }
+    }
+
+    /// `embedding`: `[1, 256, H, W]` on the autodiff device.
+    fn step(&mut self, embedding: Tensor<4>) -> Result<()> {
+        let p = self
+            .prompts
+            .to_prompts([self.img, self.img], self.img, &self.device);
+        let (sparse, dense) = self.model.prompt_encoder.forward(p.points, p.boxes, None);
+        let out = self
+            .model
+            .mask_decoder
+            .predict_masks(
+                embedding,
+                self.model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+            )
+            .select(true);
+        let terms = sam_loss(
+            out.masks,
+            out.iou_predictions,
+            self.targets.clone(),
+            &LossConfig::default(),
+        );
+        let grads = GradientsParams::from_grads(terms.total.backward(), &self.model);
+        self.model = self.optim.step(1e-4, self.model.clone(), grads);
+        sync(self.model.mask_decoder.iou_token.weight.val())
+    }
 }
 
 /// Multiply-adds x2 of the image encoder forward (matmuls and convolutions).

@@ -19,12 +19,15 @@ import argparse
 import copy
 import json
 import os
+import sys
 from functools import partial
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.numpy import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import (
@@ -256,6 +259,8 @@ def tiny_fixtures(out):
         tensors[f"rel_pos.{q}.{k}.{length}.table"] = f32(table)
         tensors[f"rel_pos.{q}.{k}.{length}.out"] = f32(get_rel_pos(q, k, table))
 
+    train_step_reference(sam, tensors)
+
     save_file(tensors, os.path.join(out, "tiny_expected.safetensors"))
     meta = {
         "config": TINY,
@@ -269,6 +274,47 @@ def tiny_fixtures(out):
     }
     with open(os.path.join(out, "tiny_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
+
+
+# parameters whose gradients the training-step fixture keeps
+GRAD_PARAMS = [
+    "mask_decoder.iou_token.weight",
+    "mask_decoder.mask_tokens.weight",
+    "mask_decoder.transformer.layers.0.self_attn.q_proj.weight",
+    "mask_decoder.transformer.layers.1.cross_attn_image_to_token.v_proj.bias",
+    "mask_decoder.transformer.final_attn_token_to_image.out_proj.weight",
+    "mask_decoder.transformer.norm_final_attn.weight",
+    "mask_decoder.output_upscaling.0.weight",
+    "mask_decoder.output_upscaling.1.weight",
+    "mask_decoder.output_hypernetworks_mlps.2.layers.0.weight",
+    "mask_decoder.iou_prediction_head.layers.2.bias",
+]
+
+
+def train_step_reference(sam, tensors):
+    """The loss and gradients of one decoder training step (two boxes, multimask, the loss
+    of tests/reference/sam_loss.py) on the fixture's image embedding."""
+    from sam_loss import sam_loss
+
+    emb = torch.from_numpy(tensors["image_embedding"])
+    boxes = torch.tensor([[60.0, 50.0, 200.0, 160.0], [150.0, 20.0, 290.0, 190.0]])  # model frame
+    y, x = torch.meshgrid(torch.arange(80.0), torch.arange(80.0), indexing="ij")
+    targets = torch.stack([
+        (((x - 30) / 18) ** 2 + ((y - 25) / 12) ** 2 <= 1).float(),
+        (((x - 55) / 12) ** 2 + ((y - 30) / 20) ** 2 <= 1).float(),
+    ])[:, None]
+    sam.zero_grad()
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    masks, iou = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True)
+    loss = sam_loss(masks, iou, targets)
+    loss.backward()
+    tensors["train_step.boxes"] = f32(boxes)
+    tensors["train_step.targets"] = f32(targets)
+    tensors["train_step.loss"] = f32(loss.reshape(1))
+    params = dict(sam.named_parameters())
+    for name in GRAD_PARAMS:
+        tensors[f"train_step.grad.{name}"] = f32(params[name].grad)
+    sam.zero_grad()
 
 
 def run_cases_float64(sam, image, cases, tensors):
