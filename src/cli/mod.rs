@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod device;
 pub mod download;
+pub mod export;
 pub mod inspect;
 pub mod predict;
 pub mod train;
@@ -44,6 +45,8 @@ pub enum Command {
     Embed(train::EmbedArgs),
     /// Write the generated sample dataset (source or target domain).
     SampleData(train::SampleDataArgs),
+    /// Write a checkpoint as .pth (official loader), safetensors or burnpack.
+    Export(export::ExportArgs),
     /// Speed and memory of the five benchmark cases (random weights of the real sizes).
     Bench(bench::BenchArgs),
 }
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => train::run_embed(args),
         Command::SampleData(args) => train::run_sample_data(args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 

@@ -187,3 +187,82 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn encoded(value: f32) -> EncodedImage {
+        EncodedImage {
+            embedding: Tensor::from_data(
+                TensorData::new(vec![value; 8], [1, 2, 2, 2]),
+                &Device::default(),
+            ),
+            original_size: [30, 40],
+            input_size: [48, 64],
+        }
+    }
+
+    #[test]
+    fn hits_misses_and_invalidation() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join("model.pth");
+        std::fs::write(&checkpoint, b"weights v1").unwrap();
+        let image = dir.path().join("a.png");
+        std::fs::write(&image, b"pixels v1").unwrap();
+        let config = crate::model::SamVariant::VitB.config();
+        let device = Device::default();
+        let encodes = Cell::new(0);
+        let get = |cache: &EmbeddingCache, value: f32| {
+            cache
+                .get_or_encode(&image, &device, || {
+                    encodes.set(encodes.get() + 1);
+                    Ok(encoded(value))
+                })
+                .unwrap()
+        };
+        let cache =
+            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Auto).unwrap();
+        get(&cache, 1.0);
+        let again = get(&cache, 2.0);
+        assert_eq!(
+            (encodes.get(), cache.stats()),
+            (1, (1, 1)),
+            "second lookup is a hit"
+        );
+        assert_eq!(again.original_size, [30, 40]);
+        assert_eq!(again.input_size, [48, 64]);
+        assert_eq!(
+            again
+                .embedding
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap(),
+            vec![1.0; 8]
+        );
+
+        std::fs::write(&image, b"pixels v2").unwrap();
+        get(&cache, 3.0);
+        assert_eq!(encodes.get(), 2, "changed image content is a miss");
+
+        let other =
+            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Full).unwrap();
+        get(&other, 4.0);
+        assert_eq!(encodes.get(), 3, "other preprocessing is a miss");
+
+        std::fs::write(&checkpoint, b"weights v2").unwrap();
+        let retrained =
+            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Auto).unwrap();
+        assert_ne!(retrained.dir(), cache.dir());
+        get(&retrained, 5.0);
+        assert_eq!(encodes.get(), 4, "other weights are a miss");
+
+        // a damaged entry is re-computed, not an error
+        std::fs::write(retrained.entry_path(&image).unwrap(), b"garbage").unwrap();
+        get(&retrained, 6.0);
+        assert_eq!(encodes.get(), 5);
+    }
+}

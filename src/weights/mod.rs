@@ -6,8 +6,10 @@ pub mod checkpoint;
 pub mod download;
 pub mod infer;
 pub mod keymap;
+pub mod pth;
 pub mod save;
 
 pub use checkpoint::{describe, load_sam, Checkpoint, CheckpointFormat, WeightsError};
 pub use infer::{infer_config, ParameterCounts};
-pub use save::{save_checkpoint, write_safetensors, RawTensor};
+pub use pth::write_pth;
+pub use save::{pack_to_raw, save_checkpoint, write_safetensors, RawTensor};

@@ -106,7 +106,7 @@ impl safetensors::View for &RawTensor {
     }
 }
 
-fn pack_to_raw(tensors: Vec<PackTensor>) -> Result<Vec<RawTensor>> {
+pub fn pack_to_raw(tensors: Vec<PackTensor>) -> Result<Vec<RawTensor>> {
     tensors
         .into_iter()
         .map(|t| {

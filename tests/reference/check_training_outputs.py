@@ -42,6 +42,13 @@ def main():
     mask = np.array(Image.open(f"{predict_dir}/{report['masks'][0]['file']}")) > 0
     print(f"official model loads last.safetensors strictly; logits relative error {err:.2e}; mask area {mask.sum()}")
 
+    # `samtune export --to pth` of the same checkpoint: torch.load's safe unpickler and a
+    # strict load into the official model, with the same weights
+    exported = torch.load(f"{run_dir}/checkpoints/last.pth", weights_only=True)
+    build_tiny().load_state_dict(exported, strict=True)
+    assert all(torch.equal(exported[k], state[k]) for k in state)
+    print("official loader reads the exported last.pth (weights_only=True, strict)")
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = glob.glob(f"{run_dir}/tensorboard/events.out.tfevents.*")
