@@ -184,3 +184,25 @@ fn the_tiny_model_learns_to_segment_the_objects_it_trains_on() {
     let history = &outcome.state.history;
     assert!(history.last().unwrap().train_loss < 0.5 * history[0].train_loss);
 }
+
+#[test]
+fn an_interrupted_run_saves_a_resumable_state_and_a_diverging_one_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    // Ctrl-C already pressed: the run stops after its first step, resumably
+    let config = config(dir.path(), "interrupted", 2);
+    let outcome = train(&config, false, &AtomicBool::new(true)).unwrap();
+    assert!(outcome.interrupted);
+    assert_eq!(outcome.state.epoch, 0);
+    let resume = run_dir(dir.path(), "interrupted").join("resume");
+    for file in ["model.bpk", "optim.bpk", "state.json"] {
+        assert!(resume.join(file).is_file(), "{file} missing");
+    }
+    let finished = train(&config, true, &AtomicBool::new(false)).unwrap();
+    assert_eq!(finished.state.epoch, 2);
+
+    // a learning rate that blows the weights up: a clear error, not NaN checkpoints
+    let diverging = config_with(dir.path(), "diverging", 2, &["train.lr=1e30"]);
+    let err = format!("{:#}", train(&diverging, false, &AtomicBool::new(false)).unwrap_err());
+    assert!(err.contains("diverged"), "{err}");
+}
