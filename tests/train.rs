@@ -203,6 +203,9 @@ fn an_interrupted_run_saves_a_resumable_state_and_a_diverging_one_stops() {
 
     // a learning rate that blows the weights up: a clear error, not NaN checkpoints
     let diverging = config_with(dir.path(), "diverging", 2, &["train.lr=1e30"]);
-    let err = format!("{:#}", train(&diverging, false, &AtomicBool::new(false)).unwrap_err());
+    let err = format!(
+        "{:#}",
+        train(&diverging, false, &AtomicBool::new(false)).unwrap_err()
+    );
     assert!(err.contains("diverged"), "{err}");
 }

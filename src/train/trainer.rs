@@ -628,6 +628,9 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             state.epochs_without_improvement += 1;
         }
         save_epoch(&valid, &sam_config, config, &state, &ckpt_dir, improved)?;
+        if improved {
+            write_val_report(&run_dir.join("report"), &state, &flatten(&evals))?;
+        }
         save_resume(&model, &optim, &state, &resume_dir, trainable)?;
         if config.train.patience > 0 && state.epochs_without_improvement >= config.train.patience {
             log.line(&format!(
@@ -771,6 +774,30 @@ fn save_epoch(
     write_bytes_atomic(
         &dir.join("metadata.json"),
         serde_json::to_string_pretty(&metadata)?.as_bytes(),
+    )
+}
+
+/// `report/validation.json`: the best epoch's per-object validation results and their
+/// aggregate next to the zero-shot one (the evaluation report builds on it).
+fn write_val_report(dir: &Path, state: &TrainState, results: &[ObjectResult]) -> Result<()> {
+    let best = Aggregate::of(results);
+    let delta = state.zero_shot.as_ref().map(|z| {
+        serde_json::json!({
+            "mean_iou": best.overall.mean_iou - z.mean_iou,
+            "mean_dice": best.overall.mean_dice - z.mean_dice,
+        })
+    });
+    let report = serde_json::json!({
+        "best_epoch": state.best_epoch,
+        "zero_shot": state.zero_shot,
+        "fine_tuned": best,
+        "difference": delta,
+        "objects": results,
+        "empty_masks": "IoU and Dice are 1 when prediction and ground truth are both empty, 0 when only one is",
+    });
+    write_bytes_atomic(
+        &dir.join("validation.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
     )
 }
 
