@@ -263,16 +263,11 @@ fn training_step_loss_and_gradients_match() {
         TensorData::new(boxes.values.clone(), [boxes.shape[0], 4]),
         &device,
     );
-    let (sparse, dense) = model.prompt_encoder.forward(None, Some(boxes), None);
-    let out = model
-        .mask_decoder
-        .predict_masks(
-            embedding,
-            model.prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-        )
-        .select(true);
+    let prompts = samtune::model::Prompts {
+        boxes: Some(boxes),
+        ..Default::default()
+    };
+    let out = model.decode(embedding, prompts).select(true);
     let terms = sam_loss(
         out.masks,
         out.iou_predictions,

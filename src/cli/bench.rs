@@ -444,17 +444,7 @@ impl DecoderTrainer {
         let p = self
             .prompts
             .to_prompts([self.img, self.img], self.img, &self.device);
-        let (sparse, dense) = self.model.prompt_encoder.forward(p.points, p.boxes, None);
-        let out = self
-            .model
-            .mask_decoder
-            .predict_masks(
-                embedding,
-                self.model.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-            )
-            .select(true);
+        let out = self.model.decode(embedding, p).select(true);
         let terms = sam_loss(
             out.masks,
             out.iou_predictions,

@@ -245,15 +245,26 @@ impl Sam {
     /// Prompt encoder + mask decoder on precomputed image embeddings
     /// (`[1 or B, C, H, W]`); all mask outputs, before multimask selection.
     pub fn decode(&self, image_embeddings: Tensor<4>, prompts: Prompts) -> DecoderOutput {
+        self.decode_with_pe(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            prompts,
+        )
+    }
+
+    /// [`Self::decode`] with the dense positional encoding `[1, C, H, W]` computed once by
+    /// the caller (it depends on the weights only).
+    pub fn decode_with_pe(
+        &self,
+        image_embeddings: Tensor<4>,
+        dense_pe: Tensor<4>,
+        prompts: Prompts,
+    ) -> DecoderOutput {
         let (sparse, dense) =
             self.prompt_encoder
                 .forward(prompts.points, prompts.boxes, prompts.masks);
-        self.mask_decoder.predict_masks(
-            image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-        )
+        self.mask_decoder
+            .predict_masks(image_embeddings, dense_pe, sparse, dense)
     }
 
     /// Upsamples low-resolution logits `[B, M, h, w]` to the encoder input size, removes

@@ -191,19 +191,9 @@ impl<'a> Predictor<'a> {
         prompts.validate()?;
         let device = self.dense_pe.device();
         let prompts = prompts.to_prompts(image.original_size, self.model.img_size, &device);
-        let (sparse, dense) =
-            self.model
-                .prompt_encoder
-                .forward(prompts.points, prompts.boxes, prompts.masks);
         let output = self
             .model
-            .mask_decoder
-            .predict_masks(
-                image.embedding.clone(),
-                self.dense_pe.clone(),
-                sparse,
-                dense,
-            )
+            .decode_with_pe(image.embedding.clone(), self.dense_pe.clone(), prompts)
             .select(multimask_output);
         let logits = self.model.postprocess_masks(
             output.masks.clone(),

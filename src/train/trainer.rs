@@ -206,18 +206,8 @@ fn example_loss(
     for round in 0..=config.prompts.refine_clicks {
         let multimask = config.prompts.multimask && round == 0;
         let prompts = batch.to_prompts(example.encoded.original_size, img_size, &device);
-        let (sparse, dense) =
-            model
-                .prompt_encoder
-                .forward(prompts.points, prompts.boxes, prompts.masks);
         let output = model
-            .mask_decoder
-            .predict_masks(
-                example.encoded.embedding.clone(),
-                dense_pe.clone(),
-                sparse,
-                dense,
-            )
+            .decode_with_pe(example.encoded.embedding.clone(), dense_pe.clone(), prompts)
             .select(multimask);
         let round_terms = match &targets_full {
             Some(targets) => {
