@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod device;
 pub mod download;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod predict;
@@ -45,6 +46,8 @@ pub enum Command {
     Embed(train::EmbedArgs),
     /// Write the generated sample dataset (source or target domain).
     SampleData(train::SampleDataArgs),
+    /// IoU and Dice of a checkpoint on a labeled set: report.json, report.md, report.html.
+    Eval(eval::EvalArgs),
     /// Write a checkpoint as .pth (official loader), safetensors or burnpack.
     Export(export::ExportArgs),
     /// Speed and memory of the five benchmark cases (random weights of the real sizes).
@@ -63,6 +66,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::SampleData(args) => train::run_sample_data(args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

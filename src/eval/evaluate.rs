@@ -65,8 +65,7 @@ pub fn encode_image(
     }
 }
 
-/// Evaluates `model` (a non-autodiff copy) on `samples`. With several masks per prompt,
-/// the one with the highest predicted IoU is scored, as SAM's users pick it.
+/// Evaluates `model` (a non-autodiff copy) on `samples`, collecting every image's results.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Sam,
@@ -78,6 +77,39 @@ pub fn evaluate(
     keep_masks: bool,
     progress: bool,
 ) -> Result<Vec<ImageEval>> {
+    let mut out = Vec::with_capacity(samples.len());
+    evaluate_each(
+        model,
+        samples,
+        cache,
+        intensity,
+        prompts,
+        seed,
+        keep_masks,
+        progress,
+        |_, eval| {
+            out.push(eval);
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
+/// Evaluates `model` (a non-autodiff copy) on `samples`, handing each image's results to
+/// `sink` as they come, so memory stays flat however many images there are. With several
+/// masks per prompt, the one with the highest predicted IoU is scored, as SAM's users pick it.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_each(
+    model: &Sam,
+    samples: &[Prepared],
+    cache: Option<&EmbeddingCache>,
+    intensity: IntensityScaling,
+    prompts: &PromptConfig,
+    seed: u64,
+    keep_masks: bool,
+    progress: bool,
+    mut sink: impl FnMut(usize, ImageEval) -> Result<()>,
+) -> Result<()> {
     let device = model.prompt_encoder.get_dense_pe().device();
     let predictor = Predictor::new(model);
     let bar = if progress {
@@ -89,7 +121,6 @@ pub fn evaluate(
         ProgressStyle::with_template("eval {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
             .expect("valid template"),
     );
-    let mut out = Vec::with_capacity(samples.len());
     for (index, prepared) in samples.iter().enumerate() {
         let object_prompts = evaluation_prompts(prepared, index, prompts, seed);
         let encoded = encode_image(model, prepared, cache, intensity, &device)?;
@@ -129,13 +160,16 @@ pub fn evaluate(
                 predicted.push(mask);
             }
         }
-        out.push(ImageEval {
-            results,
-            prompts: object_prompts,
-            predicted,
-        });
+        sink(
+            index,
+            ImageEval {
+                results,
+                prompts: object_prompts,
+                predicted,
+            },
+        )?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(out)
+    Ok(())
 }

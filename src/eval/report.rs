@@ -37,3 +37,109 @@ pub fn comparison_overlay(
     }
     out
 }
+
+/// Everything `samtune eval` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub model: String,
+    pub data: String,
+    pub prompts: String,
+    pub images: usize,
+    pub aggregate: super::metrics::Aggregate,
+    /// `(file, image, mean IoU)` of the overlay pictures, best first then worst.
+    pub overlays: Vec<(String, String, f64)>,
+}
+
+/// How empty masks are counted, said in every report.
+pub const EMPTY_CASES: &str =
+    "IoU and Dice are 1 when the prediction and the ground truth are both empty, \
+and 0 when exactly one of them is empty.";
+
+/// `report.md`.
+pub fn markdown(report: &EvalReport) -> String {
+    let o = &report.aggregate.overall;
+    let mut md = format!(
+        "# samtune evaluation\n\n- checkpoint: `{}` ({})\n- data: `{}`, {} images, {} objects\n- prompts: {}\n\n\
+| | mean IoU | mean Dice | IoU-prediction error |\n|---|---:|---:|---:|\n\
+| per object | {:.4} | {:.4} | {:.4} |\n| per image | {:.4} | {:.4} | |\n",
+        report.checkpoint, report.model, report.data, report.images, o.objects, report.prompts,
+        o.mean_iou, o.mean_dice, o.iou_prediction_error, report.aggregate.mean_image_iou, report.aggregate.mean_image_dice,
+    );
+    if !report.aggregate.per_category.is_empty() {
+        md.push_str("\n| category | objects | mean IoU | mean Dice |\n|---|---:|---:|---:|\n");
+        for (name, s) in &report.aggregate.per_category {
+            md.push_str(&format!(
+                "| {name} | {} | {:.4} | {:.4} |\n",
+                s.objects, s.mean_iou, s.mean_dice
+            ));
+        }
+    }
+    md.push_str(&format!("\n{EMPTY_CASES}\n"));
+    if !report.overlays.is_empty() {
+        md.push_str("\nOverlays (prediction filled, ground truth outlined in white):\n\n");
+        for (file, image, iou) in &report.overlays {
+            md.push_str(&format!("- `{file}`: {image}, mean IoU {iou:.3}\n"));
+        }
+    }
+    md
+}
+
+/// `report.html`: the same tables and the overlay pictures.
+pub fn html(report: &EvalReport) -> String {
+    let o = &report.aggregate.overall;
+    let mut rows = String::new();
+    for (name, s) in &report.aggregate.per_category {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+            escape(name),
+            s.objects,
+            s.mean_iou,
+            s.mean_dice
+        ));
+    }
+    let mut images = String::new();
+    for (file, image, iou) in &report.overlays {
+        images.push_str(&format!(
+            "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{} &middot; mean IoU {:.3}</figcaption></figure>",
+            escape(file),
+            escape(image),
+            escape(image),
+            iou
+        ));
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>samtune evaluation</title><style>\
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child,th:first-child{{text-align:left}}\
+.big{{font-size:2em;font-weight:600}}figure{{display:inline-block;margin:.5em}}img{{max-width:320px;image-rendering:pixelated;border:1px solid #999}}\
+</style></head><body><h1>samtune evaluation</h1>\
+<p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} images, {} objects &middot; prompts: {}</p>\
+<p><span class=\"big\">mIoU {:.3}</span> &nbsp; Dice {:.3} &nbsp; IoU-prediction error {:.3} &nbsp; (per image: mIoU {:.3})</p>\
+{}<p>{}</p><h2>Best and worst images</h2><p>Prediction filled in colour, ground truth outlined in white.</p>{}</body></html>",
+        escape(&report.checkpoint),
+        escape(&report.model),
+        escape(&report.data),
+        report.images,
+        o.objects,
+        escape(&report.prompts),
+        o.mean_iou,
+        o.mean_dice,
+        o.iou_prediction_error,
+        report.aggregate.mean_image_iou,
+        if rows.is_empty() {
+            String::new()
+        } else {
+            format!("<table><tr><th>category</th><th>objects</th><th>mean IoU</th><th>mean Dice</th></tr>{rows}</table>")
+        },
+        EMPTY_CASES,
+        images
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,58 @@
+//! `samtune eval` writes a complete, consistent report.
+
+mod common;
+
+use common::fixtures_dir;
+use samtune::data::synthetic::{write_dataset, Domain};
+
+#[test]
+fn eval_writes_json_markdown_html_and_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, Domain::Target, 3, 64, 5).unwrap();
+    let out = dir.path().join("eval");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
+        .args(["eval", "--checkpoint"])
+        .arg(fixtures_dir().join("tiny_sam.pth"))
+        .arg("--data")
+        .arg(&data)
+        .args(["--prompts", "box-points", "--overlays", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let objects = report["aggregate"]["overall"]["objects"].as_u64().unwrap();
+    let lines = std::fs::read_to_string(out.join("objects.jsonl")).unwrap();
+    assert_eq!(lines.lines().count() as u64, objects);
+    let mean: f64 = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["iou"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum::<f64>()
+        / objects as f64;
+    let reported = report["aggregate"]["overall"]["mean_iou"].as_f64().unwrap();
+    assert!((mean - reported).abs() < 1e-9 && (0.0..=1.0).contains(&reported));
+    assert_eq!(
+        report["overlays"].as_array().unwrap().len(),
+        2,
+        "one best and one worst"
+    );
+    for overlay in report["overlays"].as_array().unwrap() {
+        let picture = image::open(out.join(overlay[0].as_str().unwrap())).unwrap();
+        assert!(picture.width() >= 256, "small images are enlarged");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("mIoU") && html.contains("<img"));
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("both empty"));
+}
