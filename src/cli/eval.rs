@@ -17,7 +17,6 @@ use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::{comparison_overlay, html, markdown, EvalReport};
 use crate::fsutil::write_bytes_atomic;
 use crate::predict::image::{load_rgb, IntensityScaling};
-use crate::predict::overlay::{draw_box, draw_point};
 use crate::train::config::PromptConfig;
 use crate::weights::{describe, load_sam};
 
@@ -146,18 +145,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
             };
             if args.overlays > 0 && (qualifies(&best, true) || qualifies(&worst, false)) {
                 let image = load_rgb(&prepared[index].sample.image, args.intensity)?;
-                let mut picture =
-                    comparison_overlay(&image, &prepared[index].objects, &eval.predicted);
-                for p in &eval.prompts {
-                    if let Some(b) = p.bbox {
-                        draw_box(&mut picture, b, [255, 255, 0]);
-                    }
-                    for (xy, label) in &p.points {
-                        if *label >= 0 {
-                            draw_point(&mut picture, *xy, *label);
-                        }
-                    }
-                }
+                let picture = comparison_overlay(
+                    &image,
+                    &prepared[index].objects,
+                    &eval.predicted,
+                    &eval.prompts,
+                );
                 for (list, better) in [(&mut best, true), (&mut worst, false)] {
                     list.push((score, name.clone(), picture.clone()));
                     list.sort_by(|a, b| {

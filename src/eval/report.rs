@@ -2,18 +2,31 @@
 
 use image::{GrayImage, RgbImage};
 
+use crate::data::prompts::ObjectPrompt;
 use crate::data::{BinaryMask, Object};
-use crate::predict::overlay::overlay_masks;
+use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
 
-/// Ground truth outlined in white over the predicted masks (filled in palette colours):
-/// where fill and outline disagree is where the model is wrong.
+/// Predicted masks filled in palette colours, the prompts (yellow boxes, green/red points),
+/// and the ground truth outlined in white on top: where fill and outline disagree is where
+/// the model is wrong.
 pub fn comparison_overlay(
     image: &RgbImage,
     truth: &[Object],
     predicted: &[BinaryMask],
+    prompts: &[ObjectPrompt],
 ) -> RgbImage {
     let predicted: Vec<GrayImage> = predicted.iter().map(BinaryMask::to_gray_image).collect();
     let mut out = overlay_masks(image, &predicted);
+    for p in prompts {
+        if let Some(b) = p.bbox {
+            draw_box(&mut out, b, [255, 210, 0]);
+        }
+        for (xy, label) in &p.points {
+            if *label >= 0 {
+                draw_point(&mut out, *xy, *label);
+            }
+        }
+    }
     for object in truth {
         let m = &object.mask;
         for y in 0..m.height.min(out.height() as usize) {

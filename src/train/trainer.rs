@@ -836,8 +836,12 @@ fn write_overlays(
         .take(config.report.overlays_per_epoch)
     {
         let image = crate::predict::image::load_rgb(&prepared.sample.image, config.data.intensity)?;
-        let overlay =
-            crate::eval::report::comparison_overlay(&image, &prepared.objects, &eval.predicted);
+        let overlay = crate::eval::report::comparison_overlay(
+            &image,
+            &prepared.objects,
+            &eval.predicted,
+            &eval.prompts,
+        );
         let (w, h) = (overlay.width() as usize, overlay.height() as usize);
         // TensorBoard images are [C, H, W]; tensorboard-rs wants the raw bytes channel-first
         let mut chw = vec![0u8; 3 * w * h];
