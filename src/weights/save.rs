@@ -144,6 +144,7 @@ pub fn write_safetensors(
         &tmp,
     )
     .with_context(|| format!("writing {}", tmp.display()))
+    .and_then(|()| readable_by_all(&tmp))
     .and_then(|()| {
         std::fs::rename(&tmp, path)
             .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
@@ -152,6 +153,20 @@ pub fn write_safetensors(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// safetensors writes through a private (0600) temporary file; checkpoints are shared
+/// artefacts, readable like any file the user creates.
+fn readable_by_all(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting permissions of {}", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn safetensors_dtype(dtype: DType) -> Result<Dtype> {
