@@ -538,6 +538,12 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             bar.set_message(format!("loss {:.4}", sums[0] / batches as f64));
             bar.inc(1);
             tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
+            for (tag, value) in ["train/step_focal", "train/step_dice", "train/step_iou_mse"]
+                .iter()
+                .zip(parts)
+            {
+                tensorboard.add_scalar(tag, (value / chunk.len() as f64) as f32, state.step);
+            }
             tensorboard.add_scalar("train/lr", lr as f32, state.step);
             if interrupt.load(Ordering::SeqCst) && pending == 0 {
                 interrupted = true;
