@@ -45,6 +45,19 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Saves a PNG atomically.
+pub fn save_png<P>(path: &Path, image: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<()>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
+    write_atomic(path, |f| {
+        image
+            .write_to(f, image::ImageFormat::Png)
+            .with_context(|| format!("encoding {}", path.display()))
+    })
+}
+
 /// `name.ext` -> `.name.ext.tmp-<pid>` beside it.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path

@@ -1,26 +1,27 @@
 //! Smoke test of `samtune bench`: every case runs at tiny size and reports.
 
+mod common;
+
+use common::samtune;
+
 #[test]
 fn bench_runs_every_case_and_prints_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .args([
-            "bench",
-            "--tiny",
-            "--reps",
-            "1",
-            "--ft-images",
-            "1",
-            "--ft-epochs",
-            "1",
-            "--threads",
-            "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
+    let output = samtune([
+        "bench",
+        "--tiny",
+        "--reps",
+        "1",
+        "--ft-images",
+        "1",
+        "--ft-epochs",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

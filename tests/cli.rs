@@ -3,17 +3,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
-
-fn samtune(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .args(args)
-        .output()
-        .expect("running samtune")
-}
 
 fn fixture(name: &str) -> String {
     fixtures_dir().join(name).display().to_string()
@@ -142,7 +135,7 @@ fn predict_checks_its_arguments() {
         "--out",
         out.path().to_str().unwrap(),
     ];
-    let with = |extra: &[&str]| samtune(&[&base[..], extra].concat());
+    let with = |extra: &[&str]| samtune([&base[..], extra].concat());
     assert_fails_naming(&with(&["--box", "10,10,5"]), &["10,10,5", "x0,y0,x1,y1"]);
     assert_fails_naming(&with(&["--box", "50,50,10,10"]), &["x1 must be >= x0"]);
     assert_fails_naming(&with(&["--point", "10,10,2"]), &["label must be 1"]);
@@ -151,7 +144,7 @@ fn predict_checks_its_arguments() {
         &with(&["--point", "1,1,1", "--variant", "vit_q"]),
         &["vit_q"],
     );
-    let missing = samtune(&[
+    let missing = samtune([
         "predict",
         "--checkpoint",
         &fixture("tiny_sam.pth"),
@@ -170,7 +163,7 @@ fn bad_checkpoints_are_errors_that_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let image = fixture("scene.png");
     let run = |checkpoint: &Path, variant: &str| {
-        samtune(&[
+        samtune([
             "predict",
             "--checkpoint",
             checkpoint.to_str().unwrap(),
@@ -234,10 +227,10 @@ fn missing_unexpected_and_misshapen_tensors_are_listed() {
     }
     let path = dir.path().join("edited.safetensors");
     samtune::weights::write_safetensors(&path, &tensors, Default::default()).unwrap();
-    let output = samtune(&["inspect", path.to_str().unwrap()]);
+    let output = samtune(["inspect", path.to_str().unwrap()]);
     // inspect does not need a complete model, predict does
     stdout(&output);
-    let predict = samtune(&[
+    let predict = samtune([
         "predict",
         "--checkpoint",
         path.to_str().unwrap(),
@@ -261,7 +254,7 @@ fn missing_unexpected_and_misshapen_tensors_are_listed() {
 
 #[test]
 fn inspect_variants_and_select() {
-    let json: Value = serde_json::from_str(&stdout(&samtune(&[
+    let json: Value = serde_json::from_str(&stdout(&samtune([
         "inspect",
         "--json",
         &fixture("tiny_sam.pth"),
@@ -276,10 +269,10 @@ fn inspect_variants_and_select() {
         json["config"]["image_encoder"]["depth"],
         meta["config"]["depth"]
     );
-    let text = stdout(&samtune(&["inspect", &fixture("tiny_sam.pth")]));
+    let text = stdout(&samtune(["inspect", &fixture("tiny_sam.pth")]));
     assert!(text.contains("custom SAM"), "{text}");
 
-    let variants = stdout(&samtune(&["variants"]));
+    let variants = stdout(&samtune(["variants"]));
     for needle in [
         "sam_vit_b_01ec64.pth",
         "sam_vit_l_0b3195.pth",
@@ -293,12 +286,12 @@ fn inspect_variants_and_select() {
         );
     }
     let select = |gb: &str| {
-        stdout(&samtune(&["select", "--memory-gb", gb]))
+        stdout(&samtune(["select", "--memory-gb", gb]))
             .trim()
             .to_string()
     };
     assert_eq!(select("4"), "vit_b");
     assert_eq!(select("8"), "vit_l");
     assert_eq!(select("24"), "vit_h");
-    assert_fails_naming(&samtune(&["select", "--memory-gb", "-3"]), &["-3"]);
+    assert_fails_naming(&samtune(["select", "--memory-gb", "-3"]), &["-3"]);
 }

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::fixtures_dir;
+use common::{fixtures_dir, samtune};
 use samtune::model::SamVariant;
 use samtune::weights::download::{download_file, download_official, partial_path};
 use samtune::weights::Checkpoint;
@@ -166,17 +166,14 @@ fn a_file_that_is_not_the_named_variant_is_rejected_and_removed() {
     let dest = dir.path().join("sam_vit_b_01ec64.pth");
     assert!(!dest.exists() && !partial_path(&dest).exists());
 
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .args([
-            "download",
-            "vit_l",
-            "--dir",
-            dir.path().to_str().unwrap(),
-            "--base-url",
-            &base,
-        ])
-        .output()
-        .unwrap();
+    let output = samtune([
+        "download",
+        "vit_l",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--base-url",
+        &base,
+    ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

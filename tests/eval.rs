@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, samtune};
 use samtune::data::synthetic::{write_dataset, Domain};
 
 #[test]
@@ -11,15 +11,20 @@ fn eval_writes_json_markdown_html_and_overlays() {
     let data = dir.path().join("data");
     write_dataset(&data, Domain::Target, 3, 64, 5).unwrap();
     let out = dir.path().join("eval");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .args(["eval", "--checkpoint"])
-        .arg(fixtures_dir().join("tiny_sam.pth"))
-        .arg("--data")
-        .arg(&data)
-        .args(["--prompts", "box-points", "--overlays", "1", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let checkpoint = fixtures_dir().join("tiny_sam.pth");
+    let output = samtune([
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--prompts",
+        "box-points",
+        "--overlays",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         output.status.success(),
         "{}",

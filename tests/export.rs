@@ -4,17 +4,18 @@ mod common;
 
 use std::path::Path;
 
-use common::fixtures_dir;
+use common::{fixtures_dir, samtune};
 use samtune::weights::Checkpoint;
 
 fn export(input: &Path, to: &str, out: &Path) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .arg("export")
-        .arg(input)
-        .args(["--to", to, "--out"])
-        .arg(out)
-        .output()
-        .unwrap();
+    let output = samtune([
+        "export",
+        input.to_str().unwrap(),
+        "--to",
+        to,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         output.status.success(),
         "{}",
@@ -52,12 +53,7 @@ fn exporting_onto_the_input_or_from_a_non_checkpoint_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.pth");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
-        .arg("export")
-        .arg(&junk)
-        .args(["--to", "safetensors"])
-        .output()
-        .unwrap();
+    let output = samtune(["export", junk.to_str().unwrap(), "--to", "safetensors"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("junk.pth"));
     assert!(!dir.path().join("junk.safetensors").exists());

@@ -242,11 +242,7 @@ fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>>
 
 /// Forces pending work on the device to finish (GPU backends are asynchronous).
 fn sync<const D: usize>(t: Tensor<D>) -> Result<()> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
+    crate::predict::tensor_values(t).map(|_| ())
 }
 
 fn random_boxes(n: usize, size: f64) -> Vec<[f64; 4]> {

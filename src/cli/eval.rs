@@ -8,14 +8,13 @@ use clap::{Args, ValueEnum};
 use image::RgbImage;
 
 use super::device::{self, DeviceChoice};
-use super::predict::save_png;
 use super::VariantArg;
 use crate::data::dataset::prepare;
 use crate::data::{coco, folder};
-use crate::eval::evaluate::evaluate_each;
+use crate::eval::evaluate::{evaluate_each, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::{comparison_overlay, html, markdown, EvalReport};
-use crate::fsutil::write_bytes_atomic;
+use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::train::config::PromptConfig;
 use crate::weights::{describe, load_sam};
@@ -121,52 +120,50 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut results: Vec<ObjectResult> = Vec::new();
     let mut best: Vec<(f64, String, RgbImage)> = Vec::new();
     let mut worst: Vec<(f64, String, RgbImage)> = Vec::new();
-    evaluate_each(
-        &model,
-        &prepared,
-        None,
-        args.intensity,
-        &prompts,
-        args.seed,
-        args.overlays > 0,
-        true,
-        |index, eval| {
-            for r in &eval.results {
-                writeln!(jsonl, "{}", serde_json::to_string(r)?)?;
+    let settings = EvalSettings {
+        cache: None,
+        intensity: args.intensity,
+        prompts: &prompts,
+        seed: args.seed,
+        keep_masks: args.overlays > 0,
+        progress: true,
+    };
+    evaluate_each(&model, &prepared, &settings, |index, eval| {
+        for r in &eval.results {
+            writeln!(jsonl, "{}", serde_json::to_string(r)?)?;
+        }
+        let score =
+            eval.results.iter().map(|r| r.iou).sum::<f64>() / eval.results.len().max(1) as f64;
+        let name = prepared[index].sample.name();
+        let qualifies = |list: &Vec<(f64, String, RgbImage)>, better: bool| {
+            list.len() < args.overlays
+                || list
+                    .iter()
+                    .any(|(s, _, _)| if better { score > *s } else { score < *s })
+        };
+        if args.overlays > 0 && (qualifies(&best, true) || qualifies(&worst, false)) {
+            let image = load_rgb(&prepared[index].sample.image, args.intensity)?;
+            let picture = comparison_overlay(
+                &image,
+                &prepared[index].objects,
+                &eval.predicted,
+                &eval.prompts,
+            );
+            for (list, better) in [(&mut best, true), (&mut worst, false)] {
+                list.push((score, name.clone(), picture.clone()));
+                list.sort_by(|a, b| {
+                    if better {
+                        b.0.total_cmp(&a.0)
+                    } else {
+                        a.0.total_cmp(&b.0)
+                    }
+                });
+                list.truncate(args.overlays);
             }
-            let score =
-                eval.results.iter().map(|r| r.iou).sum::<f64>() / eval.results.len().max(1) as f64;
-            let name = prepared[index].sample.name();
-            let qualifies = |list: &Vec<(f64, String, RgbImage)>, better: bool| {
-                list.len() < args.overlays
-                    || list
-                        .iter()
-                        .any(|(s, _, _)| if better { score > *s } else { score < *s })
-            };
-            if args.overlays > 0 && (qualifies(&best, true) || qualifies(&worst, false)) {
-                let image = load_rgb(&prepared[index].sample.image, args.intensity)?;
-                let picture = comparison_overlay(
-                    &image,
-                    &prepared[index].objects,
-                    &eval.predicted,
-                    &eval.prompts,
-                );
-                for (list, better) in [(&mut best, true), (&mut worst, false)] {
-                    list.push((score, name.clone(), picture.clone()));
-                    list.sort_by(|a, b| {
-                        if better {
-                            b.0.total_cmp(&a.0)
-                        } else {
-                            a.0.total_cmp(&b.0)
-                        }
-                    });
-                    list.truncate(args.overlays);
-                }
-            }
-            results.extend(eval.results);
-            Ok(())
-        },
-    )?;
+        }
+        results.extend(eval.results);
+        Ok(())
+    })?;
     jsonl.flush()?;
     let mut overlays = Vec::new();
     for (kind, list) in [("best", &best), ("worst", &worst)] {

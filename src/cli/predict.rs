@@ -1,7 +1,7 @@
 //! `samtune predict`: masks for box and point prompts on one image.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::device::{self, DeviceChoice};
 use super::VariantArg;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{save_png, write_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
-use crate::predict::{Predictor, PromptBatch};
+use crate::predict::{tensor_values, Predictor, PromptBatch};
 use crate::weights::{describe, load_sam, write_safetensors, RawTensor};
 
 #[derive(Debug, Args)]
@@ -217,25 +217,4 @@ pub fn run(args: PredictArgs) -> Result<()> {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-/// A tensor's values as f32, row-major.
-pub fn tensor_values<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading tensor values: {e:?}"))
-}
-
-/// Saves a PNG atomically (format from the extension).
-pub fn save_png<P>(path: &Path, image: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<()>
-where
-    P: image::PixelWithColorType,
-    [P::Subpixel]: image::EncodableLayout,
-{
-    write_atomic(path, |f| {
-        image
-            .write_to(f, image::ImageFormat::Png)
-            .with_context(|| format!("encoding {}", path.display()))
-    })
 }

@@ -119,8 +119,8 @@ pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: 
         let (image, labels) =
             generate(domain, size, seed.wrapping_mul(7919).wrapping_add(i as u64));
         let name = format!("{i:04}.png");
-        crate::cli::predict::save_png(&dir.join("images").join(&name), &image)?;
-        crate::cli::predict::save_png(&dir.join("masks").join(&name), &labels)?;
+        crate::fsutil::save_png(&dir.join("images").join(&name), &image)?;
+        crate::fsutil::save_png(&dir.join("masks").join(&name), &labels)?;
     }
     Ok(())
 }

@@ -65,51 +65,50 @@ pub fn encode_image(
     }
 }
 
+/// How an evaluation runs.
+pub struct EvalSettings<'a> {
+    /// Embeddings from (and into) the cache, when given.
+    pub cache: Option<&'a EmbeddingCache>,
+    pub intensity: IntensityScaling,
+    pub prompts: &'a PromptConfig,
+    /// Seeds the prompts, per image index.
+    pub seed: u64,
+    /// Keep the predicted masks (for overlays).
+    pub keep_masks: bool,
+    pub progress: bool,
+}
+
 /// Evaluates `model` (a non-autodiff copy) on `samples`, collecting every image's results.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &Sam,
     samples: &[Prepared],
-    cache: Option<&EmbeddingCache>,
-    intensity: IntensityScaling,
-    prompts: &PromptConfig,
-    seed: u64,
-    keep_masks: bool,
-    progress: bool,
+    settings: &EvalSettings,
 ) -> Result<Vec<ImageEval>> {
     let mut out = Vec::with_capacity(samples.len());
-    evaluate_each(
-        model,
-        samples,
-        cache,
-        intensity,
-        prompts,
-        seed,
-        keep_masks,
-        progress,
-        |_, eval| {
-            out.push(eval);
-            Ok(())
-        },
-    )?;
+    evaluate_each(model, samples, settings, |_, eval| {
+        out.push(eval);
+        Ok(())
+    })?;
     Ok(out)
 }
 
 /// Evaluates `model` (a non-autodiff copy) on `samples`, handing each image's results to
 /// `sink` as they come, so memory stays flat however many images there are. With several
 /// masks per prompt, the one with the highest predicted IoU is scored, as SAM's users pick it.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_each(
     model: &Sam,
     samples: &[Prepared],
-    cache: Option<&EmbeddingCache>,
-    intensity: IntensityScaling,
-    prompts: &PromptConfig,
-    seed: u64,
-    keep_masks: bool,
-    progress: bool,
+    settings: &EvalSettings,
     mut sink: impl FnMut(usize, ImageEval) -> Result<()>,
 ) -> Result<()> {
+    let EvalSettings {
+        cache,
+        intensity,
+        prompts,
+        seed,
+        keep_masks,
+        progress,
+    } = *settings;
     let device = model.prompt_encoder.get_dense_pe().device();
     let predictor = Predictor::new(model);
     let bar = if progress {
@@ -132,8 +131,8 @@ pub fn evaluate_each(
             )
             .map_err(anyhow::Error::msg)?;
         let [_, m, h, w] = prediction.logits.dims();
-        let logits = crate::cli::predict::tensor_values(prediction.logits)?;
-        let ious = crate::cli::predict::tensor_values(prediction.iou_predictions)?;
+        let logits = crate::predict::tensor_values(prediction.logits)?;
+        let ious = crate::predict::tensor_values(prediction.iou_predictions)?;
         let mut results = Vec::new();
         let mut predicted = Vec::new();
         for (i, object) in prepared.objects.iter().enumerate() {

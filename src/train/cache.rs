@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::SamConfig;
 use crate::predict::image::IntensityScaling;
-use crate::predict::EncodedImage;
+use crate::predict::{tensor_values, EncodedImage};
 use crate::weights::{write_safetensors, RawTensor};
 
 /// Bumped whenever preprocessing or the encoder's numerics change.
@@ -115,12 +115,7 @@ impl EmbeddingCache {
 
 fn write_entry(path: &Path, encoded: &EncodedImage) -> Result<()> {
     let [_, c, h, w] = encoded.embedding.dims();
-    let values = encoded
-        .embedding
-        .to_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading an embedding: {e:?}"))?;
+    let values = tensor_values(encoded.embedding.clone())?;
     let mut metadata = BTreeMap::new();
     metadata.insert(
         "original_size".into(),

@@ -23,17 +23,16 @@ use super::loss::{sam_loss, LossTerms};
 use super::optim::{adamw, clip_global_norm};
 use super::schedule::lr_at;
 use crate::cli::device::DeviceChoice;
-use crate::cli::predict::tensor_values;
 use crate::data::dataset::{prepare, seeded_split, Prepared};
 use crate::data::prompts::{
     correction_click, sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt,
 };
 use crate::data::{coco, folder, BinaryMask, Split};
-use crate::eval::evaluate::{encode_image, evaluate, ImageEval};
+use crate::eval::evaluate::{encode_image, evaluate, EvalSettings, ImageEval};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
 use crate::fsutil::write_bytes_atomic;
 use crate::model::{Sam, SamConfig};
-use crate::predict::EncodedImage;
+use crate::predict::{tensor_values, EncodedImage};
 use crate::weights::{load_sam, save_checkpoint};
 
 /// Metrics of one epoch.
@@ -283,22 +282,22 @@ fn example_loss(
         }
         terms.push(round_terms);
     }
+    // the mean over rounds; the actual IoU is the last round's
     let rounds = terms.len() as f64;
-    let mut iter = terms.into_iter();
-    let first = iter.next().expect("at least one round");
-    Ok(iter.fold(first, |acc, t| LossTerms {
-        total: acc.total + t.total,
-        focal: acc.focal + t.focal,
-        dice: acc.dice + t.dice,
-        iou: acc.iou + t.iou,
-        actual_iou: t.actual_iou,
-    }))
-    .map(|t| LossTerms {
-        total: t.total / rounds,
-        focal: t.focal / rounds,
-        dice: t.dice / rounds,
-        iou: t.iou / rounds,
-        actual_iou: t.actual_iou,
+    let mean = |term: fn(&LossTerms) -> &Tensor<1>| {
+        terms
+            .iter()
+            .map(|t| term(t).clone())
+            .reduce(|a, b| a + b)
+            .expect("at least one round")
+            / rounds
+    };
+    Ok(LossTerms {
+        total: mean(|t| &t.total),
+        focal: mean(|t| &t.focal),
+        dice: mean(|t| &t.dice),
+        iou: mean(|t| &t.iou),
+        actual_iou: terms.last().expect("at least one round").actual_iou.clone(),
     })
 }
 
@@ -411,16 +410,23 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
     let mut tensorboard =
         tensorboard_rs::summary_writer::SummaryWriter::new(run_dir.join("tensorboard"));
 
+    let eval_settings = EvalSettings {
+        cache: cache.as_ref(),
+        intensity: config.data.intensity,
+        prompts: &config.prompts,
+        seed: config.train.seed,
+        keep_masks: false,
+        progress: false,
+    };
     if config.report.zero_shot && state.zero_shot.is_none() && !val_set.is_empty() {
         let evals = evaluate(
             &model.valid(),
             &val_set,
-            cache.as_ref(),
-            config.data.intensity,
-            &config.prompts,
-            config.train.seed,
-            false,
-            true,
+            &EvalSettings {
+                keep_masks: false,
+                progress: true,
+                ..eval_settings
+            },
         )?;
         let summary = Aggregate::of(&flatten(&evals)).overall;
         log.line(&format!(
@@ -431,6 +437,8 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
         state.zero_shot = Some(summary);
     }
 
+    // the dense positional encoding depends only on the (always frozen) gaussian matrix
+    let dense_pe = model.prompt_encoder.get_dense_pe();
     let batches_per_epoch = train_set.len().div_ceil(config.train.images_per_batch);
     let steps_per_epoch = batches_per_epoch.div_ceil(config.train.grad_accumulation);
     let total_steps = steps_per_epoch * config.train.epochs;
@@ -479,7 +487,6 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             config.train.min_lr_ratio,
         );
         for (batch_index, chunk) in order.chunks(config.train.images_per_batch).enumerate() {
-            let dense_pe = model.prompt_encoder.get_dense_pe();
             let mut batch_total: Option<Tensor<1>> = None;
             let mut parts = [0f64; 3];
             for &index in chunk {
@@ -569,12 +576,11 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             let evals = evaluate(
                 &valid,
                 &val_set,
-                cache.as_ref(),
-                config.data.intensity,
-                &config.prompts,
-                config.train.seed,
-                true,
-                false,
+                &EvalSettings {
+                    keep_masks: true,
+                    progress: false,
+                    ..eval_settings
+                },
             )?;
             (Aggregate::of(&flatten(&evals)).overall, evals)
         };

@@ -9,6 +9,18 @@ use safetensors::SafeTensors;
 use samtune::predict::PromptBatch;
 use serde_json::Value;
 
+/// Runs the `samtune` binary with `args`.
+pub fn samtune<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    std::process::Command::new(env!("CARGO_BIN_EXE_samtune"))
+        .args(args)
+        .output()
+        .expect("running samtune")
+}
+
 /// The committed fixtures, or the folder in `SAMTUNE_FIXTURES` (CI points it at freshly
 /// regenerated ones).
 pub fn fixtures_dir() -> PathBuf {
