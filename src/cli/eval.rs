@@ -13,7 +13,7 @@ use crate::data::dataset::prepare;
 use crate::data::{coco, folder};
 use crate::eval::evaluate::{evaluate_each, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult};
-use crate::eval::report::{comparison_overlay, html, markdown, EvalReport};
+use crate::eval::report::{comparison_overlay, enlarge_for_viewing, html, markdown, EvalReport};
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::train::config::PromptConfig;
@@ -173,15 +173,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 rank + 1,
                 std::path::Path::new(name).with_extension("").display()
             );
-            // small images are enlarged (nearest) so that a person can see the masks
-            let scale = (256 / picture.width().max(picture.height()).max(1)).max(1);
-            let picture = image::imageops::resize(
-                picture,
-                picture.width() * scale,
-                picture.height() * scale,
-                image::imageops::FilterType::Nearest,
-            );
-            save_png(&args.out.join(&file), &picture)?;
+            save_png(&args.out.join(&file), &enlarge_for_viewing(picture))?;
             overlays.push((file, name.clone(), *score));
         }
     }

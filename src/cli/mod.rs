@@ -1,10 +1,12 @@
 //! The `samtune` command line.
 
+pub mod annotate;
 pub mod bench;
 pub mod device;
 pub mod download;
 pub mod eval;
 pub mod export;
+pub mod init;
 pub mod inspect;
 pub mod predict;
 pub mod train;
@@ -48,8 +50,13 @@ pub enum Command {
     SampleData(train::SampleDataArgs),
     /// IoU and Dice of a checkpoint on a labeled set: report.json, report.md, report.html.
     Eval(eval::EvalArgs),
+    /// A randomly initialised SAM of an official or custom architecture (to pre-train).
+    Init(init::InitArgs),
     /// Write a checkpoint as .pth (official loader), safetensors or burnpack.
     Export(export::ExportArgs),
+    /// Masks for every object in a folder of images (the official automatic mask
+    /// generator), as COCO JSON that `train` reads.
+    Annotate(annotate::AnnotateArgs),
     /// Speed and memory of the five benchmark cases (random weights of the real sizes).
     Bench(bench::BenchArgs),
 }
@@ -65,7 +72,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => train::run_embed(args),
         Command::SampleData(args) => train::run_sample_data(args),
         Command::Bench(args) => bench::run(args),
+        Command::Annotate(args) => annotate::run(args),
         Command::Export(args) => export::run(args),
+        Command::Init(args) => init::run(args),
         Command::Eval(args) => eval::run(args),
     }
 }

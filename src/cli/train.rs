@@ -39,16 +39,22 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let state = &outcome.state;
-    if let (Some(zero), Some(best)) = (&state.zero_shot, state.best_miou) {
+    if let Some(report) = &outcome.report {
         println!(
-            "val mIoU: zero-shot {:.4} -> fine-tuned {:.4} (best epoch {})",
-            zero.mean_iou,
-            best,
-            state.best_epoch.unwrap_or(0)
+            "val mIoU: zero-shot {:.4} -> fine-tuned {:.4} ({:+.4}, best epoch {})",
+            report.zero_shot.overall.mean_iou,
+            report.fine_tuned.overall.mean_iou,
+            report.gain(),
+            report.best_epoch
         );
     }
     println!("checkpoints: {}", dir.display());
+    if outcome.report.is_some() {
+        println!(
+            "report: {}",
+            outcome.run_dir.join("report").join("report.html").display()
+        );
+    }
     Ok(())
 }
 

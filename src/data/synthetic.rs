@@ -109,7 +109,8 @@ fn rng_noise(x: u32, y: u32, seed: u64) -> f64 {
     (h % 20001) as f64 / 10000.0 - 1.0
 }
 
-/// Writes `count` images under `dir/{images,masks}` (PNG, instance labels in the masks).
+/// Writes `count` images under `dir/{images,masks}` (PNG, instance labels in the masks;
+/// target-domain images are 8-bit grayscale).
 pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: u64) -> Result<()> {
     for sub in ["images", "masks"] {
         std::fs::create_dir_all(dir.join(sub))
@@ -119,7 +120,14 @@ pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: 
         let (image, labels) =
             generate(domain, size, seed.wrapping_mul(7919).wrapping_add(i as u64));
         let name = format!("{i:04}.png");
-        crate::fsutil::save_png(&dir.join("images").join(&name), &image)?;
+        let path = dir.join("images").join(&name);
+        match domain {
+            // grayscale like the modality it imitates (and a third of the size)
+            Domain::Target => {
+                crate::fsutil::save_png(&path, &image::DynamicImage::from(image).to_luma8())?
+            }
+            Domain::Source => crate::fsutil::save_png(&path, &image)?,
+        }
         crate::fsutil::save_png(&dir.join("masks").join(&name), &labels)?;
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! Evaluation: metrics, seeded evaluation runs and reports.
 
+pub mod charts;
 pub mod evaluate;
 pub mod metrics;
 pub mod report;
+pub mod train_report;

@@ -123,13 +123,11 @@ pub fn html(report: &EvalReport) -> String {
     }
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>samtune evaluation</title><style>\
-body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
-td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child,th:first-child{{text-align:left}}\
-.big{{font-size:2em;font-weight:600}}figure{{display:inline-block;margin:.5em}}img{{max-width:320px;image-rendering:pixelated;border:1px solid #999}}\
-</style></head><body><h1>samtune evaluation</h1>\
+{}</style></head><body><h1>samtune evaluation</h1>\
 <p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} images, {} objects &middot; prompts: {}</p>\
 <p><span class=\"big\">mIoU {:.3}</span> &nbsp; Dice {:.3} &nbsp; IoU-prediction error {:.3} &nbsp; (per image: mIoU {:.3})</p>\
 {}<p>{}</p><h2>Best and worst images</h2><p>Prediction filled in colour, ground truth outlined in white.</p>{}</body></html>",
+        STYLE,
         escape(&report.checkpoint),
         escape(&report.model),
         escape(&report.data),
@@ -150,7 +148,25 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:right}}td:first-child,
     )
 }
 
-fn escape(s: &str) -> String {
+/// The stylesheet of the HTML reports.
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .8em;text-align:right}\
+td:first-child,th:first-child{text-align:left}.big{font-size:2em;font-weight:600}\
+figure{display:inline-block;margin:.5em}img{max-width:520px;image-rendering:pixelated;border:1px solid #999}";
+
+/// Small images enlarged (nearest neighbour, whole multiples) to about 256 px, so that a
+/// person can see the masks.
+pub fn enlarge_for_viewing(picture: &RgbImage) -> RgbImage {
+    let scale = (256 / picture.width().max(picture.height()).max(1)).max(1);
+    image::imageops::resize(
+        picture,
+        picture.width() * scale,
+        picture.height() * scale,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
+pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

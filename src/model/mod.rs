@@ -1,6 +1,7 @@
 //! The Segment Anything Model, ported from the official PyTorch implementation with the
 //! same parameter names (up to the `weights::keymap` renames of `nn.Sequential` indexes).
 
+pub mod architecture;
 pub mod common;
 pub mod image_encoder;
 pub mod mask_decoder;

@@ -76,6 +76,15 @@ pub enum Trainable {
 }
 
 impl Trainable {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Trainable::Decoder => "decoder",
+            Trainable::DecoderAndPrompt => "decoder+prompt",
+            Trainable::All => "all",
+        }
+    }
+
     /// With a frozen image encoder, embeddings can be computed once and cached.
     pub fn encoder_frozen(self) -> bool {
         self != Trainable::All

@@ -30,6 +30,7 @@ use crate::data::prompts::{
 use crate::data::{coco, folder, BinaryMask, Split};
 use crate::eval::evaluate::{encode_image, evaluate, EvalSettings, ImageEval};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
+use crate::eval::train_report::{write_train_report, RunInfo, TrainReport};
 use crate::fsutil::write_bytes_atomic;
 use crate::model::{Sam, SamConfig};
 use crate::predict::{tensor_values, EncodedImage};
@@ -61,6 +62,9 @@ pub struct TrainState {
     pub history: Vec<EpochRecord>,
     pub zero_shot: Option<Summary>,
     pub base_checkpoint_sha256: String,
+    /// `(optimizer step, batch loss)` of every batch, for the report's loss curve.
+    #[serde(default)]
+    pub step_losses: Vec<(usize, f32)>,
 }
 
 /// How a run ended.
@@ -70,6 +74,8 @@ pub struct TrainOutcome {
     pub state: TrainState,
     pub interrupted: bool,
     pub stopped_early: bool,
+    /// The end-of-run report (absent when interrupted or without validation images).
+    pub report: Option<TrainReport>,
 }
 
 /// The trained parts of the model for a [`Trainable`] setting.
@@ -319,12 +325,7 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
     let mut log = RunLog::open(&run_dir.join("train.log"))?;
 
     let device = device_for(&config.model.device)?;
-    let variant = config
-        .model
-        .variant
-        .parse::<crate::cli::VariantArg>()
-        .map_err(|e| anyhow::anyhow!("model.variant: {e}"))?
-        .0;
+    let variant = configured_variant(config)?;
     let (train_set, val_set, skipped) = load_split(config)?;
     let objects = |s: &[Prepared]| s.iter().map(|p| p.objects.len()).sum::<usize>();
     log.line(&format!(
@@ -545,6 +546,7 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             bar.set_message(format!("loss {:.4}", sums[0] / batches as f64));
             bar.inc(1);
             tensorboard.add_scalar("train/loss", loss_value as f32, state.step);
+            state.step_losses.push((state.step, loss_value as f32));
             for (tag, value) in ["train/step_focal", "train/step_dice", "train/step_iou_mse"]
                 .iter()
                 .zip(parts)
@@ -647,6 +649,19 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             break;
         }
     }
+    let report = if interrupted || state.best_epoch.is_none() || val_set.is_empty() {
+        None
+    } else {
+        let report = final_report(config, &run_dir, &state, &val_set, &eval_settings, &device)?;
+        log.line(&format!(
+            "report: val mIoU zero-shot {:.4} -> fine-tuned {:.4} ({:+.4}): {}",
+            report.zero_shot.overall.mean_iou,
+            report.fine_tuned.overall.mean_iou,
+            report.gain(),
+            run_dir.join("report").join("report.html").display()
+        ));
+        Some(report)
+    };
     if let Some(cache) = &cache {
         let (hits, misses) = cache.stats();
         log.line(&format!(
@@ -659,7 +674,59 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
         state,
         interrupted,
         stopped_early,
+        report,
     })
+}
+
+/// `model.variant`: a preset, or `None` for `auto`.
+fn configured_variant(config: &TrainConfig) -> Result<Option<crate::model::SamVariant>> {
+    Ok(config
+        .model
+        .variant
+        .parse::<crate::cli::VariantArg>()
+        .map_err(|e| anyhow::anyhow!("model.variant: {e}"))?
+        .0)
+}
+
+/// The end-of-run report: the base and the best checkpoint on the validation set.
+fn final_report(
+    config: &TrainConfig,
+    run_dir: &Path,
+    state: &TrainState,
+    val_set: &[Prepared],
+    settings: &EvalSettings,
+    device: &Device,
+) -> Result<TrainReport> {
+    let variant = configured_variant(config)?;
+    let (base, sam_config) = load_sam(&config.model.checkpoint, variant, device)?;
+    let best = run_dir.join("checkpoints").join("best.safetensors");
+    let (fine_tuned, _) = load_sam(&best, None, device)?;
+    let p = &config.prompts;
+    let prompts = format!(
+        "box {:.2} / points {:.2} / box+points {:.2} ({} positive, {} negative points){}",
+        p.box_prob,
+        p.points_prob,
+        p.box_and_points_prob,
+        p.positive_points,
+        p.negative_points,
+        if p.multimask { ", multimask" } else { "" }
+    );
+    write_train_report(
+        &run_dir.join("report"),
+        &base,
+        &fine_tuned,
+        val_set,
+        settings,
+        RunInfo {
+            run: config.name.clone(),
+            base_checkpoint: config.model.checkpoint.display().to_string(),
+            fine_tuned_checkpoint: best.display().to_string(),
+            model: crate::weights::describe(&sam_config),
+            trainable: config.model.trainable.name().to_string(),
+            prompts,
+            state,
+        },
+    )
 }
 
 /// Object results of all images.

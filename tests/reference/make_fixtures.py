@@ -60,8 +60,8 @@ TINY = dict(
 )
 
 
-def build_tiny():
-    c = TINY
+def build_tiny(c=TINY):
+    """A SAM of the sizes in `c` (keys as in TINY), built by the official modules."""
     grid = c["img_size"] // c["patch_size"]
     return Sam(
         image_encoder=ImageEncoderViT(

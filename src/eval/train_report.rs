@@ -1,0 +1,509 @@
+//! The report at the end of `samtune train`: the base checkpoint (zero-shot) and the
+//! fine-tuned one on the validation set, side by side with the difference, the training
+//! curves as pictures, and the images that changed most drawn both ways.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use serde::Serialize;
+
+use super::charts::{Chart, Reference, Series};
+use super::evaluate::{evaluate_each, EvalSettings};
+use super::metrics::{Aggregate, ObjectResult, Summary};
+use super::report::{comparison_overlay, enlarge_for_viewing, escape, EMPTY_CASES, STYLE};
+use crate::data::dataset::Prepared;
+use crate::fsutil::{save_png, write_bytes_atomic};
+use crate::model::Sam;
+use crate::predict::image::load_rgb;
+use crate::train::trainer::TrainState;
+
+/// Images drawn in each group (most improved, weakest after fine-tuning).
+const PICTURES_PER_GROUP: usize = 4;
+
+/// One validation image drawn with both models.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySide {
+    pub file: String,
+    pub image: String,
+    pub zero_shot_iou: f64,
+    pub fine_tuned_iou: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub run: String,
+    pub base_checkpoint: String,
+    pub fine_tuned_checkpoint: String,
+    pub model: String,
+    pub trainable: String,
+    pub prompts: String,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub val_images: usize,
+    pub zero_shot: Aggregate,
+    pub fine_tuned: Aggregate,
+    pub most_improved: Vec<SideBySide>,
+    pub weakest: Vec<SideBySide>,
+}
+
+impl TrainReport {
+    pub fn gain(&self) -> f64 {
+        self.fine_tuned.overall.mean_iou - self.zero_shot.overall.mean_iou
+    }
+}
+
+/// What the report describes besides the two models' evaluations.
+pub struct RunInfo<'a> {
+    pub run: String,
+    pub base_checkpoint: String,
+    pub fine_tuned_checkpoint: String,
+    pub model: String,
+    pub trainable: String,
+    pub prompts: String,
+    pub state: &'a TrainState,
+}
+
+/// Per-image mean IoU, in image order.
+fn image_scores(results: &[ObjectResult]) -> Vec<f64> {
+    let mut scores: Vec<(String, Vec<f64>)> = Vec::new();
+    for r in results {
+        match scores.last_mut() {
+            Some((name, v)) if *name == r.image => v.push(r.iou),
+            _ => scores.push((r.image.clone(), vec![r.iou])),
+        }
+    }
+    scores
+        .into_iter()
+        .map(|(_, v)| v.iter().sum::<f64>() / v.len() as f64)
+        .collect()
+}
+
+/// Evaluates both models on `val_set` (embeddings shared through `settings.cache` when the
+/// encoder was frozen), draws the chosen images both ways, and writes `report.json`,
+/// `report.md`, `report.html` and the pictures into `dir`. Masks are kept only for the
+/// images drawn, so memory stays flat with the size of the validation set.
+pub fn write_train_report(
+    dir: &Path,
+    base: &Sam,
+    fine_tuned: &Sam,
+    val_set: &[Prepared],
+    settings: &EvalSettings,
+    info: RunInfo,
+) -> Result<TrainReport> {
+    std::fs::create_dir_all(dir.join("compare"))
+        .with_context(|| format!("creating {}", dir.join("compare").display()))?;
+    let scoring = EvalSettings {
+        keep_masks: false,
+        progress: true,
+        ..*settings
+    };
+    let run = |model: &Sam, settings: &EvalSettings| -> Result<Vec<ObjectResult>> {
+        let mut results = Vec::new();
+        evaluate_each(model, val_set, settings, |_, eval| {
+            results.extend(eval.results);
+            Ok(())
+        })?;
+        Ok(results)
+    };
+    let zero_results = run(base, &scoring)?;
+    let tuned_results = run(fine_tuned, &scoring)?;
+    let zero_scores = image_scores(&zero_results);
+    let tuned_scores = image_scores(&tuned_results);
+
+    let mut by_gain: Vec<usize> = (0..val_set.len()).collect();
+    by_gain.sort_by(|&a, &b| {
+        (tuned_scores[b] - zero_scores[b]).total_cmp(&(tuned_scores[a] - zero_scores[a]))
+    });
+    let most_improved: Vec<usize> = by_gain.into_iter().take(PICTURES_PER_GROUP).collect();
+    let mut by_score: Vec<usize> = (0..val_set.len())
+        .filter(|i| !most_improved.contains(i))
+        .collect();
+    by_score.sort_by(|&a, &b| tuned_scores[a].total_cmp(&tuned_scores[b]));
+    let weakest: Vec<usize> = by_score.into_iter().take(PICTURES_PER_GROUP).collect();
+
+    // a second pass keeps the masks of the drawn images only
+    let drawing = EvalSettings {
+        keep_masks: true,
+        progress: false,
+        ..*settings
+    };
+    let drawn = |model: &Sam| -> Result<Vec<(usize, RgbImage)>> {
+        let mut pictures = Vec::new();
+        evaluate_each(model, val_set, &drawing, |index, eval| {
+            if most_improved.contains(&index) || weakest.contains(&index) {
+                let prepared = &val_set[index];
+                let image = load_rgb(&prepared.sample.image, settings.intensity)?;
+                pictures.push((
+                    index,
+                    comparison_overlay(&image, &prepared.objects, &eval.predicted, &eval.prompts),
+                ));
+            }
+            Ok(())
+        })?;
+        Ok(pictures)
+    };
+    let zero_pictures = drawn(base)?;
+    let tuned_pictures = drawn(fine_tuned)?;
+    let side_by_side = |indices: &[usize], group: &str| -> Result<Vec<SideBySide>> {
+        let mut out = Vec::new();
+        for (rank, &index) in indices.iter().enumerate() {
+            let find = |pictures: &[(usize, RgbImage)]| {
+                pictures
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, p)| p.clone())
+                    .context("a drawn image is missing")
+            };
+            let picture = beside(&find(&zero_pictures)?, &find(&tuned_pictures)?);
+            let name = val_set[index].sample.name();
+            let file = format!(
+                "compare/{group}_{}_{}.png",
+                rank + 1,
+                Path::new(&name).with_extension("").display()
+            );
+            save_png(&dir.join(&file), &picture)?;
+            out.push(SideBySide {
+                file,
+                image: name,
+                zero_shot_iou: zero_scores[index],
+                fine_tuned_iou: tuned_scores[index],
+            });
+        }
+        Ok(out)
+    };
+    let report = TrainReport {
+        run: info.run,
+        base_checkpoint: info.base_checkpoint,
+        fine_tuned_checkpoint: info.fine_tuned_checkpoint,
+        model: info.model,
+        trainable: info.trainable,
+        prompts: info.prompts,
+        epochs: info.state.epoch,
+        best_epoch: info.state.best_epoch.unwrap_or(0),
+        val_images: val_set.len(),
+        zero_shot: Aggregate::of(&zero_results),
+        fine_tuned: Aggregate::of(&tuned_results),
+        most_improved: side_by_side(&most_improved, "improved")?,
+        weakest: side_by_side(&weakest, "weakest")?,
+    };
+    let (loss_chart, iou_chart) = curves(info.state, &report.zero_shot.overall);
+    write_bytes_atomic(&dir.join("loss.svg"), loss_chart.as_bytes())?;
+    write_bytes_atomic(&dir.join("val_iou.svg"), iou_chart.as_bytes())?;
+    write_bytes_atomic(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_bytes_atomic(&dir.join("report.md"), markdown(&report).as_bytes())?;
+    write_bytes_atomic(
+        &dir.join("report.html"),
+        html(&report, &loss_chart, &iou_chart).as_bytes(),
+    )?;
+    Ok(report)
+}
+
+/// Two pictures next to each other with a white gap, enlarged when small.
+fn beside(left: &RgbImage, right: &RgbImage) -> RgbImage {
+    let gap = 8;
+    let (left, right) = (enlarge_for_viewing(left), enlarge_for_viewing(right));
+    let mut out = RgbImage::from_pixel(
+        left.width() + gap + right.width(),
+        left.height().max(right.height()),
+        image::Rgb([255, 255, 255]),
+    );
+    image::imageops::replace(&mut out, &left, 0, 0);
+    image::imageops::replace(&mut out, &right, (left.width() + gap) as i64, 0);
+    out
+}
+
+/// The training loss (per step, and its epoch means) and the validation mIoU and Dice per
+/// epoch against the zero-shot level, as SVG.
+pub fn curves(state: &TrainState, zero_shot: &Summary) -> (String, String) {
+    let epochs: Vec<_> = state.history.iter().collect();
+    let steps_per_epoch = if state.epoch > 0 {
+        state.step as f64 / state.epoch as f64
+    } else {
+        1.0
+    };
+    let loss = Chart {
+        title: "Training loss".into(),
+        x_label: "epoch".into(),
+        y_label: "loss (focal x 20 + dice + IoU MSE)".into(),
+        series: vec![
+            Series {
+                name: "per step".into(),
+                colour: "#1f77b4",
+                points: state
+                    .step_losses
+                    .iter()
+                    .map(|&(step, l)| (step as f64 / steps_per_epoch.max(1e-9), l as f64))
+                    .collect(),
+                faint: true,
+            },
+            Series {
+                name: "epoch mean".into(),
+                colour: "#1f77b4",
+                points: epochs
+                    .iter()
+                    .map(|r| (r.epoch as f64, r.train_loss))
+                    .collect(),
+                faint: false,
+            },
+        ],
+        references: Vec::new(),
+        y_range: None,
+    };
+    let metric = |name: &str, colour: &'static str, value: &dyn Fn(&Summary) -> f64| Series {
+        name: name.into(),
+        colour,
+        points: epochs
+            .iter()
+            .map(|r| (r.epoch as f64, value(&r.val)))
+            .collect(),
+        faint: false,
+    };
+    let iou = Chart {
+        title: "Validation".into(),
+        x_label: "epoch".into(),
+        y_label: "mean over objects".into(),
+        series: vec![
+            metric("fine-tuned mIoU", "#2ca02c", &|s| s.mean_iou),
+            metric("fine-tuned Dice", "#9467bd", &|s| s.mean_dice),
+        ],
+        references: vec![Reference {
+            label: "zero-shot mIoU".into(),
+            colour: "#d62728",
+            y: zero_shot.mean_iou,
+        }],
+        y_range: Some((0.0, 1.0)),
+    };
+    (loss.svg(), iou.svg())
+}
+
+fn signed(v: f64) -> String {
+    format!("{v:+.4}")
+}
+
+/// Rows of the comparison table: (metric, zero-shot, fine-tuned).
+fn rows(report: &TrainReport) -> Vec<(String, f64, f64)> {
+    let (z, t) = (&report.zero_shot, &report.fine_tuned);
+    let mut rows = vec![
+        (
+            "mean IoU (per object)".to_string(),
+            z.overall.mean_iou,
+            t.overall.mean_iou,
+        ),
+        (
+            "mean Dice (per object)".to_string(),
+            z.overall.mean_dice,
+            t.overall.mean_dice,
+        ),
+        (
+            "mean IoU (per image)".to_string(),
+            z.mean_image_iou,
+            t.mean_image_iou,
+        ),
+        (
+            "IoU-prediction error (lower is better)".to_string(),
+            z.overall.iou_prediction_error,
+            t.overall.iou_prediction_error,
+        ),
+    ];
+    for (name, tuned) in &t.per_category {
+        let zero = z.per_category.get(name).map_or(f64::NAN, |s| s.mean_iou);
+        rows.push((format!("mean IoU, category {name}"), zero, tuned.mean_iou));
+    }
+    rows
+}
+
+/// `report.md`.
+pub fn markdown(report: &TrainReport) -> String {
+    let mut md = format!(
+        "# samtune fine-tuning report: {}\n\n\
+         - base checkpoint: `{}` ({})\n- fine-tuned: `{}` (best of {} epochs: epoch {}), trained: {}\n\
+         - validation: {} images, {} objects; prompts: {}\n\n\
+         **val mIoU {:.4} -> {:.4} ({})**\n\n\
+         | metric | zero-shot | fine-tuned | difference |\n|---|---:|---:|---:|\n",
+        report.run,
+        report.base_checkpoint,
+        report.model,
+        report.fine_tuned_checkpoint,
+        report.epochs,
+        report.best_epoch,
+        report.trainable,
+        report.val_images,
+        report.fine_tuned.overall.objects,
+        report.prompts,
+        report.zero_shot.overall.mean_iou,
+        report.fine_tuned.overall.mean_iou,
+        signed(report.gain()),
+    );
+    for (name, zero, tuned) in rows(report) {
+        md.push_str(&format!(
+            "| {name} | {zero:.4} | {tuned:.4} | {} |\n",
+            signed(tuned - zero)
+        ));
+    }
+    md.push_str(&format!(
+        "\n{EMPTY_CASES}\n\nCurves: `loss.svg`, `val_iou.svg`. Pictures (left zero-shot, right \
+         fine-tuned; prediction filled, ground truth outlined in white):\n\n"
+    ));
+    for s in report.most_improved.iter().chain(&report.weakest) {
+        md.push_str(&format!(
+            "- `{}`: {}, IoU {:.3} -> {:.3}\n",
+            s.file, s.image, s.zero_shot_iou, s.fine_tuned_iou
+        ));
+    }
+    md
+}
+
+fn figures(items: &[SideBySide]) -> String {
+    items
+        .iter()
+        .map(|s| {
+            format!(
+                "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{} &middot; IoU {:.3} &rarr; <b>{:.3}</b></figcaption></figure>",
+                escape(&s.file),
+                escape(&s.image),
+                escape(&s.image),
+                s.zero_shot_iou,
+                s.fine_tuned_iou
+            )
+        })
+        .collect()
+}
+
+/// `report.html`: headline, comparison table, curves and side-by-side pictures.
+pub fn html(report: &TrainReport, loss_chart: &str, iou_chart: &str) -> String {
+    let table: String = rows(report)
+        .into_iter()
+        .map(|(name, zero, tuned)| {
+            let delta = tuned - zero;
+            let better = if name.starts_with("IoU-prediction error") {
+                delta < 0.0
+            } else {
+                delta > 0.0
+            };
+            format!(
+                "<tr><td>{}</td><td>{zero:.4}</td><td>{tuned:.4}</td><td class=\"{}\">{}</td></tr>",
+                escape(&name),
+                if better { "up" } else { "down" },
+                signed(delta)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>samtune: {run}</title><style>{STYLE}\
+         .up{{color:#1a7f37;font-weight:600}}.down{{color:#c62828;font-weight:600}}svg{{margin:.5em 1em .5em 0;border:1px solid #ddd}}\
+         </style></head><body><h1>Fine-tuning report: {run}</h1>\
+         <p>base <code>{base}</code> ({model}) &rarr; fine-tuned <code>{tuned}</code>, best of {epochs} epochs (epoch {best}); trained: {trainable}</p>\
+         <p>validation: {images} images, {objects} objects &middot; prompts: {prompts}</p>\
+         <p><span class=\"big\">mIoU {zero_iou:.3} &rarr; {tuned_iou:.3}</span> <span class=\"big {cls}\">({gain})</span></p>\
+         <table><tr><th>metric</th><th>zero-shot</th><th>fine-tuned</th><th>difference</th></tr>{table}</table>\
+         <p>{EMPTY_CASES}</p><h2>Training curves</h2>{loss_chart}{iou_chart}\
+         <h2>Zero-shot (left) vs fine-tuned (right)</h2>\
+         <p>Prediction filled in colour, ground truth outlined in white, prompts in yellow (boxes) and green/red (points).</p>\
+         <h3>Most improved</h3>{improved}<h3>Weakest after fine-tuning</h3>{weakest}</body></html>",
+        run = escape(&report.run),
+        base = escape(&report.base_checkpoint),
+        model = escape(&report.model),
+        tuned = escape(&report.fine_tuned_checkpoint),
+        epochs = report.epochs,
+        best = report.best_epoch,
+        trainable = escape(&report.trainable),
+        images = report.val_images,
+        objects = report.fine_tuned.overall.objects,
+        prompts = escape(&report.prompts),
+        zero_iou = report.zero_shot.overall.mean_iou,
+        tuned_iou = report.fine_tuned.overall.mean_iou,
+        cls = if report.gain() > 0.0 { "up" } else { "down" },
+        gain = signed(report.gain()),
+        improved = figures(&report.most_improved),
+        weakest = figures(&report.weakest),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::trainer::EpochRecord;
+
+    fn result(image: &str, iou: f64) -> ObjectResult {
+        ObjectResult {
+            image: image.into(),
+            object: 0,
+            category: None,
+            area: 10,
+            iou,
+            dice: iou,
+            predicted_iou: iou,
+        }
+    }
+
+    #[test]
+    fn image_scores_average_each_image_in_order() {
+        let results = [result("a", 0.2), result("a", 0.4), result("b", 1.0)];
+        let scores = image_scores(&results);
+        assert_eq!(scores.len(), 2);
+        assert!((scores[0] - 0.3).abs() < 1e-12 && scores[1] == 1.0);
+    }
+
+    #[test]
+    fn documents_show_both_models_and_the_difference() {
+        let zero = Aggregate::of(&[result("a", 0.25)]);
+        let tuned = Aggregate::of(&[result("a", 0.75)]);
+        let report = TrainReport {
+            run: "demo".into(),
+            base_checkpoint: "base.pth".into(),
+            fine_tuned_checkpoint: "best.safetensors".into(),
+            model: "tiny".into(),
+            trainable: "decoder".into(),
+            prompts: "box".into(),
+            epochs: 2,
+            best_epoch: 2,
+            val_images: 1,
+            zero_shot: zero,
+            fine_tuned: tuned,
+            most_improved: vec![SideBySide {
+                file: "compare/improved_1_a.png".into(),
+                image: "a".into(),
+                zero_shot_iou: 0.25,
+                fine_tuned_iou: 0.75,
+            }],
+            weakest: Vec::new(),
+        };
+        let md = markdown(&report);
+        assert!(md.contains("val mIoU 0.2500 -> 0.7500 (+0.5000)"), "{md}");
+        assert!(md.contains("| mean IoU (per object) | 0.2500 | 0.7500 | +0.5000 |"));
+        let state = TrainState {
+            epoch: 2,
+            step: 4,
+            history: (1..=2)
+                .map(|epoch| EpochRecord {
+                    epoch,
+                    train_loss: 1.0 / epoch as f64,
+                    train_focal: 0.0,
+                    train_dice: 0.0,
+                    train_iou_mse: 0.0,
+                    lr: 1e-4,
+                    val: Summary {
+                        objects: 1,
+                        mean_iou: 0.5 * epoch as f64 / 2.0 + 0.25,
+                        mean_dice: 0.6,
+                        iou_prediction_error: 0.1,
+                    },
+                    seconds: 1.0,
+                })
+                .collect(),
+            step_losses: vec![(1, 1.2), (2, 0.9), (3, 0.6), (4, 0.5)],
+            ..TrainState::default()
+        };
+        let (loss, iou) = curves(&state, &report.zero_shot.overall);
+        assert!(loss.contains("per step") && loss.contains("epoch mean"));
+        assert!(iou.contains("zero-shot mIoU 0.25"));
+        let page = html(&report, &loss, &iou);
+        assert!(page.contains("mIoU 0.250 &rarr; 0.750"));
+        assert!(page.contains("compare/improved_1_a.png"));
+        assert_eq!(page.matches("<svg").count(), 2);
+    }
+}
