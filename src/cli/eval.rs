@@ -16,7 +16,7 @@ use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::{comparison_overlay, enlarge_for_viewing, html, markdown, EvalReport};
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
-use crate::train::config::PromptConfig;
+use crate::train::config::{Multimask, PromptConfig};
 use crate::weights::{describe, load_sam};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +27,26 @@ pub enum PromptMode {
     Points,
     /// Both.
     BoxPoints,
+}
+
+impl PromptMode {
+    /// The evaluation prompts of this kind (no box jitter: evaluation is seeded and fixed).
+    pub fn config(self, positive_points: usize, negative_points: usize, multimask: Multimask) -> PromptConfig {
+        let (box_prob, points_prob, box_and_points_prob) = match self {
+            PromptMode::Box => (1.0, 0.0, 0.0),
+            PromptMode::Points => (0.0, 1.0, 0.0),
+            PromptMode::BoxPoints => (0.0, 0.0, 1.0),
+        };
+        PromptConfig {
+            box_prob,
+            points_prob,
+            box_and_points_prob,
+            positive_points,
+            negative_points,
+            multimask,
+            ..PromptConfig::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -50,9 +70,11 @@ pub struct EvalArgs {
     pub positive_points: usize,
     #[arg(long, default_value_t = 0)]
     pub negative_points: usize,
-    /// Three masks per prompt, the one with the highest predicted IoU scored.
-    #[arg(long)]
-    pub multimask: bool,
+    /// Three masks per prompt (the one with the highest predicted IoU scored): for
+    /// `ambiguous` prompts (a lone point, as SAM is trained), `always` (`--multimask`
+    /// alone) or `never`.
+    #[arg(long, default_value = "ambiguous", num_args = 0..=1, default_missing_value = "always")]
+    pub multimask: Multimask,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 16)]
@@ -95,20 +117,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.min_area
         );
     }
-    let (box_prob, points_prob, box_and_points_prob) = match args.prompts {
-        PromptMode::Box => (1.0, 0.0, 0.0),
-        PromptMode::Points => (0.0, 1.0, 0.0),
-        PromptMode::BoxPoints => (0.0, 0.0, 1.0),
-    };
-    let prompts = PromptConfig {
-        box_prob,
-        points_prob,
-        box_and_points_prob,
-        positive_points: args.positive_points,
-        negative_points: args.negative_points,
-        multimask: args.multimask,
-        ..PromptConfig::default()
-    };
+    let prompts = args
+        .prompts
+        .config(args.positive_points, args.negative_points, args.multimask);
     std::fs::create_dir_all(args.out.join("overlays"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     // per-object results stream to objects.jsonl; only the best and worst overlays stay in memory
@@ -182,9 +193,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         model: describe(&config),
         data: args.data.display().to_string(),
         prompts: format!(
-            "{:?}{}",
+            "{:?}, multimask: {}",
             args.prompts,
-            if args.multimask { ", multimask" } else { "" }
+            args.multimask.name()
         )
         .to_lowercase(),
         images: prepared.len(),

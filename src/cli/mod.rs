@@ -5,6 +5,7 @@ pub mod bench;
 pub mod device;
 pub mod download;
 pub mod eval;
+pub mod eval_volumes;
 pub mod export;
 pub mod init;
 pub mod inspect;
@@ -52,6 +53,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// A randomly initialised SAM of an official or custom architecture (to pre-train).
     Init(init::InitArgs),
+    /// 3D IoU, Dice and surface distance on NIfTI volumes, slice by slice.
+    EvalVolumes(eval_volumes::EvalVolumesArgs),
     /// Write a checkpoint as .pth (official loader), safetensors or burnpack.
     Export(export::ExportArgs),
     /// Masks for every object in a folder of images (the official automatic mask
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(args),
         Command::Init(args) => init::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::EvalVolumes(args) => eval_volumes::run(args),
     }
 }
 

@@ -24,6 +24,12 @@ pub enum Annotations {
     /// An instance-label image: each non-zero value is one object (a binary mask is the
     /// case of a single value).
     LabelImage(PathBuf),
+    /// A semantic label image (e.g. a slice of a label volume): each non-zero value is one
+    /// object whose category is the value's name (`label <value>` when unnamed).
+    SemanticLabels {
+        path: PathBuf,
+        names: std::sync::Arc<std::collections::BTreeMap<u16, String>>,
+    },
     /// COCO segmentations of one image.
     Coco {
         width: usize,
@@ -49,7 +55,8 @@ impl Sample {
     /// The image's objects of at least `min_area` pixels, and how many were smaller.
     pub fn objects(&self, min_area: usize) -> Result<(Vec<Object>, usize)> {
         let all = match &self.annotations {
-            Annotations::LabelImage(path) => label_image_objects(path)?,
+            Annotations::LabelImage(path) => label_image_objects(path, None)?,
+            Annotations::SemanticLabels { path, names } => label_image_objects(path, Some(names))?,
             Annotations::Coco {
                 width,
                 height,
@@ -90,8 +97,12 @@ impl Sample {
     }
 }
 
-/// Objects of an instance-label image (8 or 16 bit, any channel count: the first).
-fn label_image_objects(path: &Path) -> Result<Vec<Object>> {
+/// Objects of a label image (8 or 16 bit, any channel count: the first), by increasing
+/// value; with `names`, each value is a category.
+fn label_image_objects(
+    path: &Path,
+    names: Option<&std::collections::BTreeMap<u16, String>>,
+) -> Result<Vec<Object>> {
     let image = image::open(path).with_context(|| format!("reading mask {}", path.display()))?;
     let labels = image.to_luma16();
     let (w, h) = (labels.width() as usize, labels.height() as usize);
@@ -104,7 +115,11 @@ fn label_image_objects(path: &Path) -> Result<Vec<Object>> {
             mask: BinaryMask::from_fn(w, h, |x, y| {
                 labels.get_pixel(x as u32, y as u32)[0] == value
             }),
-            category: None,
+            category: names.map(|n| {
+                n.get(&value)
+                    .cloned()
+                    .unwrap_or_else(|| format!("label {value}"))
+            }),
         })
         .collect())
 }

@@ -1,7 +1,8 @@
-//! A generated labeled dataset for tests and the quickstart: blobs (ellipses and rounded
+//! Generated labeled data for tests and the quickstart: blobs (ellipses and rounded
 //! rectangles) on a background, in two domains. `source` is colourful and clean;
 //! `target` is a shifted domain like a medical modality: grayscale, low contrast,
-//! textured and noisy.
+//! textured and noisy. And CT-like NIfTI volumes: a body in air with two labelled organs
+//! (ellipsoids), in Hounsfield units with noise, at anisotropic spacing.
 
 use std::path::Path;
 
@@ -10,10 +11,14 @@ use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::nifti::{write_nifti, Volume, VoxelType};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Domain {
     Source,
     Target,
+    /// NIfTI volumes (`images/*.nii.gz`, `labels/*.nii.gz`): labels 1 "liver", 2 "kidney".
+    Ct,
 }
 
 /// One generated image and its instance labels (0 background, 1..=n objects).
@@ -64,9 +69,11 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
             ]
         })
         .collect();
-    let background = match domain {
-        Domain::Source => [235.0, 232.0, 220.0],
-        Domain::Target => [90.0, 90.0, 90.0],
+    let target = domain == Domain::Target;
+    let background = if target {
+        [90.0, 90.0, 90.0]
+    } else {
+        [235.0, 232.0, 220.0]
     };
     let phase: f64 = rng.random_range(0.0..std::f64::consts::TAU);
     let image = RgbImage::from_fn(size, size, |x, y| {
@@ -76,12 +83,11 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
         } else {
             colours[label]
         };
-        match domain {
-            Domain::Source => {
-                let v = |c: f64| (c + rng_noise(x, y, seed) * 6.0).clamp(0.0, 255.0) as u8;
-                Rgb([v(base[0]), v(base[1]), v(base[2])])
-            }
-            Domain::Target => {
+        if !target {
+            let v = |c: f64| (c + rng_noise(x, y, seed) * 6.0).clamp(0.0, 255.0) as u8;
+            Rgb([v(base[0]), v(base[1]), v(base[2])])
+        } else {
+            {
                 // objects only slightly brighter than the background, under texture and noise
                 let lum = if label == 0 {
                     background[0]
@@ -109,9 +115,83 @@ fn rng_noise(x: u32, y: u32, seed: u64) -> f64 {
     (h % 20001) as f64 / 10000.0 - 1.0
 }
 
+/// A CT-like scan of `size x size x depth` voxels (0.8 x 0.8 x 2.5 mm): air (-1000 HU), an
+/// elliptic body (soft tissue, 40 HU), a "liver" (label 1, 65 HU) and a "kidney" (label 2,
+/// 150 HU, contrast-enhanced) as ellipsoids, Gaussian-like noise of about 15 HU.
+pub fn generate_ct(size: usize, depth: usize, seed: u64) -> (Volume, Volume) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let s = size as f64;
+    let d = depth as f64;
+    let organ = |rng: &mut ChaCha8Rng, cx: f64, r: f64| {
+        (
+            [
+                cx * s + rng.random_range(-0.04..0.04) * s,
+                rng.random_range(0.42..0.58) * s,
+                rng.random_range(0.4..0.6) * d,
+            ],
+            [
+                r * s * rng.random_range(0.8..1.2),
+                r * s * rng.random_range(0.8..1.2),
+                d * rng.random_range(0.25..0.35),
+            ],
+        )
+    };
+    let liver = organ(&mut rng, 0.38, 0.14);
+    let kidney = organ(&mut rng, 0.68, 0.08);
+    let inside = |(c, r): &([f64; 3], [f64; 3]), x: f64, y: f64, z: f64| {
+        ((x - c[0]) / r[0]).powi(2) + ((y - c[1]) / r[1]).powi(2) + ((z - c[2]) / r[2]).powi(2)
+            <= 1.0
+    };
+    let dims = [size, size, depth];
+    let mut image = Vec::with_capacity(size * size * depth);
+    let mut labels = Vec::with_capacity(size * size * depth);
+    for z in 0..depth {
+        for y in 0..size {
+            for x in 0..size {
+                let (fx, fy, fz) = (x as f64 + 0.5, y as f64 + 0.5, z as f64 + 0.5);
+                let body = ((fx - 0.5 * s) / (0.45 * s)).powi(2) + ((fy - 0.5 * s) / (0.36 * s)).powi(2) <= 1.0;
+                let (hu, label) = if inside(&kidney, fx, fy, fz) {
+                    (150.0, 2.0)
+                } else if inside(&liver, fx, fy, fz) {
+                    (65.0, 1.0)
+                } else if body {
+                    (40.0, 0.0)
+                } else {
+                    (-1000.0, 0.0)
+                };
+                let noise = (rng_noise(x as u32 + 7919 * z as u32, y as u32, seed)
+                    + rng_noise(y as u32 + 104_729 * z as u32, x as u32, seed ^ 0xABCD))
+                    * 15.0;
+                image.push((hu + noise) as f32);
+                labels.push(label);
+            }
+        }
+    }
+    let spacing = [0.8, 0.8, 2.5];
+    (
+        Volume { dims, spacing, data: image },
+        Volume { dims, spacing, data: labels },
+    )
+}
+
+/// Writes `count` CT-like scans as `dir/images/ct_NNN.nii.gz` and `dir/labels/ct_NNN.nii.gz`.
+pub fn write_ct_dataset(dir: &Path, count: usize, size: usize, seed: u64) -> Result<()> {
+    let depth = (size / 6).max(8);
+    for i in 0..count {
+        let (image, labels) = generate_ct(size, depth, seed.wrapping_mul(7919).wrapping_add(i as u64));
+        let name = format!("ct_{i:03}.nii.gz");
+        write_nifti(&dir.join("images").join(&name), &image, VoxelType::F32)?;
+        write_nifti(&dir.join("labels").join(&name), &labels, VoxelType::U16)?;
+    }
+    Ok(())
+}
+
 /// Writes `count` images under `dir/{images,masks}` (PNG, instance labels in the masks;
-/// target-domain images are 8-bit grayscale).
+/// target-domain images are 8-bit grayscale), or volumes for [`Domain::Ct`].
 pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: u64) -> Result<()> {
+    if domain == Domain::Ct {
+        return write_ct_dataset(dir, count, size as usize, seed);
+    }
     for sub in ["images", "masks"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
@@ -121,12 +201,11 @@ pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: 
             generate(domain, size, seed.wrapping_mul(7919).wrapping_add(i as u64));
         let name = format!("{i:04}.png");
         let path = dir.join("images").join(&name);
-        match domain {
+        if domain == Domain::Target {
             // grayscale like the modality it imitates (and a third of the size)
-            Domain::Target => {
-                crate::fsutil::save_png(&path, &image::DynamicImage::from(image).to_luma8())?
-            }
-            Domain::Source => crate::fsutil::save_png(&path, &image)?,
+            crate::fsutil::save_png(&path, &image::DynamicImage::from(image).to_luma8())?
+        } else {
+            crate::fsutil::save_png(&path, &image)?
         }
         crate::fsutil::save_png(&dir.join("masks").join(&name), &labels)?;
     }

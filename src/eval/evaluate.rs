@@ -127,7 +127,7 @@ pub fn evaluate_each(
             .predict(
                 &encoded,
                 &to_prompt_batch(&object_prompts),
-                prompts.multimask,
+                prompts.multimask.for_prompts(&object_prompts),
             )
             .map_err(anyhow::Error::msg)?;
         let [_, m, h, w] = prediction.logits.dims();

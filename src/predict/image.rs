@@ -20,36 +20,102 @@ pub enum IntensityScaling {
     /// A fixed window `[low, high]` in the image's own units (CT Hounsfield units in a
     /// signed or offset 16-bit image, for instance), clipped outside.
     Window { low: f64, high: f64 },
+    /// CT soft tissue: window 400 HU at level 40 (-160..240 HU).
+    CtSoftTissue,
+    /// CT lung: window 1500 HU at level -600 (-1350..150 HU).
+    CtLung,
+    /// CT bone: window 1800 HU at level 400 (-500..1300 HU).
+    CtBone,
+    /// Per image (per volume for NIfTI): the `low` and `high` percentiles -> 0 and 255,
+    /// the usual scaling for MR, whose units are arbitrary.
+    Percentile { low: f64, high: f64 },
+}
+
+impl IntensityScaling {
+    /// The `[low, high]` range that maps to 0..255 for these `values` (`full_max`: the
+    /// top of the type's range, for `Full`).
+    pub fn bounds(self, values: &[f64], full_max: f64) -> (f64, f64) {
+        match self {
+            Self::Full => (0.0, full_max),
+            Self::Window { low, high } => (low, high),
+            Self::CtSoftTissue => (-160.0, 240.0),
+            Self::CtLung => (-1350.0, 150.0),
+            Self::CtBone => (-500.0, 1300.0),
+            Self::Percentile { low, high } => {
+                let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+                sorted.sort_by(f64::total_cmp);
+                (percentile(&sorted, low), percentile(&sorted, high))
+            }
+            Self::Auto | Self::MinMax => {
+                let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (low, high)
+            }
+        }
+    }
+}
+
+/// `np.percentile` (linear interpolation) of sorted values; 0 for none.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = q.clamp(0.0, 100.0) / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+/// Values mapped through `[low, high]` to 0..255, clipped outside.
+pub fn to_bytes(values: &[f64], (low, high): (f64, f64)) -> Vec<u8> {
+    let span = (high - low).max(f64::MIN_POSITIVE);
+    values
+        .iter()
+        .map(|v| (((v - low) / span).clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect()
 }
 
 impl std::str::FromStr for IntensityScaling {
     type Err = String;
 
-    /// `auto`, `minmax`, `full` or `window:LOW,HIGH`.
+    /// `auto`, `minmax`, `full`, `window:LOW,HIGH`, `ct-soft-tissue`, `ct-lung`, `ct-bone`
+    /// or `percentile:LOW,HIGH`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
+        match s.replace('_', "-").as_str() {
             "auto" => Ok(Self::Auto),
             "minmax" => Ok(Self::MinMax),
             "full" => Ok(Self::Full),
+            "ct-soft-tissue" => Ok(Self::CtSoftTissue),
+            "ct-lung" => Ok(Self::CtLung),
+            "ct-bone" => Ok(Self::CtBone),
             _ => {
-                let window = s.strip_prefix("window:").ok_or_else(|| {
+                let (kind, range) = s.split_once(':').ok_or_else(|| {
                     format!(
-                        "unknown intensity scaling '{s}' (auto, minmax, full or window:LOW,HIGH)"
+                        "unknown intensity scaling '{s}' (auto, minmax, full, window:LOW,HIGH, \
+                         ct-soft-tissue, ct-lung, ct-bone or percentile:LOW,HIGH)"
                     )
                 })?;
-                let (low, high) = window
+                let (low, high) = range
                     .split_once(',')
-                    .ok_or_else(|| format!("window '{window}' must be LOW,HIGH"))?;
+                    .ok_or_else(|| format!("{kind} '{range}' must be LOW,HIGH"))?;
                 let parse = |v: &str| {
                     v.trim()
                         .parse::<f64>()
-                        .map_err(|_| format!("window bound '{v}' is not a number"))
+                        .map_err(|_| format!("{kind} bound '{v}' is not a number"))
                 };
                 let (low, high) = (parse(low)?, parse(high)?);
                 if high <= low {
-                    return Err(format!("window {low},{high}: HIGH must exceed LOW"));
+                    return Err(format!("{kind} {low},{high}: HIGH must exceed LOW"));
                 }
-                Ok(Self::Window { low, high })
+                match kind {
+                    "window" => Ok(Self::Window { low, high }),
+                    "percentile" if (0.0..=100.0).contains(&low) && high <= 100.0 => {
+                        Ok(Self::Percentile { low, high })
+                    }
+                    "percentile" => Err(format!("percentile {low},{high}: bounds lie in 0..100")),
+                    other => Err(format!(
+                        "unknown intensity scaling '{other}:' (window:LOW,HIGH or percentile:LOW,HIGH)"
+                    )),
+                }
             }
         }
     }
@@ -101,20 +167,7 @@ pub fn to_rgb8(image: DynamicImage, scaling: IntensityScaling) -> Result<RgbImag
             1.0,
         ),
     };
-    let (low, high) = match scaling {
-        IntensityScaling::Full => (0.0, full_max),
-        IntensityScaling::Window { low, high } => (low, high),
-        _ => {
-            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            (low, high)
-        }
-    };
-    let span = (high - low).max(f64::MIN_POSITIVE);
-    let bytes = values
-        .into_iter()
-        .map(|v| (((v - low) / span).clamp(0.0, 1.0) * 255.0).round() as u8)
-        .collect();
+    let bytes = to_bytes(&values, scaling.bounds(&values, full_max));
     RgbImage::from_raw(w, h, bytes).context("image buffer size")
 }
 
@@ -167,12 +220,27 @@ mod tests {
     }
 
     #[test]
+    fn presets_and_percentiles() {
+        assert_eq!("ct-lung".parse(), Ok(IntensityScaling::CtLung));
+        assert_eq!("ct_soft_tissue".parse(), Ok(IntensityScaling::CtSoftTissue));
+        let values: Vec<f64> = (0..=100).map(f64::from).collect();
+        let p: IntensityScaling = "percentile:1,99".parse().unwrap();
+        assert_eq!(p.bounds(&values, 0.0), (1.0, 99.0));
+        // np.percentile([0, 10], 25) = 2.5
+        assert_eq!(percentile(&[0.0, 10.0], 25.0), 2.5);
+        let bone = IntensityScaling::CtBone.bounds(&[], 0.0);
+        assert_eq!(to_bytes(&[-1000.0, 400.0, 2000.0], bone), vec![0, 128, 255]);
+    }
+
+    #[test]
     fn bad_scaling_strings_are_explained() {
         for (s, needle) in [
             ("window:5", "LOW,HIGH"),
             ("window:9,1", "HIGH must exceed LOW"),
             ("window:a,1", "not a number"),
             ("gamma", "unknown intensity scaling"),
+            ("percentile:1,120", "0..100"),
+            ("level:1,2", "unknown intensity scaling 'level:'"),
         ] {
             let err = s.parse::<IntensityScaling>().unwrap_err();
             assert!(err.contains(needle), "{s}: {err}");

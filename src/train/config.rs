@@ -1,12 +1,14 @@
 //! `samtune train` configuration: TOML, every field defaulted, unknown keys rejected,
 //! `section.key=value` overrides on the command line. Documented in `configs/README.md`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::loss::LossConfig;
+use crate::data::volumes::SliceAxis;
 use crate::predict::image::IntensityScaling;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,8 +115,16 @@ pub struct DataConfig {
     pub min_area: usize,
     /// At most this many objects per image and step (randomly chosen each epoch).
     pub max_objects_per_image: usize,
-    /// How 16-bit or float images become 8-bit.
+    /// How 16-bit or float images become 8-bit (NIfTI: per volume).
     pub intensity: IntensityScaling,
+    /// NIfTI: the axis slices are taken across (`x`, `y` or `z`).
+    pub slice_axis: SliceAxis,
+    /// NIfTI: fraction of the training slices with foreground that are used (seeded).
+    pub slice_fraction: f64,
+    /// NIfTI: category names of label values, e.g. `{ 1 = "liver", 2 = "spleen" }`.
+    pub label_names: BTreeMap<String, String>,
+    /// NIfTI: where the slices are written (reused while volumes and settings agree).
+    pub slice_dir: PathBuf,
 }
 
 impl Default for DataConfig {
@@ -131,6 +141,10 @@ impl Default for DataConfig {
             min_area: 16,
             max_objects_per_image: 8,
             intensity: IntensityScaling::Auto,
+            slice_axis: SliceAxis::Z,
+            slice_fraction: 1.0,
+            label_names: BTreeMap::new(),
+            slice_dir: "cache/slices".into(),
         }
     }
 }
@@ -140,6 +154,8 @@ impl Default for DataConfig {
 pub enum DataFormat {
     Folder,
     Coco,
+    /// NIfTI image and label volumes (`images/`, `labels/`), sliced.
+    Nifti,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,8 +178,70 @@ pub struct PromptConfig {
     /// Extra correction clicks from the error region, each fed back with the previous
     /// low-res mask (the SAM paper's interactive training); 0 disables.
     pub refine_clicks: usize,
-    /// Predict three masks per prompt and train the best (recommended for points).
-    pub multimask: bool,
+    /// When the decoder predicts three masks (and the best one is trained and scored):
+    /// `ambiguous` (a lone point, the SAM paper's rule: other prompts use and train the
+    /// single-mask output), `always` or `never`; `true`/`false` mean always/never.
+    #[serde(deserialize_with = "multimask_or_bool")]
+    pub multimask: Multimask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multimask {
+    #[default]
+    Ambiguous,
+    Always,
+    Never,
+}
+
+impl Multimask {
+    /// Whether prompts like these get three masks: under `Ambiguous`, when every one is a
+    /// single point (padding aside) without a box.
+    pub fn for_prompts(self, prompts: &[crate::data::prompts::ObjectPrompt]) -> bool {
+        match self {
+            Multimask::Always => true,
+            Multimask::Never => false,
+            Multimask::Ambiguous => prompts.iter().all(|p| {
+                p.bbox.is_none() && p.points.iter().filter(|(_, label)| *label >= 0).count() == 1
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Multimask::Ambiguous => "ambiguous",
+            Multimask::Always => "always",
+            Multimask::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Multimask {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ambiguous" => Ok(Self::Ambiguous),
+            "always" | "true" => Ok(Self::Always),
+            "never" | "false" => Ok(Self::Never),
+            _ => Err(format!(
+                "multimask '{s}': expected ambiguous, always or never"
+            )),
+        }
+    }
+}
+
+fn multimask_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Multimask, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Name(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(true) => Ok(Multimask::Always),
+        Raw::Bool(false) => Ok(Multimask::Never),
+        Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
+    }
 }
 
 impl Default for PromptConfig {
@@ -177,7 +255,7 @@ impl Default for PromptConfig {
             positive_points: 1,
             negative_points: 0,
             refine_clicks: 0,
-            multimask: true,
+            multimask: Multimask::Ambiguous,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::data::dataset::{prepare, seeded_split, Prepared};
 use crate::data::prompts::{
     correction_click, sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt,
 };
+use crate::data::volumes::{load_volumes, SliceSettings};
 use crate::data::{coco, folder, BinaryMask, Split};
 use crate::eval::evaluate::{encode_image, evaluate, EvalSettings, ImageEval};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
@@ -104,6 +105,28 @@ pub fn load_split(config: &TrainConfig) -> Result<(Vec<Prepared>, Vec<Prepared>,
     let d = &config.data;
     let split = match d.format {
         DataFormat::Folder => folder::load_folder(&d.path, d.val_ratio, d.split_seed)?,
+        DataFormat::Nifti => {
+            if !(d.slice_fraction > 0.0 && d.slice_fraction <= 1.0) {
+                bail!("data.slice_fraction {} must be in (0, 1]", d.slice_fraction);
+            }
+            let settings = SliceSettings {
+                axis: d.slice_axis,
+                fraction: d.slice_fraction,
+                intensity: d.intensity,
+                label_names: std::sync::Arc::new(
+                    d.label_names
+                        .iter()
+                        .map(|(k, v)| {
+                            k.parse::<u16>().map(|k| (k, v.clone())).map_err(|_| {
+                                anyhow::anyhow!("data.label_names: key '{k}' is not a label value (0..65535)")
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                seed: d.split_seed,
+            };
+            load_volumes(&d.path, d.val_ratio, d.split_seed, &settings, &d.slice_dir)?
+        }
         DataFormat::Coco => {
             let images = if d.images.as_os_str().is_empty() {
                 d.annotations
@@ -208,8 +231,10 @@ fn example_loss(
     });
     let mut batch = to_prompt_batch(&example.prompts);
     let mut terms: Vec<LossTerms> = Vec::new();
+    let ambiguous = config.prompts.multimask.for_prompts(&example.prompts);
     for round in 0..=config.prompts.refine_clicks {
-        let multimask = config.prompts.multimask && round == 0;
+        // correction rounds add points and a mask input: never ambiguous
+        let multimask = ambiguous && round == 0;
         let prompts = batch.to_prompts(example.encoded.original_size, img_size, &device);
         let output = model
             .decode_with_pe(example.encoded.embedding.clone(), dense_pe.clone(), prompts)
@@ -703,13 +728,13 @@ fn final_report(
     let (fine_tuned, _) = load_sam(&best, None, device)?;
     let p = &config.prompts;
     let prompts = format!(
-        "box {:.2} / points {:.2} / box+points {:.2} ({} positive, {} negative points){}",
+        "box {:.2} / points {:.2} / box+points {:.2} ({} positive, {} negative points), multimask: {}",
         p.box_prob,
         p.points_prob,
         p.box_and_points_prob,
         p.positive_points,
         p.negative_points,
-        if p.multimask { ", multimask" } else { "" }
+        p.multimask.name()
     );
     write_train_report(
         &run_dir.join("report"),

@@ -1,0 +1,332 @@
+//! Evaluation on NIfTI volumes: each slice with foreground is predicted (one prompt per
+//! label present in it, as in 2D evaluation), the masks are stacked back into a volume per
+//! label, and every label of every volume is scored in 3D: IoU, Dice and the normalised
+//! surface distance at a tolerance in mm. Slices without any label get no prompt and so
+//! no prediction.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use serde::Serialize;
+
+use super::evaluate::{evaluate_each, EvalSettings};
+use super::report::comparison_overlay;
+use super::surface::{normalized_surface_distance, overlap, Mask3};
+use crate::data::dataset::{prepare, Annotations, Sample};
+use crate::data::nifti::Volume;
+use crate::data::volumes::{read_pair, volume_stem, write_slices, SliceAxis};
+use crate::model::Sam;
+use crate::predict::image::{load_rgb, IntensityScaling};
+
+/// One label of one volume.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelResult {
+    pub volume: String,
+    pub label: u16,
+    pub category: String,
+    /// Ground-truth voxels.
+    pub voxels: usize,
+    pub iou: f64,
+    pub dice: f64,
+    pub nsd: f64,
+}
+
+/// Means over a set of label results.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VolumeSummary {
+    pub count: usize,
+    pub mean_iou: f64,
+    pub mean_dice: f64,
+    pub mean_nsd: f64,
+}
+
+impl VolumeSummary {
+    pub fn of<'a>(results: impl IntoIterator<Item = &'a LabelResult>) -> Self {
+        let mut s = Self::default();
+        for r in results {
+            s.count += 1;
+            s.mean_iou += r.iou;
+            s.mean_dice += r.dice;
+            s.mean_nsd += r.nsd;
+        }
+        if s.count > 0 {
+            let n = s.count as f64;
+            s.mean_iou /= n;
+            s.mean_dice /= n;
+            s.mean_nsd /= n;
+        }
+        s
+    }
+}
+
+/// How volumes are evaluated.
+pub struct VolumeSettings<'a> {
+    pub axis: SliceAxis,
+    pub intensity: IntensityScaling,
+    pub tolerance_mm: f64,
+    pub label_names: Arc<BTreeMap<u16, String>>,
+    pub eval: EvalSettings<'a>,
+}
+
+/// One evaluated volume: its label results, the predicted label volume, and a picture of
+/// the slice with the most foreground.
+pub struct VolumeEval {
+    pub results: Vec<LabelResult>,
+    pub predicted: Volume,
+    pub picture: Option<(usize, RgbImage)>,
+}
+
+/// Evaluates `model` on one image/label volume pair; `work_dir` holds the slices while
+/// it runs.
+pub fn evaluate_volume(
+    model: &Sam,
+    image: &Path,
+    labels: &Path,
+    settings: &VolumeSettings,
+    work_dir: &Path,
+) -> Result<VolumeEval> {
+    let (volume, label_volume) = read_pair(image, labels)?;
+    let stem = volume_stem(image);
+    let axis = settings.axis.index();
+    let slices = write_slices(
+        &volume,
+        &label_volume,
+        &stem,
+        settings.axis,
+        settings.intensity,
+        None,
+        work_dir,
+    )?;
+    let samples: Vec<Sample> = slices
+        .iter()
+        .map(|s| Sample {
+            image: s.image.clone(),
+            annotations: Annotations::SemanticLabels {
+                path: s.labels.clone(),
+                names: settings.label_names.clone(),
+            },
+        })
+        .collect();
+    // every object kept (min area 1), so a slice's objects are its label values in order
+    let (prepared, _, _) = prepare(&samples, 1)?;
+    let values: Vec<u16> = {
+        let mut v: Vec<u16> = label_volume.data.iter().map(|&l| l as u16).filter(|&l| l != 0).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let mut predicted: BTreeMap<u16, Vec<bool>> = values
+        .iter()
+        .map(|&v| (v, vec![false; label_volume.len()]))
+        .collect();
+    let (width, _) = volume.slice_size(axis);
+    let densest = slices
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, s)| {
+            let (_, _, l) = label_volume.slice(axis, s.position);
+            l.iter().filter(|&&v| v != 0.0).count()
+        })
+        .map(|(i, _)| i);
+    let mut picture = None;
+    let eval_settings = EvalSettings {
+        keep_masks: true,
+        ..settings.eval
+    };
+    evaluate_each(model, &prepared, &eval_settings, |index, eval| {
+        let position = slices[index].position;
+        let (_, _, slice_labels) = label_volume.slice(axis, position);
+        let mut present: Vec<u16> = slice_labels.iter().map(|&l| l as u16).filter(|&l| l != 0).collect();
+        present.sort_unstable();
+        present.dedup();
+        for (value, mask) in present.iter().zip(&eval.predicted) {
+            let target = predicted.get_mut(value).context("a slice label missing from its volume")?;
+            for (i, &m) in mask.data.iter().enumerate() {
+                if m != 0 {
+                    target[label_volume.slice_voxel(axis, position, i % width, i / width)] = true;
+                }
+            }
+        }
+        if Some(index) == densest {
+            let image = load_rgb(&prepared[index].sample.image, IntensityScaling::Auto)?;
+            picture = Some((
+                position,
+                comparison_overlay(&image, &prepared[index].objects, &eval.predicted, &eval.prompts),
+            ));
+        }
+        Ok(())
+    })?;
+    std::fs::remove_dir_all(work_dir)
+        .with_context(|| format!("removing {}", work_dir.display()))?;
+
+    let mut results = Vec::new();
+    let mut label_out = vec![0f32; label_volume.len()];
+    for (&value, voxels) in &predicted {
+        let truth = Mask3 {
+            dims: label_volume.dims,
+            data: label_volume.data.iter().map(|&l| l as u16 == value).collect(),
+        };
+        let prediction = Mask3 {
+            dims: label_volume.dims,
+            data: voxels.clone(),
+        };
+        let (iou, dice) = overlap(&prediction, &truth);
+        let nsd = normalized_surface_distance(
+            &prediction,
+            &truth,
+            label_volume.spacing,
+            settings.tolerance_mm,
+        );
+        for (out, &p) in label_out.iter_mut().zip(voxels) {
+            if p {
+                *out = value as f32;
+            }
+        }
+        results.push(LabelResult {
+            volume: stem.clone(),
+            label: value,
+            category: settings
+                .label_names
+                .get(&value)
+                .cloned()
+                .unwrap_or_else(|| format!("label {value}")),
+            voxels: truth.count(),
+            iou,
+            dice,
+            nsd,
+        });
+    }
+    Ok(VolumeEval {
+        results,
+        predicted: Volume {
+            dims: label_volume.dims,
+            spacing: label_volume.spacing,
+            data: label_out,
+        },
+        picture,
+    })
+}
+
+/// Everything `samtune eval-volumes` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeReport {
+    pub checkpoint: String,
+    pub model: String,
+    pub data: String,
+    pub axis: String,
+    pub prompts: String,
+    pub tolerance_mm: f64,
+    pub volumes: usize,
+    pub overall: VolumeSummary,
+    pub per_label: BTreeMap<String, VolumeSummary>,
+    pub results: Vec<LabelResult>,
+    /// `(file, volume, slice)` of the pictures.
+    pub pictures: Vec<(String, String, usize)>,
+}
+
+impl VolumeReport {
+    pub fn per_label(results: &[LabelResult]) -> BTreeMap<String, VolumeSummary> {
+        let mut groups: BTreeMap<String, Vec<&LabelResult>> = BTreeMap::new();
+        for r in results {
+            groups.entry(r.category.clone()).or_default().push(r);
+        }
+        groups
+            .into_iter()
+            .map(|(k, v)| (k, VolumeSummary::of(v)))
+            .collect()
+    }
+}
+
+const EMPTY_3D: &str = "IoU, Dice and NSD are 1 for a label absent from both the prediction \
+and the ground truth of a volume, and 0 when it is in exactly one of them. NSD: the fraction \
+of both surfaces (foreground voxels with a background 6-neighbour) within the tolerance of \
+the other surface.";
+
+/// `report.md`.
+pub fn markdown(r: &VolumeReport) -> String {
+    let mut md = format!(
+        "# samtune evaluation on volumes\n\n- checkpoint: `{}` ({})\n- data: `{}`, {} volumes, slices across {}\n- prompts: {}\n- NSD tolerance: {} mm\n\n\
+         | | labels | mean IoU | mean Dice | mean NSD |\n|---|---:|---:|---:|---:|\n| all | {} | {:.4} | {:.4} | {:.4} |\n",
+        r.checkpoint, r.model, r.data, r.volumes, r.axis, r.prompts, r.tolerance_mm,
+        r.overall.count, r.overall.mean_iou, r.overall.mean_dice, r.overall.mean_nsd
+    );
+    for (name, s) in &r.per_label {
+        md.push_str(&format!(
+            "| {name} | {} | {:.4} | {:.4} | {:.4} |\n",
+            s.count, s.mean_iou, s.mean_dice, s.mean_nsd
+        ));
+    }
+    md.push_str("\n| volume | label | voxels | IoU | Dice | NSD |\n|---|---|---:|---:|---:|---:|\n");
+    for x in &r.results {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.4} | {:.4} | {:.4} |\n",
+            x.volume, x.category, x.voxels, x.iou, x.dice, x.nsd
+        ));
+    }
+    md.push_str(&format!("\n{EMPTY_3D}\n"));
+    md
+}
+
+/// `report.html`.
+pub fn html(r: &VolumeReport) -> String {
+    use super::report::{escape, STYLE};
+    let row = |cells: Vec<String>| format!("<tr><td>{}</td></tr>", cells.join("</td><td>"));
+    let mut labels = String::new();
+    for (name, s) in &r.per_label {
+        labels.push_str(&row(vec![
+            escape(name),
+            s.count.to_string(),
+            format!("{:.4}", s.mean_iou),
+            format!("{:.4}", s.mean_dice),
+            format!("{:.4}", s.mean_nsd),
+        ]));
+    }
+    let mut volumes = String::new();
+    for x in &r.results {
+        volumes.push_str(&row(vec![
+            escape(&x.volume),
+            escape(&x.category),
+            x.voxels.to_string(),
+            format!("{:.4}", x.iou),
+            format!("{:.4}", x.dice),
+            format!("{:.4}", x.nsd),
+        ]));
+    }
+    let pictures: String = r
+        .pictures
+        .iter()
+        .map(|(file, volume, slice)| {
+            format!(
+                "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{} &middot; slice {} {}</figcaption></figure>",
+                escape(file),
+                escape(volume),
+                escape(volume),
+                escape(&r.axis),
+                slice
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>samtune evaluation on volumes</title><style>{STYLE}</style></head><body>\
+         <h1>samtune evaluation on volumes</h1>\
+         <p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} volumes, slices across {} &middot; prompts: {} &middot; NSD tolerance {} mm</p>\
+         <p><span class=\"big\">Dice {:.3}</span> &nbsp; IoU {:.3} &nbsp; NSD {:.3}</p>\
+         <table><tr><th>label</th><th>volumes</th><th>mean IoU</th><th>mean Dice</th><th>mean NSD</th></tr>{labels}</table>\
+         <table><tr><th>volume</th><th>label</th><th>voxels</th><th>IoU</th><th>Dice</th><th>NSD</th></tr>{volumes}</table>\
+         <p>{EMPTY_3D}</p><h2>The slice with the most foreground of each volume</h2>\
+         <p>Prediction filled in colour, ground truth outlined in white, prompts in yellow.</p>{pictures}</body></html>",
+        escape(&r.checkpoint),
+        escape(&r.model),
+        escape(&r.data),
+        r.volumes,
+        escape(&r.axis),
+        escape(&r.prompts),
+        r.tolerance_mm,
+        r.overall.mean_dice,
+        r.overall.mean_iou,
+        r.overall.mean_nsd,
+    )
+}
