@@ -26,7 +26,11 @@ fn nifti_volumes_read_as_nibabel_reads_them() {
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(volume.dims.to_vec(), dims, "{name}");
-        for (a, b) in volume.spacing.iter().zip(case["spacing"].as_array().unwrap()) {
+        for (a, b) in volume
+            .spacing
+            .iter()
+            .zip(case["spacing"].as_array().unwrap())
+        {
             assert!((a - b.as_f64().unwrap()).abs() < 1e-6, "{name}: spacing");
         }
         let values = case["values"].as_array().unwrap();
@@ -42,8 +46,10 @@ fn nifti_volumes_read_as_nibabel_reads_them() {
 }
 
 fn json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap()
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -51,11 +57,25 @@ fn ct_scans_train_slice_by_slice_and_evaluate_in_3d() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ct");
     let out = samtune([
-        "sample-data", "--domain", "ct", "--count", "3", "--size", "64", "--seed", "9", "--out",
+        "sample-data",
+        "--domain",
+        "ct",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--seed",
+        "9",
+        "--out",
         data.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let checkpoint = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/sam_tiny_source.safetensors");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checkpoint =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/sam_tiny_source.safetensors");
     let config = dir.path().join("ct.toml");
     std::fs::write(
         &config,
@@ -75,7 +95,11 @@ fn ct_scans_train_slice_by_slice_and_evaluate_in_3d() {
     )
     .unwrap();
     let out = samtune(["train", "--config", config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json(&dir.path().join("runs/ct/report/report.json"));
     // validation holds every foreground slice of one scan, named by label
     let categories: Vec<&String> = report["fine_tuned"]["per_category"]
@@ -88,11 +112,27 @@ fn ct_scans_train_slice_by_slice_and_evaluate_in_3d() {
     let eval = dir.path().join("eval3d");
     let best = dir.path().join("runs/ct/checkpoints/best.safetensors");
     let out = samtune([
-        "eval-volumes", "--checkpoint", best.to_str().unwrap(), "--data", data.to_str().unwrap(),
-        "--intensity", "ct-soft-tissue", "--label", "1=liver", "--label", "2=kidney",
-        "--tolerance-mm", "2", "--out", eval.to_str().unwrap(),
+        "eval-volumes",
+        "--checkpoint",
+        best.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--intensity",
+        "ct-soft-tissue",
+        "--label",
+        "1=liver",
+        "--label",
+        "2=kidney",
+        "--tolerance-mm",
+        "2",
+        "--out",
+        eval.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = json(&eval.join("report.json"));
     assert_eq!(report["volumes"], 3);
     let results = report["results"].as_array().unwrap();
@@ -103,7 +143,10 @@ fn ct_scans_train_slice_by_slice_and_evaluate_in_3d() {
             assert!((0.0..=1.0).contains(&v), "{key} {v}");
         }
         let (iou, dice) = (r["iou"].as_f64().unwrap(), r["dice"].as_f64().unwrap());
-        assert!((dice - 2.0 * iou / (1.0 + iou)).abs() < 1e-9, "Dice and IoU of one overlap");
+        assert!(
+            (dice - 2.0 * iou / (1.0 + iou)).abs() < 1e-9,
+            "Dice and IoU of one overlap"
+        );
     }
     assert!(report["per_label"]["liver"]["count"] == 3);
     for i in 0..3 {

@@ -258,13 +258,15 @@ impl<'a> MaskGenerator<'a> {
             for k in 0..m {
                 let predicted_iou = ious[b * m + k];
                 // thresholds compare in float32, as torch does with a float32 tensor
-                if s.pred_iou_thresh > 0.0 && !(predicted_iou > s.pred_iou_thresh as f32) {
+                let confident = predicted_iou > s.pred_iou_thresh as f32;
+                if s.pred_iou_thresh > 0.0 && !confident {
                     continue;
                 }
                 let plane = &logits[(b * m + k) * h * w..(b * m + k + 1) * h * w];
                 let stability = stability_score(plane, 0.0, s.stability_score_offset as f32);
-                if s.stability_score_thresh > 0.0 && !(stability >= s.stability_score_thresh as f32)
-                {
+                // NaN (nothing above the low cut-off) fails the filter, as in torch
+                let stable = stability >= s.stability_score_thresh as f32;
+                if s.stability_score_thresh > 0.0 && !stable {
                     continue;
                 }
                 let mask = BinaryMask {

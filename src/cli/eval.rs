@@ -31,7 +31,12 @@ pub enum PromptMode {
 
 impl PromptMode {
     /// The evaluation prompts of this kind (no box jitter: evaluation is seeded and fixed).
-    pub fn config(self, positive_points: usize, negative_points: usize, multimask: Multimask) -> PromptConfig {
+    pub fn config(
+        self,
+        positive_points: usize,
+        negative_points: usize,
+        multimask: Multimask,
+    ) -> PromptConfig {
         let (box_prob, points_prob, box_and_points_prob) = match self {
             PromptMode::Box => (1.0, 0.0, 0.0),
             PromptMode::Points => (0.0, 1.0, 0.0),
@@ -192,12 +197,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         checkpoint: args.checkpoint.display().to_string(),
         model: describe(&config),
         data: args.data.display().to_string(),
-        prompts: format!(
-            "{:?}, multimask: {}",
-            args.prompts,
-            args.multimask.name()
-        )
-        .to_lowercase(),
+        prompts: format!("{:?}, multimask: {}", args.prompts, args.multimask.name()).to_lowercase(),
         images: prepared.len(),
         aggregate: Aggregate::of(&results),
         overlays,

@@ -16,7 +16,9 @@ use crate::data::nifti::{write_nifti, VoxelType};
 use crate::data::volumes::{volume_pairs, volume_stem, SliceAxis};
 use crate::eval::evaluate::EvalSettings;
 use crate::eval::report::enlarge_for_viewing;
-use crate::eval::volumes::{evaluate_volume, html, markdown, VolumeReport, VolumeSettings, VolumeSummary};
+use crate::eval::volumes::{
+    evaluate_volume, html, markdown, VolumeReport, VolumeSettings, VolumeSummary,
+};
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::IntensityScaling;
 use crate::train::config::Multimask;
@@ -72,7 +74,7 @@ fn parse_label(s: &str) -> Result<(u16, String), String> {
 }
 
 pub fn run(args: EvalVolumesArgs) -> Result<()> {
-    if !(args.tolerance_mm >= 0.0) {
+    if args.tolerance_mm.is_nan() || args.tolerance_mm < 0.0 {
         bail!("--tolerance-mm {} must be >= 0", args.tolerance_mm);
     }
     let root = if args.data.join("val").is_dir() {

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::data::synthetic::{write_dataset, Domain};
 use crate::eval::evaluate::encode_image;
 use crate::train::cache::EmbeddingCache;
-use crate::train::trainer::{device_for, load_split};
+use crate::train::trainer::{configured_variant, device_for, load_split};
 use crate::train::{train, TrainConfig};
 use crate::weights::load_sam;
 
@@ -88,12 +88,7 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let config = TrainConfig::load(&args.config, &args.overrides)?;
     let device = device_for(&config.model.device)?;
-    let variant = config
-        .model
-        .variant
-        .parse::<super::VariantArg>()
-        .map_err(anyhow::Error::msg)?
-        .0;
+    let variant = configured_variant(&config)?;
     let (model, sam_config) = load_sam(&config.model.checkpoint, variant, &device)?;
     let cache = EmbeddingCache::open(
         &config.cache.dir,

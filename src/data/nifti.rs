@@ -137,8 +137,12 @@ struct Header {
 fn header(r: &Reader, version: u8) -> Result<Header> {
     Ok(if version == 1 {
         Header {
-            dims: (0..8).map(|i| r.i16(40 + 2 * i).map(i64::from)).collect::<Result<_>>()?,
-            pixdim: (0..8).map(|i| r.f32(76 + 4 * i).map(f64::from)).collect::<Result<_>>()?,
+            dims: (0..8)
+                .map(|i| r.i16(40 + 2 * i).map(i64::from))
+                .collect::<Result<_>>()?,
+            pixdim: (0..8)
+                .map(|i| r.f32(76 + 4 * i).map(f64::from))
+                .collect::<Result<_>>()?,
             datatype: r.i16(70)?,
             vox_offset: r.f32(108)? as usize,
             slope: r.f32(112)? as f64,
@@ -155,6 +159,9 @@ fn header(r: &Reader, version: u8) -> Result<Header> {
         }
     })
 }
+
+/// Reads one stored voxel (its bytes, little-endian or not) as a number.
+type Converter = fn(&[u8], bool) -> f64;
 
 /// Parses a whole (uncompressed) single-file NIfTI.
 pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
@@ -174,7 +181,9 @@ pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
         (n, _) => bail!("header size {n} is neither 348 (NIfTI-1) nor 540 (NIfTI-2)"),
     };
     let magic_at = if version == 1 { 344 } else { 4 };
-    let magic = bytes.get(magic_at..magic_at + 3).context("the header is truncated")?;
+    let magic = bytes
+        .get(magic_at..magic_at + 3)
+        .context("the header is truncated")?;
     if magic == b"ni1" || magic == b"ni2" {
         bail!("a two-file NIfTI (.hdr/.img) pair: convert it to a single .nii(.gz) file");
     }
@@ -206,7 +215,7 @@ pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
         }
     });
     let count = dims.iter().product::<usize>();
-    let (width, convert): (usize, fn(&[u8], bool) -> f64) = match h.datatype {
+    let (width, convert): (usize, Converter) = match h.datatype {
         2 => (1, |b, _| b[0] as f64),
         256 => (1, |b, _| b[0] as i8 as f64),
         4 => (2, |b, le| num::<2>(b, le, |a| i16::from_le_bytes(a) as f64)),
@@ -267,11 +276,19 @@ pub fn write_nifti(path: &Path, volume: &Volume, voxel: VoxelType) -> Result<()>
     let mut bytes = vec![0u8; 352];
     let put = |b: &mut Vec<u8>, o: usize, v: &[u8]| b[o..o + v.len()].copy_from_slice(v);
     put(&mut bytes, 0, &348i32.to_le_bytes());
-    let dims = [3, volume.dims[0], volume.dims[1], volume.dims[2], 1, 1, 1, 1];
+    let dims = [
+        3,
+        volume.dims[0],
+        volume.dims[1],
+        volume.dims[2],
+        1,
+        1,
+        1,
+        1,
+    ];
     for (i, d) in dims.iter().enumerate() {
-        let d = i16::try_from(*d).with_context(|| {
-            format!("{}: dimension {d} does not fit NIfTI-1", path.display())
-        })?;
+        let d = i16::try_from(*d)
+            .with_context(|| format!("{}: dimension {d} does not fit NIfTI-1", path.display()))?;
         put(&mut bytes, 40 + 2 * i, &d.to_le_bytes());
     }
     let (code, bits): (i16, i16) = match voxel {
@@ -280,7 +297,16 @@ pub fn write_nifti(path: &Path, volume: &Volume, voxel: VoxelType) -> Result<()>
     };
     put(&mut bytes, 70, &code.to_le_bytes());
     put(&mut bytes, 72, &bits.to_le_bytes());
-    let pixdim = [1.0, volume.spacing[0], volume.spacing[1], volume.spacing[2], 1.0, 1.0, 1.0, 1.0];
+    let pixdim = [
+        1.0,
+        volume.spacing[0],
+        volume.spacing[1],
+        volume.spacing[2],
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
     for (i, p) in pixdim.iter().enumerate() {
         put(&mut bytes, 76 + 4 * i, &(*p as f32).to_le_bytes());
     }
@@ -291,7 +317,9 @@ pub fn write_nifti(path: &Path, volume: &Volume, voxel: VoxelType) -> Result<()>
     bytes.reserve(volume.len() * bits as usize / 8);
     for &v in &volume.data {
         match voxel {
-            VoxelType::U16 => bytes.extend_from_slice(&(v.round().clamp(0.0, 65535.0) as u16).to_le_bytes()),
+            VoxelType::U16 => {
+                bytes.extend_from_slice(&(v.round().clamp(0.0, 65535.0) as u16).to_le_bytes())
+            }
             VoxelType::F32 => bytes.extend_from_slice(&v.to_le_bytes()),
         }
     }
@@ -317,9 +345,27 @@ mod tests {
     pub fn tiny_nifti(little: bool) -> Vec<u8> {
         let mut h = vec![0u8; 352];
         let put = |h: &mut Vec<u8>, o: usize, b: &[u8]| h[o..o + b.len()].copy_from_slice(b);
-        let e16 = |v: i16| if little { v.to_le_bytes() } else { v.to_be_bytes() };
-        let e32 = |v: i32| if little { v.to_le_bytes() } else { v.to_be_bytes() };
-        let f32b = |v: f32| if little { v.to_le_bytes() } else { v.to_be_bytes() };
+        let e16 = |v: i16| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let e32 = |v: i32| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
+        let f32b = |v: f32| {
+            if little {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            }
+        };
         put(&mut h, 0, &e32(348));
         for (i, d) in [3i16, 3, 2, 2, 1, 1, 1, 1].iter().enumerate() {
             put(&mut h, 40 + 2 * i, &e16(*d));
@@ -393,9 +439,15 @@ mod tests {
         assert!(e.contains("12 voxels"), "{e}");
         let mut bytes = tiny_nifti(true);
         bytes[344..347].copy_from_slice(b"xyz");
-        assert!(parse_nifti(&bytes).unwrap_err().to_string().contains("magic"));
+        assert!(parse_nifti(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
         let mut bytes = tiny_nifti(true);
         bytes[70..72].copy_from_slice(&128i16.to_le_bytes());
-        assert!(parse_nifti(&bytes).unwrap_err().to_string().contains("datatype 128"));
+        assert!(parse_nifti(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("datatype 128"));
     }
 }

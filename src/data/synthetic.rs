@@ -83,22 +83,20 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
         } else {
             colours[label]
         };
-        if !target {
+        if target {
+            // objects only slightly brighter than the background, under texture and noise
+            let lum = if label == 0 {
+                background[0]
+            } else {
+                118.0 + (colours[label][0] - 135.0) * 0.12
+            };
+            let texture =
+                14.0 * ((x as f64 * 0.35 + phase).sin() * (y as f64 * 0.27 - phase).cos());
+            let g = (lum + texture + rng_noise(x, y, seed) * 18.0).clamp(0.0, 255.0) as u8;
+            Rgb([g, g, g])
+        } else {
             let v = |c: f64| (c + rng_noise(x, y, seed) * 6.0).clamp(0.0, 255.0) as u8;
             Rgb([v(base[0]), v(base[1]), v(base[2])])
-        } else {
-            {
-                // objects only slightly brighter than the background, under texture and noise
-                let lum = if label == 0 {
-                    background[0]
-                } else {
-                    118.0 + (colours[label][0] - 135.0) * 0.12
-                };
-                let texture =
-                    14.0 * ((x as f64 * 0.35 + phase).sin() * (y as f64 * 0.27 - phase).cos());
-                let g = (lum + texture + rng_noise(x, y, seed) * 18.0).clamp(0.0, 255.0) as u8;
-                Rgb([g, g, g])
-            }
         }
     });
     (image, labels)
@@ -149,7 +147,9 @@ pub fn generate_ct(size: usize, depth: usize, seed: u64) -> (Volume, Volume) {
         for y in 0..size {
             for x in 0..size {
                 let (fx, fy, fz) = (x as f64 + 0.5, y as f64 + 0.5, z as f64 + 0.5);
-                let body = ((fx - 0.5 * s) / (0.45 * s)).powi(2) + ((fy - 0.5 * s) / (0.36 * s)).powi(2) <= 1.0;
+                let body = ((fx - 0.5 * s) / (0.45 * s)).powi(2)
+                    + ((fy - 0.5 * s) / (0.36 * s)).powi(2)
+                    <= 1.0;
                 let (hu, label) = if inside(&kidney, fx, fy, fz) {
                     (150.0, 2.0)
                 } else if inside(&liver, fx, fy, fz) {
@@ -169,8 +169,16 @@ pub fn generate_ct(size: usize, depth: usize, seed: u64) -> (Volume, Volume) {
     }
     let spacing = [0.8, 0.8, 2.5];
     (
-        Volume { dims, spacing, data: image },
-        Volume { dims, spacing, data: labels },
+        Volume {
+            dims,
+            spacing,
+            data: image,
+        },
+        Volume {
+            dims,
+            spacing,
+            data: labels,
+        },
     )
 }
 
@@ -178,7 +186,8 @@ pub fn generate_ct(size: usize, depth: usize, seed: u64) -> (Volume, Volume) {
 pub fn write_ct_dataset(dir: &Path, count: usize, size: usize, seed: u64) -> Result<()> {
     let depth = (size / 6).max(8);
     for i in 0..count {
-        let (image, labels) = generate_ct(size, depth, seed.wrapping_mul(7919).wrapping_add(i as u64));
+        let (image, labels) =
+            generate_ct(size, depth, seed.wrapping_mul(7919).wrapping_add(i as u64));
         let name = format!("ct_{i:03}.nii.gz");
         write_nifti(&dir.join("images").join(&name), &image, VoxelType::F32)?;
         write_nifti(&dir.join("labels").join(&name), &labels, VoxelType::U16)?;

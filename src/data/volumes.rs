@@ -66,7 +66,9 @@ pub fn volume_stem(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    name.trim_end_matches(".gz").trim_end_matches(".nii").to_string()
+    name.trim_end_matches(".gz")
+        .trim_end_matches(".nii")
+        .to_string()
 }
 
 fn is_nifti(path: &Path) -> bool {
@@ -105,7 +107,10 @@ pub fn volume_pairs(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         pairs.push((image.clone(), label.clone()));
     }
     if pairs.is_empty() {
-        bail!("no NIfTI volumes (.nii, .nii.gz) in {}", dir.join("images").display());
+        bail!(
+            "no NIfTI volumes (.nii, .nii.gz) in {}",
+            dir.join("images").display()
+        );
     }
     Ok(pairs)
 }
@@ -186,8 +191,12 @@ pub fn write_slices(
         let label_path = dir.join("masks").join(&name);
         if !(image_path.is_file() && label_path.is_file()) {
             let (w, h, pixels) = as_volume.slice(a, position);
-            let gray = GrayImage::from_raw(w as u32, h as u32, pixels.iter().map(|&v| v as u8).collect())
-                .context("slice buffer size")?;
+            let gray = GrayImage::from_raw(
+                w as u32,
+                h as u32,
+                pixels.iter().map(|&v| v as u8).collect(),
+            )
+            .context("slice buffer size")?;
             let (_, _, label_pixels) = labels.slice(a, position);
             let label_image: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_raw(
                 w as u32,
@@ -208,7 +217,12 @@ pub fn write_slices(
 }
 
 /// The slice folder of one volume pair: keyed by both files' contents and the settings.
-fn slice_folder(root: &Path, image: &Path, labels: &Path, settings: &SliceSettings) -> Result<PathBuf> {
+fn slice_folder(
+    root: &Path,
+    image: &Path,
+    labels: &Path,
+    settings: &SliceSettings,
+) -> Result<PathBuf> {
     let mut hasher = Sha256::new();
     for path in [image, labels] {
         hasher.update(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
@@ -326,13 +340,21 @@ mod tests {
         let spacing = [1.0, 1.0, 3.0];
         write_nifti(
             &dir.join("images").join(format!("{stem}.nii.gz")),
-            &Volume { dims, spacing, data: image },
+            &Volume {
+                dims,
+                spacing,
+                data: image,
+            },
             VoxelType::F32,
         )
         .unwrap();
         write_nifti(
             &dir.join("labels").join(format!("{stem}.nii.gz")),
-            &Volume { dims, spacing, data: labels },
+            &Volume {
+                dims,
+                spacing,
+                data: labels,
+            },
             VoxelType::U16,
         )
         .unwrap();
@@ -357,14 +379,24 @@ mod tests {
         }
         let slices = dir.path().join("slices");
         let split = load_volumes(&data, 0.34, 0, &settings(), &slices).unwrap();
-        assert_eq!(split.train.len(), 4, "two volumes, two foreground slices each");
+        assert_eq!(
+            split.train.len(),
+            4,
+            "two volumes, two foreground slices each"
+        );
         assert_eq!(split.val.len(), 2);
         let val_stem = split.val[0].name();
-        assert!(split.train.iter().all(|s| s.name()[..1] != val_stem[..1]), "split by volume");
+        assert!(
+            split.train.iter().all(|s| s.name()[..1] != val_stem[..1]),
+            "split by volume"
+        );
         let names: Vec<String> = split.train.iter().map(Sample::name).collect();
         assert!(names[0].ends_with("_z0001.png") && names[1].ends_with("_z0002.png"));
         let (objects, _) = split.train[1].objects(1).unwrap();
-        let categories: Vec<_> = objects.iter().map(|o| o.category.clone().unwrap()).collect();
+        let categories: Vec<_> = objects
+            .iter()
+            .map(|o| o.category.clone().unwrap())
+            .collect();
         assert_eq!(categories, vec!["label 1", "kidney"]);
         assert_eq!(objects[0].mask.area(), 9);
         // windowed over the whole volume: slice z = 1 of 0..300 -> 85

@@ -40,7 +40,7 @@ const BOTTOM: f64 = 46.0;
 /// Round tick values within `[lo, hi]`, about `target` intervals (1, 2 or 5 times a power
 /// of ten apart).
 pub fn ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
-    if !(hi > lo) || !lo.is_finite() || !hi.is_finite() {
+    if !lo.is_finite() || !hi.is_finite() || hi <= lo {
         return vec![lo];
     }
     let raw = (hi - lo) / target.max(1) as f64;

@@ -66,7 +66,10 @@ pub fn overlap(predicted: &Mask3, truth: &Mask3) -> (f64, f64) {
         return (1.0, 1.0);
     }
     let union = p + t - inter;
-    (inter as f64 / union as f64, 2.0 * inter as f64 / (p + t) as f64)
+    (
+        inter as f64 / union as f64,
+        2.0 * inter as f64 / (p + t) as f64,
+    )
 }
 
 /// 1D squared distance transform of `f` at positions `i * spacing` (Felzenszwalb and
@@ -93,7 +96,8 @@ fn edt_1d(f: &[f64], spacing: f64, out: &mut [f64]) {
         }
         loop {
             let p = v[k];
-            let s = ((f[q] + pos(q) * pos(q)) - (f[p] + pos(p) * pos(p))) / (2.0 * (pos(q) - pos(p)));
+            let s =
+                ((f[q] + pos(q) * pos(q)) - (f[p] + pos(p) * pos(p))) / (2.0 * (pos(q) - pos(p)));
             // z[0] is -inf, so k never drops below 0
             if s <= z[k] {
                 k -= 1;
@@ -226,7 +230,9 @@ mod tests {
         };
         let near = |from: &[[usize; 3]], to: &[[usize; 3]]| {
             from.iter()
-                .filter(|a| to.iter().map(|b| dist(a, b)).fold(f64::INFINITY, f64::min) <= tol + 1e-9)
+                .filter(|a| {
+                    to.iter().map(|b| dist(a, b)).fold(f64::INFINITY, f64::min) <= tol + 1e-9
+                })
                 .count()
         };
         (near(&sp, &st) + near(&st, &sp)) as f64 / (sp.len() + st.len()) as f64
@@ -258,14 +264,21 @@ mod tests {
         assert!((wide - nsd_brute(&a, &b, [2.0, 1.0, 1.0], 1.0)).abs() < 1e-12);
         let empty = cube(dims, [0, 0, 0], [0, 0, 0]);
         assert_eq!(normalized_surface_distance(&a, &empty, [1.0; 3], 5.0), 0.0);
-        assert_eq!(normalized_surface_distance(&empty, &empty, [1.0; 3], 5.0), 1.0);
+        assert_eq!(
+            normalized_surface_distance(&empty, &empty, [1.0; 3], 5.0),
+            1.0
+        );
     }
 
     #[test]
     fn nsd_matches_brute_force_on_random_shapes() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for _ in 0..20 {
-            let dims = [rng.random_range(3..10), rng.random_range(3..10), rng.random_range(2..7)];
+            let dims = [
+                rng.random_range(3..10),
+                rng.random_range(3..10),
+                rng.random_range(2..7),
+            ];
             let n = dims.iter().product();
             let p = Mask3 {
                 dims,
@@ -275,11 +288,18 @@ mod tests {
                 dims,
                 data: (0..n).map(|_| rng.random_bool(0.3)).collect(),
             };
-            let spacing = [rng.random_range(0.5..2.0), rng.random_range(0.5..2.0), rng.random_range(0.5..4.0)];
+            let spacing = [
+                rng.random_range(0.5..2.0),
+                rng.random_range(0.5..2.0),
+                rng.random_range(0.5..4.0),
+            ];
             let tol = rng.random_range(0.0..3.0);
             let fast = normalized_surface_distance(&p, &t, spacing, tol);
             let slow = nsd_brute(&p, &t, spacing, tol);
-            assert!((fast - slow).abs() < 1e-12, "{dims:?} {spacing:?} {tol}: {fast} vs {slow}");
+            assert!(
+                (fast - slow).abs() < 1e-12,
+                "{dims:?} {spacing:?} {tol}: {fast} vs {slow}"
+            );
         }
     }
 }

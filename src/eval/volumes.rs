@@ -113,7 +113,12 @@ pub fn evaluate_volume(
     // every object kept (min area 1), so a slice's objects are its label values in order
     let (prepared, _, _) = prepare(&samples, 1)?;
     let values: Vec<u16> = {
-        let mut v: Vec<u16> = label_volume.data.iter().map(|&l| l as u16).filter(|&l| l != 0).collect();
+        let mut v: Vec<u16> = label_volume
+            .data
+            .iter()
+            .map(|&l| l as u16)
+            .filter(|&l| l != 0)
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -139,11 +144,17 @@ pub fn evaluate_volume(
     evaluate_each(model, &prepared, &eval_settings, |index, eval| {
         let position = slices[index].position;
         let (_, _, slice_labels) = label_volume.slice(axis, position);
-        let mut present: Vec<u16> = slice_labels.iter().map(|&l| l as u16).filter(|&l| l != 0).collect();
+        let mut present: Vec<u16> = slice_labels
+            .iter()
+            .map(|&l| l as u16)
+            .filter(|&l| l != 0)
+            .collect();
         present.sort_unstable();
         present.dedup();
         for (value, mask) in present.iter().zip(&eval.predicted) {
-            let target = predicted.get_mut(value).context("a slice label missing from its volume")?;
+            let target = predicted
+                .get_mut(value)
+                .context("a slice label missing from its volume")?;
             for (i, &m) in mask.data.iter().enumerate() {
                 if m != 0 {
                     target[label_volume.slice_voxel(axis, position, i % width, i / width)] = true;
@@ -154,7 +165,12 @@ pub fn evaluate_volume(
             let image = load_rgb(&prepared[index].sample.image, IntensityScaling::Auto)?;
             picture = Some((
                 position,
-                comparison_overlay(&image, &prepared[index].objects, &eval.predicted, &eval.prompts),
+                comparison_overlay(
+                    &image,
+                    &prepared[index].objects,
+                    &eval.predicted,
+                    &eval.prompts,
+                ),
             ));
         }
         Ok(())
@@ -167,7 +183,11 @@ pub fn evaluate_volume(
     for (&value, voxels) in &predicted {
         let truth = Mask3 {
             dims: label_volume.dims,
-            data: label_volume.data.iter().map(|&l| l as u16 == value).collect(),
+            data: label_volume
+                .data
+                .iter()
+                .map(|&l| l as u16 == value)
+                .collect(),
         };
         let prediction = Mask3 {
             dims: label_volume.dims,
@@ -259,7 +279,9 @@ pub fn markdown(r: &VolumeReport) -> String {
             s.count, s.mean_iou, s.mean_dice, s.mean_nsd
         ));
     }
-    md.push_str("\n| volume | label | voxels | IoU | Dice | NSD |\n|---|---|---:|---:|---:|---:|\n");
+    md.push_str(
+        "\n| volume | label | voxels | IoU | Dice | NSD |\n|---|---|---:|---:|---:|---:|\n",
+    );
     for x in &r.results {
         md.push_str(&format!(
             "| {} | {} | {} | {:.4} | {:.4} | {:.4} |\n",

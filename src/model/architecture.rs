@@ -125,13 +125,13 @@ impl ArchitectureSpec {
         if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be > 0"));
         }
-        if !(e.mlp_ratio > 0.0) {
+        if e.mlp_ratio.is_nan() || e.mlp_ratio <= 0.0 {
             return Err(format!(
                 "image_encoder.mlp_ratio {} must be > 0",
                 e.mlp_ratio
             ));
         }
-        if d.prompt_embed_dim % 8 != 0 {
+        if !d.prompt_embed_dim.is_multiple_of(8) {
             // the hypernetwork MLPs map to prompt_embed_dim / 8 mask channels
             return Err(format!(
                 "decoder.prompt_embed_dim {} must be a multiple of 8",

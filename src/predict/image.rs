@@ -42,7 +42,8 @@ impl IntensityScaling {
             Self::CtLung => (-1350.0, 150.0),
             Self::CtBone => (-500.0, 1300.0),
             Self::Percentile { low, high } => {
-                let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+                let mut sorted: Vec<f64> =
+                    values.iter().copied().filter(|v| v.is_finite()).collect();
                 sorted.sort_by(f64::total_cmp);
                 (percentile(&sorted, low), percentile(&sorted, high))
             }

@@ -118,7 +118,9 @@ pub fn load_split(config: &TrainConfig) -> Result<(Vec<Prepared>, Vec<Prepared>,
                         .iter()
                         .map(|(k, v)| {
                             k.parse::<u16>().map(|k| (k, v.clone())).map_err(|_| {
-                                anyhow::anyhow!("data.label_names: key '{k}' is not a label value (0..65535)")
+                                anyhow::anyhow!(
+                                    "data.label_names: key '{k}' is not a label value (0..65535)"
+                                )
                             })
                         })
                         .collect::<Result<_>>()?,
@@ -704,7 +706,7 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
 }
 
 /// `model.variant`: a preset, or `None` for `auto`.
-fn configured_variant(config: &TrainConfig) -> Result<Option<crate::model::SamVariant>> {
+pub fn configured_variant(config: &TrainConfig) -> Result<Option<crate::model::SamVariant>> {
     Ok(config
         .model
         .variant
