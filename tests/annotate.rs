@@ -53,14 +53,14 @@ fn the_generator_finds_the_official_masks() {
     .unwrap();
     let checkpoint = root().join(expected["checkpoint"].as_str().unwrap());
     let (model, _) = load_sam(&checkpoint, None, &Device::default()).unwrap();
-    let images: Vec<&str> = expected["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
     let mut total = 0;
     for (case, data) in expected["cases"].as_object().unwrap() {
+        let images: Vec<&str> = data["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         let settings: AmgSettings = serde_json::from_value(data["settings"].clone()).unwrap();
         let generator = MaskGenerator::new(Predictor::new(&model), settings).unwrap();
         for (image_path, official) in images.iter().zip(data["masks"].as_array().unwrap()) {

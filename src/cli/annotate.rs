@@ -35,7 +35,8 @@ pub struct AnnotateArgs {
     /// A folder of images (not recursive) or one image file.
     #[arg(long)]
     pub images: PathBuf,
-    /// Starting settings, before `--settings` and the flags below.
+    /// The settings to start from when no `--settings` file is given; the flags below
+    /// change either.
     #[arg(long, value_enum, default_value = "official")]
     pub preset: Preset,
     /// A TOML file with any of the generator's settings (see configs/README.md).

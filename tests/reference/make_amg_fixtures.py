@@ -5,8 +5,7 @@ for samtune's `annotate` parity test.
 The bundled tiny SAM (checkpoints/sam_tiny_source.safetensors, architecture in
 configs/arch/tiny.toml) is built with the official modules, loaded with strict=True, and
 run by the official generator on bundled images with several settings: the official
-defaults, the reference document's preset, and crops plus small-region removal (which
-needs OpenCV). Masks are saved as COCO compressed RLE (pycocotools).
+defaults, looser thresholds, and crops plus small-region removal (which needs OpenCV). Masks are saved as COCO compressed RLE (pycocotools).
 
     python tests/reference/make_amg_fixtures.py --out tests/fixtures/amg
 """
@@ -29,16 +28,19 @@ sys.path.insert(0, HERE)
 from make_fixtures import build_tiny  # noqa: E402
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
-IMAGES = ["data/source/images/0000.png", "data/source/images/0001.png", "data/target/val/images/0000.png"]
+IMAGES = [f"data/source/images/{i:04d}.png" for i in range(4)]
 
-# name -> generator settings (besides the model); `samtune annotate` gets the same
+# name -> generator settings (besides the model); `samtune annotate` gets the same. The
+# official defaults keep no mask of the tiny model (its stability scores are low: its
+# logits are less sharp than SAM's), which still checks the filters; the other cases
+# loosen the thresholds so that many masks go through NMS, crops and region removal.
 CASES = {
-    "official": dict(points_per_side=32),
-    "reference": dict(points_per_side=32, pred_iou_thresh=0.86, stability_score_thresh=0.92),
+    "official": dict(points_per_side=32, images=IMAGES[:1]),
+    "loose": dict(points_per_side=32, pred_iou_thresh=0.6, stability_score_thresh=0.7),
     "crops_regions": dict(
         points_per_side=16,
-        pred_iou_thresh=0.8,
-        stability_score_thresh=0.9,
+        pred_iou_thresh=0.5,
+        stability_score_thresh=0.7,
         crop_n_layers=1,
         crop_n_points_downscale_factor=2,
         min_mask_region_area=60,
@@ -80,11 +82,13 @@ def main():
     sam.load_state_dict(load_file(args.checkpoint), strict=True)
     sam.eval()
 
-    out = {"checkpoint": os.path.relpath(args.checkpoint, ROOT), "images": IMAGES, "cases": {}}
-    for name, settings in CASES.items():
+    out = {"checkpoint": os.path.relpath(args.checkpoint, ROOT), "cases": {}}
+    for name, case in CASES.items():
+        settings = {k: v for k, v in case.items() if k != "images"}
+        images = case.get("images", IMAGES)
         generator = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **settings)
         per_image = []
-        for rel in IMAGES:
+        for rel in images:
             image = np.array(Image.open(os.path.join(ROOT, rel)).convert("RGB"))
             records = generator.generate(image)
             per_image.append([
@@ -100,7 +104,7 @@ def main():
                 for r in records
             ])
             print(f"{name} {rel}: {len(records)} masks")
-        out["cases"][name] = {"settings": settings, "masks": per_image}
+        out["cases"][name] = {"settings": settings, "images": images, "masks": per_image}
     with open(os.path.join(args.out, "amg_expected.json"), "w") as f:
         json.dump(out, f)
 
