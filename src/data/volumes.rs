@@ -216,6 +216,29 @@ pub fn write_slices(
     Ok(out)
 }
 
+/// `volume.json` in a slice folder: where the slices come from, the volume's size and
+/// voxel spacing (mm), and the in-plane spacing of its slices.
+fn write_manifest(
+    dir: &Path,
+    image: &Path,
+    labels: &Path,
+    volume: &Volume,
+    axis: SliceAxis,
+) -> Result<()> {
+    let manifest = serde_json::json!({
+        "image": image.display().to_string(),
+        "labels": labels.display().to_string(),
+        "axis": axis.name(),
+        "dims": volume.dims,
+        "spacing_mm": volume.spacing,
+        "slice_spacing_mm": volume.slice_spacing(axis.index()),
+    });
+    crate::fsutil::write_bytes_atomic(
+        &dir.join("volume.json"),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )
+}
+
 /// The slice folder of one volume pair: keyed by both files' contents and the settings.
 fn slice_folder(
     root: &Path,
@@ -280,6 +303,7 @@ pub fn load_volumes(
         for (image, labels) in pairs {
             let (volume, label_volume) = read_pair(image, labels)?;
             let dir = slice_folder(slice_root, image, labels, settings)?;
+            write_manifest(&dir, image, labels, &volume, settings.axis)?;
             let mut files = write_slices(
                 &volume,
                 &label_volume,
@@ -403,6 +427,12 @@ mod tests {
         let image = image::open(&split.train[0].image).unwrap().to_luma8();
         assert_eq!(image.get_pixel(0, 0)[0], 85);
         assert_eq!(image.dimensions(), (6, 5));
+        // the spacing stays with the slices
+        let folder = split.train[0].image.parent().unwrap().parent().unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(folder.join("volume.json")).unwrap()).unwrap();
+        assert_eq!(manifest["spacing_mm"], serde_json::json!([1.0, 1.0, 3.0]));
+        assert_eq!(manifest["axis"], "z");
     }
 
     #[test]
