@@ -1,5 +1,6 @@
 //! samtune: fine-tune Meta's Segment Anything Model on your own labeled images.
 
+pub mod alloc;
 pub mod annotate;
 pub mod cli;
 pub mod data;
