@@ -209,3 +209,71 @@ fn an_interrupted_run_saves_a_resumable_state_and_a_diverging_one_stops() {
     );
     assert!(err.contains("diverged"), "{err}");
 }
+
+#[test]
+fn data_parallel_training_matches_one_device() {
+    // Two "devices" on the one CPU run the data-parallel path (replicas in threads, each
+    // image's gradients on its replica, summed on the first): the same weights as one
+    // device, up to floating-point order. With refinement clicks, so that the per-image
+    // random streams are exercised too.
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let shared = ["prompts.refine_clicks=1", "train.images_per_batch=3"];
+    let single = config_with(dir.path(), "one_device", 2, &shared);
+    let parallel = config_with(
+        dir.path(),
+        "two_devices",
+        2,
+        &[shared[0], shared[1], r#"model.devices=["cpu", "cpu:1"]"#],
+    );
+    assert_eq!(parallel.model.devices.len(), 2);
+    let a_outcome = train(&single, false, &AtomicBool::new(false)).unwrap();
+    let b_outcome = train(&parallel, false, &AtomicBool::new(false)).unwrap();
+    let floats = |bytes: &[u8]| -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let a = tensors(&run_dir(dir.path(), "one_device").join("last.safetensors"));
+    let b = tensors(&run_dir(dir.path(), "two_devices").join("last.safetensors"));
+    let base: std::collections::HashMap<String, Vec<u8>> =
+        tensors(&fixtures_dir().join("tiny_sam.pth"))
+            .into_iter()
+            .collect();
+    let mut moved = 0.0f32;
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let (x, y) = (floats(x), floats(y));
+        let diff = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        // a key bias shifts every logit of a query row equally, so softmax makes its true
+        // gradient zero; Adam turns the rounding noise left in it into steps of +-lr
+        // elsewhere, summing two gradient halves instead of one whole rounds differently:
+        // 1e-4 is under 1% of the weights' movement here (lr 3e-3, 4 steps)
+        let tolerance = if name.ends_with("k_proj.bias") {
+            1e-2
+        } else {
+            1e-4
+        };
+        assert!(
+            diff < tolerance,
+            "{name}: the two-device run differs by {diff}"
+        );
+        let b0 = floats(&base[name]);
+        moved = moved.max(
+            x.iter()
+                .zip(&b0)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max),
+        );
+    }
+    assert!(moved > 1e-4, "training changed the weights ({moved})");
+    let (la, lb) = (
+        a_outcome.state.history[1].train_loss,
+        b_outcome.state.history[1].train_loss,
+    );
+    assert!((la - lb).abs() < 1e-4 * la.abs().max(1.0), "{la} vs {lb}");
+}

@@ -27,10 +27,17 @@ impl DeviceChoice {
     }
 
     pub fn device(self) -> Result<Device> {
+        self.device_at(0)
+    }
+
+    /// The `index`-th device of this backend (`cuda:1`); the CPU is one device, whatever
+    /// the index (several "cpu" entries run data-parallel code on one machine).
+    pub fn device_at(self, index: usize) -> Result<Device> {
         match self {
             DeviceChoice::Cpu => Ok(Device::flex()),
-            DeviceChoice::Cuda => cuda(),
-            DeviceChoice::Wgpu => wgpu(),
+            DeviceChoice::Cuda => cuda(index),
+            DeviceChoice::Wgpu if index == 0 => wgpu(),
+            DeviceChoice::Wgpu => bail!("wgpu:{index}: samtune uses the default wgpu device only"),
         }
     }
 }
@@ -41,12 +48,12 @@ pub fn resolve(choice: Option<DeviceChoice>) -> Result<Device> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda() -> Result<Device> {
-    Ok(Device::cuda(0))
+fn cuda(index: usize) -> Result<Device> {
+    Ok(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda() -> Result<Device> {
+fn cuda(_index: usize) -> Result<Device> {
     bail!("--device cuda: this samtune was built without CUDA; rebuild with `cargo build --release --features cuda`")
 }
 

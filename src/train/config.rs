@@ -54,6 +54,10 @@ pub struct ModelConfig {
     /// What is trained: `decoder` (image and prompt encoders frozen), `decoder+prompt`
     /// (prompt encoder too) or `all` (full fine-tuning).
     pub trainable: Trainable,
+    /// Data-parallel training: each batch's images are shared out to these devices
+    /// (`cuda:0`, `cuda:1`, ...; `cpu`), their gradients summed on the first, which
+    /// holds the optimizer. Empty: `device` alone.
+    pub devices: Vec<String>,
 }
 
 impl Default for ModelConfig {
@@ -63,6 +67,7 @@ impl Default for ModelConfig {
             variant: "auto".into(),
             device: String::new(),
             trainable: Trainable::Decoder,
+            devices: Vec::new(),
         }
     }
 }

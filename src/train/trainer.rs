@@ -13,7 +13,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -204,6 +204,19 @@ struct Example {
     low_res: Vec<f32>,
     /// Full-size targets (only with `loss.full_size`).
     full: Vec<BinaryMask>,
+}
+
+impl Example {
+    /// The same example with its embedding on `device`.
+    fn moved_to(self, device: &Device) -> Self {
+        Self {
+            encoded: EncodedImage {
+                embedding: self.encoded.embedding.to_device(device),
+                ..self.encoded
+            },
+            ..self
+        }
+    }
 }
 
 /// The loss of one image's prompts, with `refine_clicks` correction rounds.
@@ -465,8 +478,15 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
         state.zero_shot = Some(summary);
     }
 
-    // the dense positional encoding depends only on the (always frozen) gaussian matrix
-    let dense_pe = model.prompt_encoder.get_dense_pe();
+    // data parallelism: the first device is the main one (optimizer, checkpoints)
+    let replicas = replica_devices(config, &autodiff)?;
+    if replicas.len() > 1 {
+        log.line(&format!(
+            "data parallel on {} devices: {}",
+            replicas.len(),
+            config.model.devices.join(", ")
+        ));
+    }
     let batches_per_epoch = train_set.len().div_ceil(config.train.images_per_batch);
     let steps_per_epoch = batches_per_epoch.div_ceil(config.train.grad_accumulation);
     let total_steps = steps_per_epoch * config.train.epochs;
@@ -515,8 +535,9 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
             config.train.min_lr_ratio,
         );
         for (batch_index, chunk) in order.chunks(config.train.images_per_batch).enumerate() {
-            let mut batch_total: Option<Tensor<1>> = None;
-            let mut parts = [0f64; 3];
+            // examples are drawn here, in image order, so that the data and the random
+            // stream do not depend on how many devices share the batch
+            let mut examples = Vec::with_capacity(chunk.len());
             for &index in chunk {
                 let example = make_example(
                     &model,
@@ -527,19 +548,23 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
                     &mut rng,
                     &device,
                 )?;
-                let terms = example_loss(&model, &dense_pe, &example, config, &mut rng)?;
-                parts[0] += terms.focal.into_scalar::<f32>() as f64;
-                parts[1] += terms.dice.into_scalar::<f32>() as f64;
-                parts[2] += terms.iou.into_scalar::<f32>() as f64;
-                batch_total = Some(match batch_total {
-                    Some(acc) => acc + terms.total,
-                    None => terms.total,
-                });
+                examples.push((example, rng.random::<u64>()));
             }
             let scale = (chunk.len() * config.train.grad_accumulation) as f64;
-            let loss = batch_total.expect("batches are never empty") / scale;
-            let loss_value =
-                loss.clone().into_scalar::<f32>() as f64 * config.train.grad_accumulation as f64;
+            let mut loss_value = 0.0;
+            let mut parts = [0f64; 3];
+            for share in data_parallel_step(&model, &replicas, examples, config, scale)? {
+                loss_value += share.loss * config.train.grad_accumulation as f64;
+                for (total, part) in parts.iter_mut().zip(share.parts) {
+                    *total += part;
+                }
+                let grads = if share.device == 0 {
+                    share.grads
+                } else {
+                    share.grads.to_device(&device, &model)
+                };
+                accumulator.accumulate(&model, grads);
+            }
             if !loss_value.is_finite() {
                 bail!(
                     "epoch {} batch {}: the loss is {loss_value} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
@@ -548,8 +573,6 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
                     ckpt_dir.display()
                 );
             }
-            let grads = loss.backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
             pending += 1;
             if pending == config.train.grad_accumulation || batch_index + 1 == batches_per_epoch {
                 let mut grads = accumulator.grads();
@@ -764,6 +787,121 @@ pub fn flatten(evals: &[ImageEval]) -> Vec<ObjectResult> {
         .collect()
 }
 
+/// The autodiff devices a batch is shared out to: `model.devices`, or the main device.
+fn replica_devices(config: &TrainConfig, main: &Device) -> Result<Vec<Device>> {
+    if config.model.devices.is_empty() {
+        return Ok(vec![main.clone()]);
+    }
+    config
+        .model
+        .devices
+        .iter()
+        .map(|name| Ok(device_for(name)?.autodiff()))
+        .collect()
+}
+
+/// One device's part of a batch: its gradients (on that device) and loss terms.
+struct ShareOutput {
+    device: usize,
+    grads: GradientsParams,
+    /// Its share of the batch loss (already divided by the batch size).
+    loss: f64,
+    /// Its focal, dice and IoU terms, each summed over its images.
+    parts: [f64; 3],
+}
+
+/// Forward and backward of a batch, its images shared round-robin over `devices`, each
+/// share on a replica of `model` in its own thread. The summed gradients equal one
+/// device's up to floating-point order: every share's loss is divided by the whole batch.
+fn data_parallel_step(
+    model: &Sam,
+    devices: &[Device],
+    examples: Vec<(Example, u64)>,
+    config: &TrainConfig,
+    scale: f64,
+) -> Result<Vec<ShareOutput>> {
+    let mut shares: Vec<Vec<(Example, u64)>> = (0..devices.len()).map(|_| Vec::new()).collect();
+    for (i, example) in examples.into_iter().enumerate() {
+        shares[i % devices.len()].push(example);
+    }
+    let run = |index: usize, share: Vec<(Example, u64)>| -> Result<Option<ShareOutput>> {
+        if share.is_empty() {
+            return Ok(None);
+        }
+        let device = &devices[index];
+        let replica = if index == 0 {
+            model.clone()
+        } else {
+            model.clone().fork(device)
+        };
+        // the dense positional encoding depends only on the (always frozen) gaussian matrix
+        let dense_pe = replica.prompt_encoder.get_dense_pe();
+        let mut total: Option<Tensor<1>> = None;
+        let mut parts = [0f64; 3];
+        for (example, seed) in share {
+            let example = if index == 0 {
+                example
+            } else {
+                example.moved_to(device)
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let terms = example_loss(&replica, &dense_pe, &example, config, &mut rng)?;
+            parts[0] += terms.focal.into_scalar::<f32>() as f64;
+            parts[1] += terms.dice.into_scalar::<f32>() as f64;
+            parts[2] += terms.iou.into_scalar::<f32>() as f64;
+            total = Some(match total {
+                Some(acc) => acc + terms.total,
+                None => terms.total,
+            });
+        }
+        let loss = total.expect("the share is not empty") / scale;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = GradientsParams::from_grads(loss.backward(), &replica);
+        Ok(Some(ShareOutput {
+            device: index,
+            grads,
+            loss: value,
+            parts,
+        }))
+    };
+    let outputs: Vec<Result<Option<ShareOutput>>> = if devices.len() == 1 {
+        shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| run(i, s))
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .enumerate()
+                .map(|(i, share)| {
+                    let run = &run;
+                    scope.spawn(move || run(i, share))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!(
+                            "the training worker of device {i} panicked"
+                        ))
+                    })
+                })
+                .collect()
+        })
+    };
+    let mut out = Vec::new();
+    for output in outputs {
+        if let Some(share) = output? {
+            out.push(share);
+        }
+    }
+    Ok(out)
+}
+
 fn make_example(
     model: &Sam,
     encoder_model: Option<&Sam>,
@@ -968,12 +1106,21 @@ fn write_overlays(
 
 /// The device named in the config (`cpu`, `cuda`, `wgpu`; empty: the best compiled in).
 pub fn device_for(name: &str) -> Result<Device> {
-    let choice = match name {
+    let (kind, index) = match name.split_once(':') {
+        Some((kind, index)) => (
+            kind,
+            index
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("device '{name}': '{index}' is not a device index"))?,
+        ),
+        None => (name, 0),
+    };
+    let choice = match kind {
         "" => DeviceChoice::best_available(),
         other => <DeviceChoice as clap::ValueEnum>::from_str(other, true)
-            .map_err(|_| anyhow::anyhow!("model.device '{other}': expected cpu, cuda or wgpu"))?,
+            .map_err(|_| anyhow::anyhow!("device '{name}': expected cpu, cuda, cuda:N or wgpu"))?,
     };
-    choice.device()
+    choice.device_at(index)
 }
 
 /// `train.log`: every line also goes to stderr.
