@@ -47,7 +47,7 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Fill the embedding cache of a training config ahead of training.
     Embed(train::EmbedArgs),
-    /// Write the generated sample dataset (source or target domain).
+    /// Write generated sample data: source or target images, or CT-like NIfTI volumes.
     SampleData(train::SampleDataArgs),
     /// IoU and Dice of a checkpoint on a labeled set: report.json, report.md, report.html.
     Eval(eval::EvalArgs),

@@ -131,13 +131,14 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct SampleDataArgs {
-    /// Output folder (gets images/ and masks/).
+    /// Output folder (gets images/ and masks/; for `ct`, images/ and labels/ volumes).
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, value_enum, default_value = "target")]
     pub domain: Domain,
     #[arg(long, default_value_t = 24)]
     pub count: usize,
+    /// Image side in pixels (`ct`: the in-plane side; depth is a sixth of it, at least 8).
     #[arg(long, default_value_t = 128)]
     pub size: u32,
     #[arg(long, default_value_t = 0)]

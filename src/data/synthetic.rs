@@ -15,7 +15,9 @@ use super::nifti::{write_nifti, Volume, VoxelType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Domain {
+    /// Colourful, clean blobs on a light background (RGB PNG).
     Source,
+    /// Grayscale, low-contrast, textured, noisy blobs (8-bit PNG).
     Target,
     /// NIfTI volumes (`images/*.nii.gz`, `labels/*.nii.gz`): labels 1 "liver", 2 "kidney".
     Ct,
