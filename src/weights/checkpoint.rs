@@ -357,17 +357,51 @@ pub fn load_sam(
     Ok((model, config))
 }
 
-/// The official state_dict keys and shapes of a model.
+/// The official state_dict keys and shapes of a model, from the parameters' lazy shapes:
+/// a freshly initialised model is not materialised (its random weights are never drawn,
+/// which was half of the load time), and the renames follow `BurnToPyTorchAdapter`
+/// (Linear weights transposed, LayerNorm `gamma`/`beta` as `weight`/`bias`).
 pub fn expected_shapes(model: &Sam) -> ShapeMap {
-    model
-        .collect(
-            None,
-            Some(Box::new(burn::store::BurnToPyTorchAdapter)),
-            false,
-        )
-        .into_iter()
-        .map(|t| (module_to_official(&t.name), t.shape.to_vec()))
-        .collect()
+    let mut visitor = LazyOfficialShapes::default();
+    burn::module::Module::visit(model, &mut visitor);
+    visitor.shapes
+}
+
+#[derive(Default)]
+struct LazyOfficialShapes {
+    /// `(field name, type of the struct holding it)` down to the parameter.
+    path: Vec<(String, String)>,
+    shapes: ShapeMap,
+}
+
+impl burn::module::ModuleVisitor for LazyOfficialShapes {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path
+            .push((name.to_string(), container_type.to_string()));
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<D>>,
+    ) {
+        let mut shape = param.lazy_shape().dims::<D>().to_vec();
+        // each entry carries the type of the struct that holds the field
+        let owner = self.path.last().map(|(_, container)| container.as_str());
+        let mut names: Vec<&str> = self.path.iter().map(|(n, _)| n.as_str()).collect();
+        let field = names.last().copied().unwrap_or_default();
+        match (owner, field) {
+            (Some("Struct:Linear"), "weight") if shape.len() == 2 => shape.reverse(),
+            (Some("Struct:LayerNorm"), "gamma") => *names.last_mut().expect("a field") = "weight",
+            (Some("Struct:LayerNorm"), "beta") => *names.last_mut().expect("a field") = "bias",
+            _ => {}
+        }
+        self.shapes
+            .insert(module_to_official(&names.join(".")), shape);
+    }
 }
 
 /// `vit_b` or a one-line description of a custom architecture.
@@ -449,4 +483,57 @@ fn read_safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>, St
                 .collect()
         })
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_expected_shapes_equal_the_exported_ones() {
+        // the reference: what a materialised model exports under official names
+        let config = crate::model::SamVariant::VitB.config();
+        let lazy = expected_shapes(&config.init(&Device::default()));
+        let tiny = crate::model::architecture::ArchitectureSpec {
+            image_encoder: crate::model::architecture::EncoderSpec {
+                img_size: 64,
+                embed_dim: 32,
+                depth: 2,
+                num_heads: 2,
+                window_size: 2,
+                global_attn_indexes: vec![1],
+                ..Default::default()
+            },
+            decoder: crate::model::architecture::DecoderSpec {
+                prompt_embed_dim: 32,
+                mlp_dim: 64,
+                iou_head_hidden_dim: 32,
+                ..Default::default()
+            },
+        }
+        .to_config()
+        .unwrap();
+        let model = tiny.init(&Device::default());
+        let exported: ShapeMap = model
+            .collect(
+                None,
+                Some(Box::new(burn::store::BurnToPyTorchAdapter)),
+                false,
+            )
+            .into_iter()
+            .map(|t| (module_to_official(&t.name), t.shape.to_vec()))
+            .collect();
+        assert_eq!(expected_shapes(&model), exported);
+        // and the full-size model, never materialised: the official parameter count and
+        // a transposed Linear
+        assert_eq!(
+            crate::weights::ParameterCounts::from_shapes(&lazy).total(),
+            93_735_472
+        );
+        assert_eq!(
+            lazy["image_encoder.blocks.0.mlp.lin1.weight"],
+            vec![3072, 768]
+        );
+        assert_eq!(lazy["image_encoder.blocks.0.norm1.weight"], vec![768]);
+    }
 }
