@@ -364,7 +364,8 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
     write_bytes_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
     let mut log = RunLog::open(&run_dir.join("train.log"))?;
 
-    let device = device_for(&config.model.device)?;
+    // with data parallelism the first listed device is the main one
+    let device = device_for(config.model.devices.first().unwrap_or(&config.model.device))?;
     let variant = configured_variant(config)?;
     let (train_set, val_set, skipped) = load_split(config)?;
     let objects = |s: &[Prepared]| s.iter().map(|p| p.objects.len()).sum::<usize>();
@@ -787,17 +788,14 @@ pub fn flatten(evals: &[ImageEval]) -> Vec<ObjectResult> {
         .collect()
 }
 
-/// The autodiff devices a batch is shared out to: `model.devices`, or the main device.
+/// The autodiff devices a batch is shared out to: `main` (the first of `model.devices`,
+/// where the model lives), then the others.
 fn replica_devices(config: &TrainConfig, main: &Device) -> Result<Vec<Device>> {
-    if config.model.devices.is_empty() {
-        return Ok(vec![main.clone()]);
+    let mut devices = vec![main.clone()];
+    for name in config.model.devices.iter().skip(1) {
+        devices.push(device_for(name)?.autodiff());
     }
-    config
-        .model
-        .devices
-        .iter()
-        .map(|name| Ok(device_for(name)?.autodiff()))
-        .collect()
+    Ok(devices)
 }
 
 /// One device's part of a batch: its gradients (on that device) and loss terms.
