@@ -29,15 +29,29 @@ pub enum PromptMode {
     BoxPoints,
 }
 
-impl PromptMode {
-    /// The evaluation prompts of this kind (no box jitter: evaluation is seeded and fixed).
-    pub fn config(
-        self,
-        positive_points: usize,
-        negative_points: usize,
-        multimask: Multimask,
-    ) -> PromptConfig {
-        let (box_prob, points_prob, box_and_points_prob) = match self {
+/// The evaluation prompts, shared by `eval` and `eval-volumes`.
+#[derive(Debug, Args)]
+pub struct EvalPromptArgs {
+    #[arg(long, value_enum, default_value = "box")]
+    pub prompts: PromptMode,
+    #[arg(long, default_value_t = 1)]
+    pub positive_points: usize,
+    #[arg(long, default_value_t = 0)]
+    pub negative_points: usize,
+    /// Three masks per prompt (the one with the highest predicted IoU scored): for
+    /// `ambiguous` prompts (a lone point, as SAM is trained), `always` (`--multimask`
+    /// alone) or `never`.
+    #[arg(long, default_value = "ambiguous", num_args = 0..=1, default_missing_value = "always")]
+    pub multimask: Multimask,
+    /// Seeds the prompts (points, per image).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl EvalPromptArgs {
+    /// The evaluation prompts (no box jitter: evaluation is seeded and fixed).
+    pub fn config(&self) -> PromptConfig {
+        let (box_prob, points_prob, box_and_points_prob) = match self.prompts {
             PromptMode::Box => (1.0, 0.0, 0.0),
             PromptMode::Points => (0.0, 1.0, 0.0),
             PromptMode::BoxPoints => (0.0, 0.0, 1.0),
@@ -46,11 +60,16 @@ impl PromptMode {
             box_prob,
             points_prob,
             box_and_points_prob,
-            positive_points,
-            negative_points,
-            multimask,
+            positive_points: self.positive_points,
+            negative_points: self.negative_points,
+            multimask: self.multimask,
             ..PromptConfig::default()
         }
+    }
+
+    /// How the reports name them.
+    pub fn describe(&self) -> String {
+        format!("{:?}, multimask: {}", self.prompts, self.multimask.name()).to_lowercase()
     }
 }
 
@@ -69,19 +88,8 @@ pub struct EvalArgs {
     /// COCO: only these categories.
     #[arg(long = "category")]
     pub categories: Vec<String>,
-    #[arg(long, value_enum, default_value = "box")]
-    pub prompts: PromptMode,
-    #[arg(long, default_value_t = 1)]
-    pub positive_points: usize,
-    #[arg(long, default_value_t = 0)]
-    pub negative_points: usize,
-    /// Three masks per prompt (the one with the highest predicted IoU scored): for
-    /// `ambiguous` prompts (a lone point, as SAM is trained), `always` (`--multimask`
-    /// alone) or `never`.
-    #[arg(long, default_value = "ambiguous", num_args = 0..=1, default_missing_value = "always")]
-    pub multimask: Multimask,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub prompts: EvalPromptArgs,
     #[arg(long, default_value_t = 16)]
     pub min_area: usize,
     #[arg(long, default_value = "auto")]
@@ -122,9 +130,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.min_area
         );
     }
-    let prompts = args
-        .prompts
-        .config(args.positive_points, args.negative_points, args.multimask);
+    let prompts = args.prompts.config();
     std::fs::create_dir_all(args.out.join("overlays"))
         .with_context(|| format!("creating {}", args.out.display()))?;
     // per-object results stream to objects.jsonl; only the best and worst overlays stay in memory
@@ -140,7 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         cache: None,
         intensity: args.intensity,
         prompts: &prompts,
-        seed: args.seed,
+        seed: args.prompts.seed,
         keep_masks: args.overlays > 0,
         progress: true,
     };
@@ -197,7 +203,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         checkpoint: args.checkpoint.display().to_string(),
         model: describe(&config),
         data: args.data.display().to_string(),
-        prompts: format!("{:?}, multimask: {}", args.prompts, args.multimask.name()).to_lowercase(),
+        prompts: args.prompts.describe(),
         images: prepared.len(),
         aggregate: Aggregate::of(&results),
         overlays,

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::device::{self, DeviceChoice};
-use super::eval::PromptMode;
+use super::eval::EvalPromptArgs;
 use super::VariantArg;
 use crate::data::nifti::{write_nifti, VoxelType};
 use crate::data::volumes::{volume_pairs, volume_stem, SliceAxis};
@@ -21,7 +21,6 @@ use crate::eval::volumes::{
 };
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::IntensityScaling;
-use crate::train::config::Multimask;
 use crate::weights::{describe, load_sam};
 
 #[derive(Debug, Args)]
@@ -39,22 +38,14 @@ pub struct EvalVolumesArgs {
     /// percentile:LOW,HIGH (MR), ...
     #[arg(long, default_value = "auto")]
     pub intensity: IntensityScaling,
-    #[arg(long, value_enum, default_value = "box")]
-    pub prompts: PromptMode,
-    #[arg(long, default_value_t = 1)]
-    pub positive_points: usize,
-    #[arg(long, default_value_t = 0)]
-    pub negative_points: usize,
-    #[arg(long, default_value = "ambiguous", num_args = 0..=1, default_missing_value = "always")]
-    pub multimask: Multimask,
+    #[command(flatten)]
+    pub prompts: EvalPromptArgs,
     /// Surface distance tolerance of the NSD, in mm.
     #[arg(long, default_value_t = 2.0)]
     pub tolerance_mm: f64,
     /// A label's name, `VALUE=NAME` (repeatable), e.g. `--label 1=liver`.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(u16, String)>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
     /// Gets report.{json,md,html}, predictions/*.nii.gz and pictures/.
@@ -85,9 +76,7 @@ pub fn run(args: EvalVolumesArgs) -> Result<()> {
     let pairs = volume_pairs(&root)?;
     let device = device::resolve(args.device)?;
     let (model, config) = load_sam(&args.checkpoint, args.variant.0, &device)?;
-    let prompts = args
-        .prompts
-        .config(args.positive_points, args.negative_points, args.multimask);
+    let prompts = args.prompts.config();
     let settings = VolumeSettings {
         axis: args.axis,
         intensity: args.intensity,
@@ -97,7 +86,7 @@ pub fn run(args: EvalVolumesArgs) -> Result<()> {
             cache: None,
             intensity: IntensityScaling::Auto,
             prompts: &prompts,
-            seed: args.seed,
+            seed: args.prompts.seed,
             keep_masks: true,
             progress: false,
         },
@@ -143,7 +132,7 @@ pub fn run(args: EvalVolumesArgs) -> Result<()> {
         model: describe(&config),
         data: root.display().to_string(),
         axis: args.axis.name().to_string(),
-        prompts: format!("{:?}, multimask: {}", args.prompts, args.multimask.name()).to_lowercase(),
+        prompts: args.prompts.describe(),
         tolerance_mm: args.tolerance_mm,
         volumes: pairs.len(),
         overall: VolumeSummary::of(&results),

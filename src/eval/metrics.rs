@@ -16,9 +16,20 @@ pub fn iou_and_dice(predicted: &BinaryMask, truth: &BinaryMask) -> (f64, f64) {
         (truth.width, truth.height),
         "mask sizes differ"
     );
+    overlap_of(
+        predicted
+            .data
+            .iter()
+            .zip(&truth.data)
+            .map(|(a, b)| (*a != 0, *b != 0)),
+    )
+}
+
+/// `(IoU, Dice)` of `(predicted, truth)` pixel or voxel pairs: both 1 when both are
+/// empty, 0 when exactly one is.
+pub fn overlap_of(pairs: impl Iterator<Item = (bool, bool)>) -> (f64, f64) {
     let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
-    for (a, b) in predicted.data.iter().zip(&truth.data) {
-        let (a, b) = (*a != 0, *b != 0);
+    for (a, b) in pairs {
         inter += (a && b) as usize;
         p += a as usize;
         t += b as usize;

@@ -56,19 +56,12 @@ impl Mask3 {
 
 /// IoU and Dice; both 1 when both masks are empty, 0 when one is.
 pub fn overlap(predicted: &Mask3, truth: &Mask3) -> (f64, f64) {
-    let (mut inter, mut p, mut t) = (0usize, 0usize, 0usize);
-    for (&a, &b) in predicted.data.iter().zip(&truth.data) {
-        inter += (a && b) as usize;
-        p += a as usize;
-        t += b as usize;
-    }
-    if p + t == 0 {
-        return (1.0, 1.0);
-    }
-    let union = p + t - inter;
-    (
-        inter as f64 / union as f64,
-        2.0 * inter as f64 / (p + t) as f64,
+    super::metrics::overlap_of(
+        predicted
+            .data
+            .iter()
+            .copied()
+            .zip(truth.data.iter().copied()),
     )
 }
 
