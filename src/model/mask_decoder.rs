@@ -136,14 +136,10 @@ impl MaskDecoder {
         .expand([batch, 1 + num_mask_tokens, dim]);
         let tokens = Tensor::cat(vec![output_tokens, sparse_prompt_embeddings], 1);
 
-        // One image embedding per prompt (the official `repeat_interleave`), by broadcasting.
+        // The official code repeats the image embedding per prompt; here it stays one
+        // `[1, C, H, W]` while it is the same for every prompt (no mask inputs), and the
+        // transformer computes its image-only terms once.
         let src = image_embeddings + dense_prompt_embeddings;
-        let src = if src.dims()[0] == batch {
-            src
-        } else {
-            src.expand([batch, channels, h, w])
-        };
-
         let (hs, src) = self.transformer.forward(src, image_pe, tokens);
         let iou_token_out = hs
             .clone()

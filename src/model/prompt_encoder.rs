@@ -98,8 +98,23 @@ impl PromptEncoder {
 
     /// Embeds prompts; every given prompt kind must have the same batch size `B`.
     ///
-    /// Returns sparse `[B, N, C]` (points, then box corners) and dense `[B, C, H, W]`.
+    /// Returns sparse `[B, N, C]` (points, then box corners) and dense `[B, C, H, W]`,
+    /// the official shapes.
     pub fn forward(
+        &self,
+        points: Option<PointPrompts>,
+        boxes: Option<Tensor<2>>,
+        masks: Option<Tensor<4>>,
+    ) -> (Tensor<3>, Tensor<4>) {
+        let (sparse, dense) = self.embed(points, boxes, masks);
+        let [batch, _, _] = sparse.dims();
+        let [_, channels, h, w] = dense.dims();
+        (sparse, dense.expand([batch, channels, h, w]))
+    }
+
+    /// [`Self::forward`], but without mask inputs the dense embedding stays one
+    /// `[1, C, H, W]` for every prompt, so the decoder can work on the image once.
+    pub fn embed(
         &self,
         points: Option<PointPrompts>,
         boxes: Option<Tensor<2>>,
@@ -129,7 +144,7 @@ impl PromptEncoder {
             None => {
                 let [h, w] = self.image_embedding_size;
                 self.no_mask_dense_embedding()
-                    .expand([batch, self.embed_dim(), h, w])
+                    .expand([1, self.embed_dim(), h, w])
             }
         };
         (sparse, dense)

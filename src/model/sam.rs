@@ -262,7 +262,7 @@ impl Sam {
     ) -> DecoderOutput {
         let (sparse, dense) =
             self.prompt_encoder
-                .forward(prompts.points, prompts.boxes, prompts.masks);
+                .embed(prompts.points, prompts.boxes, prompts.masks);
         self.mask_decoder
             .predict_masks(image_embeddings, dense_pe, sparse, dense)
     }

@@ -64,8 +64,9 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
-    /// image `[B, C, H, W]`, its positional encoding `[B or 1, C, H, W]`, point tokens
-    /// `[B, N, C]` -> (processed tokens `[B, N, C]`, processed image `[B, H*W, C]`).
+    /// image `[B or 1, C, H, W]` (1: shared by every prompt), its positional encoding
+    /// `[B or 1, C, H, W]`, point tokens `[B, N, C]` -> (processed tokens `[B, N, C]`,
+    /// processed image `[B, H*W, C]`).
     pub fn forward(
         &self,
         image_embedding: Tensor<4>,
@@ -83,7 +84,9 @@ impl TwoWayTransformer {
         let k = keys.clone() + key_pe;
         let attn_out = self.final_attn_token_to_image.forward(q, k, keys.clone());
         let queries = self.norm_final_attn.forward(queries + attn_out);
-        (queries, keys)
+        let [batch, _, _] = queries.dims();
+        let [_, tokens, channels] = keys.dims();
+        (queries, keys.expand([batch, tokens, channels]))
     }
 }
 
@@ -103,7 +106,8 @@ pub struct TwoWayAttentionBlock {
 }
 
 impl TwoWayAttentionBlock {
-    /// queries `[B, N, C]`, keys `[B, HW, C]` and their encodings -> updated (queries, keys).
+    /// queries `[B, N, C]`, keys `[B or 1, HW, C]` and their encodings -> updated
+    /// (queries, keys `[B, HW, C]`).
     pub fn forward(
         &self,
         queries: Tensor<3>,
@@ -179,14 +183,29 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// q `[B, Nq, C]`, k and v `[B, Nk, C]` -> `[B, Nq, C]`
+    /// q `[B, Nq, C]`, k and v `[B, Nk, C]` -> `[B, Nq, C]`.
+    ///
+    /// Either side may have batch 1 and be shared by all `B` (the image of every prompt):
+    /// its projection is then computed once.
     pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
         let q = self.separate_heads(self.q_proj.forward(q));
         let k = self.separate_heads(self.k_proj.forward(k));
         let v = self.separate_heads(self.v_proj.forward(v));
-        let [_, _, _, head_dim] = q.dims();
-        let attn = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let out = softmax(attn, 3).matmul(v);
+        let [q_batch, heads, nq, head_dim] = q.dims();
+        let kv_batch = k.dims()[0];
+        let out = if kv_batch == 1 && q_batch > 1 {
+            // Shared keys: all prompts' queries in one product, `[1, heads, B*Nq, c]`.
+            let q = q
+                .swap_dims(0, 1)
+                .reshape([1, heads, q_batch * nq, head_dim]);
+            attend(q, k, v)
+                .reshape([heads, q_batch, nq, head_dim])
+                .swap_dims(0, 1)
+        } else if q_batch == 1 && kv_batch > 1 {
+            attend(q.expand([kv_batch, heads, nq, head_dim]), k, v)
+        } else {
+            attend(q, k, v)
+        };
         self.out_proj.forward(recombine_heads(out))
     }
 
@@ -198,8 +217,51 @@ impl Attention {
     }
 }
 
+/// softmax(q k^T / sqrt(c)) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let [_, _, _, head_dim] = q.dims();
+    let attn = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    softmax(attn, 3).matmul(v)
+}
+
 /// `[B, heads, N, c] -> [B, N, heads * c]`
 fn recombine_heads(x: Tensor<4>) -> Tensor<3> {
     let [b, heads, n, c] = x.dims();
     x.swap_dims(1, 2).reshape([b, n, heads * c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    fn random(shape: [usize; 3], device: &Device) -> Tensor<3> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// A batch-1 side shared by every prompt gives what repeating it per prompt gives.
+    #[test]
+    fn shared_keys_or_queries_match_the_repeated_batch() {
+        let device = Device::default();
+        let attention = AttentionConfig::new(32, 4)
+            .with_downsample_rate(2)
+            .init(&device);
+        let tokens = random([3, 5, 32], &device);
+        let image = random([1, 40, 32], &device);
+        let repeated = image.clone().expand([3, 40, 32]);
+
+        let shared = attention.forward(tokens.clone(), image.clone(), image.clone());
+        let each = attention.forward(tokens.clone(), repeated.clone(), repeated.clone());
+        assert_eq!(shared.dims(), [3, 5, 32]);
+        shared
+            .into_data()
+            .assert_approx_eq::<f32>(&each.into_data(), Tolerance::absolute(1e-5));
+
+        let shared = attention.forward(image, tokens.clone(), tokens.clone());
+        let each = attention.forward(repeated, tokens.clone(), tokens);
+        assert_eq!(shared.dims(), [3, 40, 32]);
+        shared
+            .into_data()
+            .assert_approx_eq::<f32>(&each.into_data(), Tolerance::absolute(1e-5));
+    }
 }
