@@ -5,9 +5,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
-use super::common::{Activation, LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
+use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Config, Debug, PartialEq)]
@@ -122,7 +124,7 @@ impl MaskDecoder {
         dense_prompt_embeddings: Tensor<4>,
     ) -> DecoderOutput {
         let [batch, _, dim] = sparse_prompt_embeddings.dims();
-        let [image_batch, channels, h, w] = image_embeddings.dims();
+        let [image_batch, _, h, w] = image_embeddings.dims();
         assert!(
             image_batch == 1 || image_batch == batch,
             "image embeddings batch ({image_batch}) must be 1 or the prompt batch ({batch})"
@@ -147,7 +149,6 @@ impl MaskDecoder {
             .squeeze_dim::<2>(1);
         let mask_tokens_out = hs.slice([0..batch, 1..1 + num_mask_tokens, 0..dim]);
 
-        let src = src.swap_dims(1, 2).reshape([batch, channels, h, w]);
         let upscaled = self.output_upscaling.forward(src);
         let hyper_in = Tensor::stack::<3>(
             self.output_hypernetworks_mlps
@@ -164,10 +165,7 @@ impl MaskDecoder {
                 .collect(),
             1,
         );
-        let [_, up_channels, up_h, up_w] = upscaled.dims();
-        let masks = hyper_in
-            .matmul(upscaled.reshape([batch, up_channels, up_h * up_w]))
-            .reshape([batch, num_mask_tokens, up_h, up_w]);
+        let masks = unblock_pixels(hyper_in.matmul(upscaled.swap_dims(1, 2)), [h, w]);
         let iou_predictions = self.iou_prediction_head.forward(iou_token_out);
         DecoderOutput {
             masks,
@@ -176,7 +174,8 @@ impl MaskDecoder {
     }
 }
 
-/// Two transposed convolutions: `[B, C, H, W] -> [B, C/8, 4H, 4W]`.
+/// Two transposed convolutions (kernel 2, stride 2) with LayerNorm2d and GELU: 4x the
+/// resolution, 1/8 of the channels.
 #[derive(Module, Debug)]
 pub struct OutputUpscaling {
     pub conv1: ConvTranspose2d,
@@ -185,9 +184,60 @@ pub struct OutputUpscaling {
 }
 
 impl OutputUpscaling {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let act = Activation::Gelu;
-        let x = act.apply(self.ln1.forward(self.conv1.forward(x)));
-        act.apply(self.conv2.forward(x))
+    /// Image tokens `[B, H*W, C]` (row-major grid) -> upscaled embedding `[B, 16*H*W, C/8]`,
+    /// channels last, pixels in block order (see [`unblock_pixels`]).
+    ///
+    /// With kernel 2 and stride 2 every output pixel comes from exactly one input pixel, so
+    /// each transposed convolution is one matrix product over pixels. Keeping each pixel's
+    /// 2x2 block together until the masks (4 channels instead of 32) are put in image order
+    /// moves no large tensor, and LayerNorm2d normalises the contiguous last axis.
+    pub fn forward(&self, tokens: Tensor<3>) -> Tensor<3> {
+        let x = per_pixel_transposed_conv(&self.conv1, tokens);
+        let x = layer_norm(
+            x,
+            self.ln1.weight.val(),
+            Some(self.ln1.bias.val()),
+            self.ln1.eps,
+        );
+        let x = per_pixel_transposed_conv(&self.conv2, gelu(x));
+        gelu(x)
     }
+}
+
+/// `ConvTranspose2d` with kernel 2 and stride 2 on channels-last pixels: `[B, N, Cin]` ->
+/// `[B, 4N, Cout]`, where input pixel `p`'s output block `(di, dj)` is row `4p + 2di + dj`.
+fn per_pixel_transposed_conv(conv: &ConvTranspose2d, x: Tensor<3>) -> Tensor<3> {
+    let [c_in, c_out, kh, kw] = conv.weight.dims();
+    assert!(
+        conv.kernel_size == [2, 2] && conv.stride == [2, 2] && conv.groups == 1,
+        "the mask decoder's upscaling expects kernel 2, stride 2, one group"
+    );
+    let [batch, pixels, _] = x.dims();
+    // [Cin, Cout, di, dj] -> [Cin, (di, dj, Cout)]
+    let weight = conv
+        .weight
+        .val()
+        .permute([0, 2, 3, 1])
+        .reshape([c_in, kh * kw * c_out]);
+    let y =
+        x.reshape([batch * pixels, c_in])
+            .matmul(weight)
+            .reshape([batch, pixels * kh * kw, c_out]);
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, 1, c_out]),
+        None => y,
+    }
+}
+
+/// Masks over the upscaled pixels in block order `[B, M, 16*H*W]` -> `[B, M, 4H, 4W]`.
+///
+/// Row `r = 4i + 2a + c`, column `4j + 2b + d` of the image is block-order index
+/// `(i, j, a, b, c, d)`: grid pixel `(i, j)`, then the first and second convolution's
+/// 2x2 offsets.
+fn unblock_pixels(masks: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
+    let [batch, num_masks, _] = masks.dims();
+    masks
+        .reshape([batch, num_masks, h, w, 2, 2, 2, 2])
+        .permute([0, 1, 2, 4, 6, 3, 5, 7])
+        .reshape([batch, num_masks, 4 * h, 4 * w])
 }
