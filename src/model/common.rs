@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 /// The activations SAM uses; GELU is the exact (erf) form, as in `nn.GELU()`.
@@ -17,7 +17,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => gelu(x),
+            Activation::Gelu => super::gelu::exact_gelu(x),
             Activation::Relu => relu(x),
         }
     }

@@ -5,11 +5,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
+use super::gelu::exact_gelu;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Config, Debug, PartialEq)]
@@ -199,8 +199,8 @@ impl OutputUpscaling {
             Some(self.ln1.bias.val()),
             self.ln1.eps,
         );
-        let x = per_pixel_transposed_conv(&self.conv2, gelu(x));
-        gelu(x)
+        let x = per_pixel_transposed_conv(&self.conv2, exact_gelu(x));
+        exact_gelu(x)
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod architecture;
 pub mod common;
+pub mod gelu;
 pub mod image_encoder;
 pub mod mask_decoder;
 pub mod prompt_encoder;
