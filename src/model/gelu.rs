@@ -5,15 +5,15 @@
 //! a tenth of a ViT-B decoder training step (the upscaled masks are 16 M values per
 //! step) and a few percent of the encoder. Here `erfc` is a Chebyshev fit with relative
 //! error below 1.2e-7 (Numerical Recipes' `erfcc`) and `exp` a range-reduced polynomial,
-//! both branch-free, so the compiler vectorises the loops. Other backends and dtypes keep
-//! burn's own GELU.
+//! both branch-free, so the compiler vectorises the loops. Other backends and dtypes run
+//! burn's GELU forward and the exact derivative composed of their erf and exp.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ActivationOps;
+use burn::backend::ops::{ActivationOps, FloatTensorOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::TensorMetadata;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, Dispatch, Flex};
@@ -35,8 +35,26 @@ pub trait GeluBackend: Backend {
 
     /// `grad * (Φ(x) + x φ(x))`, the gradient of [`GeluBackend::exact_gelu`] at `x`.
     fn exact_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu_backward(x, grad)
+        composed_gelu_backward::<Self>(x, grad)
     }
+}
+
+/// The exact derivative from the backend's own erf and exp. Burn's default
+/// `gelu_backward` (used by the GPU backends) is the derivative of the tanh approximation
+/// instead, which would train a slightly different function than the forward pass runs.
+fn composed_gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let scaled = B::float_mul_scalar(x.clone(), FRAC_1_SQRT_2.into());
+    let cdf = B::float_mul_scalar(
+        B::float_add_scalar(B::float_erf(scaled), 1.0f32.into()),
+        0.5f32.into(),
+    );
+    let square = B::float_mul(x.clone(), x.clone());
+    let pdf = B::float_mul_scalar(
+        B::float_exp(B::float_mul_scalar(square, (-0.5f32).into())),
+        FRAC_1_SQRT_2PI.into(),
+    );
+    let derivative = B::float_add(cdf, B::float_mul(x, pdf));
+    B::float_mul(grad, derivative)
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -258,6 +276,27 @@ mod tests {
             assert!(
                 (got - want).abs() / want < 3e-7,
                 "exp({x}) = {got}, exact {want}"
+            );
+        }
+    }
+
+    /// The derivative the GPU backends use, composed of backend operations.
+    #[test]
+    fn composed_derivative_matches_the_exact_one() {
+        let xs: Vec<f32> = (-800..=800).map(|i| i as f32 * 0.01).collect();
+        let grads: Vec<f32> = xs.iter().map(|x| 1.0 + 0.1 * x).collect();
+        let tensor =
+            |v: &[f32]| FlexTensor::from_data(burn::tensor::TensorData::new(v.to_vec(), [v.len()]));
+        let out = composed_gelu_backward::<Flex>(tensor(&xs), tensor(&grads)).into_data();
+        for ((x, g), got) in xs
+            .iter()
+            .zip(&grads)
+            .zip(out.as_slice::<f32>().expect("f32"))
+        {
+            let want = *g as f64 * exact_derivative_f64(*x as f64);
+            assert!(
+                (*got as f64 - want).abs() < 1e-6,
+                "gelu'({x}) = {got}, exact {want}"
             );
         }
     }
