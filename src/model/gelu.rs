@@ -74,7 +74,7 @@ impl GeluBackend for Flex {
         }
         let x = x.to_contiguous();
         let input = x.as_slice::<f32>().expect("contiguous after to_contiguous");
-        map_elements_with(grad, input, |g, x| g * gelu_derivative(x))
+        map_elements_with(grad, input, gelu_backward)
     }
 }
 
@@ -114,10 +114,10 @@ const CHUNK: usize = 1 << 15;
 
 /// `f` of every element of `x`, in place when `x` solely owns a contiguous buffer (the
 /// tensor is not kept for a backward pass): a fresh 64 MB output would be page-faulted in.
-fn map_elements(mut x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
+fn map_elements(mut x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> FlexTensor {
     values_mut(&mut x)
         .par_chunks_mut(CHUNK)
-        .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = f(*v)));
+        .for_each(|chunk| vectorised::map(chunk, f));
     x
 }
 
@@ -126,13 +126,66 @@ fn map_elements(mut x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor 
 fn map_elements_with(
     mut a: FlexTensor,
     b: &[f32],
-    f: impl Fn(f32, f32) -> f32 + Sync,
+    f: impl Fn(f32, f32) -> f32 + Sync + Copy,
 ) -> FlexTensor {
     values_mut(&mut a)
         .par_chunks_mut(CHUNK)
         .zip(b.par_chunks(CHUNK))
-        .for_each(|(chunk, b)| chunk.iter_mut().zip(b).for_each(|(a, &b)| *a = f(*a, b)));
+        .for_each(|(chunk, b)| vectorised::zip_map(chunk, b, f));
     a
+}
+
+/// The element loops, compiled for the widest vector unit of this CPU (AVX2: 8 lanes,
+/// against SSE2's 4) and chosen at run time. Every path computes the same bits: Rust
+/// never contracts `a * b + c` into a fused multiply-add on its own.
+mod vectorised {
+    /// The element functions are `#[inline(always)]`, so each loop inlines them.
+    macro_rules! dispatch {
+        ($generic:ident($($arg:expr),*)) => {{
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                return unsafe { avx2::$generic($($arg),*) };
+            }
+            generic::$generic($($arg),*)
+        }};
+    }
+
+    pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
+        dispatch!(map(values, f))
+    }
+
+    pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
+        dispatch!(zip_map(values, other, f))
+    }
+
+    mod generic {
+        #[inline(always)]
+        pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
+            values.iter_mut().for_each(|v| *v = f(*v));
+        }
+
+        #[inline(always)]
+        pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
+            values
+                .iter_mut()
+                .zip(other)
+                .for_each(|(a, &b)| *a = f(*a, b));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod avx2 {
+        #[target_feature(enable = "avx2")]
+        pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
+            super::generic::map(values, f)
+        }
+
+        #[target_feature(enable = "avx2")]
+        pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
+            super::generic::zip_map(values, other, f)
+        }
+    }
 }
 
 /// The values of `x`, to overwrite: made contiguous first, and a shared buffer is copied
@@ -156,6 +209,12 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     x * normal_cdf(x)
+}
+
+/// `grad * gelu'(x)`.
+#[inline(always)]
+fn gelu_backward(grad: f32, x: f32) -> f32 {
+    grad * gelu_derivative(x)
 }
 
 /// `Φ(x) + x φ(x)`.
