@@ -7,6 +7,8 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::kernels;
+
 /// The activations SAM uses; GELU is the exact (erf) form, as in `nn.GELU()`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -17,7 +19,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => super::gelu::exact_gelu(x),
+            Activation::Gelu => kernels::gelu::exact_gelu(x),
             Activation::Relu => relu(x),
         }
     }
@@ -55,6 +57,42 @@ impl MlpBlock {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         self.lin2
             .forward(self.activation.apply(self.lin1.forward(x)))
+    }
+}
+
+/// `nn.LayerNorm` over the last axis, computed by the fused [`kernels::layer_norm`] operation.
+///
+/// Named and laid out like burn's `LayerNorm` (`gamma`, `beta`), which the checkpoint
+/// adapters map to PyTorch's `weight`/`bias` by the struct's name.
+#[derive(Config, Debug)]
+pub struct LayerNormConfig {
+    pub d_model: usize,
+    /// PyTorch's default.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+}
+
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub gamma: Param<Tensor<1>>,
+    pub beta: Param<Tensor<1>>,
+    pub epsilon: f64,
+}
+
+impl LayerNormConfig {
+    pub fn init(&self, device: &Device) -> LayerNorm {
+        LayerNorm {
+            gamma: Initializer::Ones.init([self.d_model], device),
+            beta: Initializer::Zeros.init([self.d_model], device),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+impl LayerNorm {
+    /// `[..., d_model] -> [..., d_model]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        kernels::layer_norm::layer_norm(x, self.gamma.val(), self.beta.val(), self.epsilon)
     }
 }
 

@@ -4,12 +4,15 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::common::{Activation, LayerNorm2d, LayerNorm2dConfig, MlpBlock, MlpBlockConfig};
+use super::common::{
+    Activation, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, MlpBlock,
+    MlpBlockConfig,
+};
 
 /// Official defaults are those of `build_sam.py` (ViT-B); see [`crate::model::SamVariant`]
 /// for the three presets.

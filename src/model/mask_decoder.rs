@@ -5,11 +5,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
-use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
-use super::gelu::exact_gelu;
+use super::kernels::gelu::exact_gelu;
+use super::kernels::layer_norm::layer_norm;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Config, Debug, PartialEq)]
@@ -193,12 +193,7 @@ impl OutputUpscaling {
     /// moves no large tensor, and LayerNorm2d normalises the contiguous last axis.
     pub fn forward(&self, tokens: Tensor<3>) -> Tensor<3> {
         let x = per_pixel_transposed_conv(&self.conv1, tokens);
-        let x = layer_norm(
-            x,
-            self.ln1.weight.val(),
-            Some(self.ln1.bias.val()),
-            self.ln1.eps,
-        );
+        let x = layer_norm(x, self.ln1.weight.val(), self.ln1.bias.val(), self.ln1.eps);
         let x = per_pixel_transposed_conv(&self.conv2, exact_gelu(x));
         exact_gelu(x)
     }

@@ -3,8 +3,8 @@
 
 pub mod architecture;
 pub mod common;
-pub mod gelu;
 pub mod image_encoder;
+pub mod kernels;
 pub mod mask_decoder;
 pub mod prompt_encoder;
 pub mod sam;

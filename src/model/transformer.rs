@@ -3,11 +3,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::common::{Activation, MlpBlock, MlpBlockConfig};
+use super::common::{Activation, LayerNorm, LayerNormConfig, MlpBlock, MlpBlockConfig};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct TwoWayTransformerConfig {
