@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use common::*;
 use samtune::model::SamVariant;
-use samtune::predict::Predictor;
+use samtune::predict::{EncodedImage, Predictor};
 use samtune::weights::{load_sam, Checkpoint};
 use serde_json::Value;
 
@@ -55,26 +55,46 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
         &expected["image_embedding"],
         1e-4,
     );
+    // Random full-size weights make the decoder ill-conditioned: PyTorch's own float32
+    // result is up to ~8e-5 away from the float64 one, and it amplifies the embedding's
+    // last-bit differences further. Measured here: exact-GELU implementations that all
+    // agree with erf to 1.5e-7 per element moved the end-to-end distance between 0.8e-4
+    // and 1.4e-4 (the most accurate one the farthest). So the decoder is checked alone on
+    // PyTorch's float32 embedding, and the whole pipeline against the float64 result with
+    // a margin for that amplification; a wrong formula anywhere is off by far more
+    // (the tanh GELU differs by 1e-3 per element).
+    let official_embedding = EncodedImage {
+        embedding: tensor_from(&expected["image_embedding"], &device),
+        ..encoded.clone()
+    };
     for case in meta["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let prompts = prompt_batch(case);
-        let prediction = predictor
-            .predict(&encoded, &prompts, case["multimask"].as_bool().unwrap())
+        let multimask = case["multimask"].as_bool().unwrap();
+        let decoder_only = predictor
+            .predict(&official_embedding, &prompts, multimask)
             .unwrap();
-        // Random full-size weights make the decoder ill-conditioned: PyTorch's own float32
-        // result is up to ~8e-5 away from the float64 one. So samtune is held to the
-        // float64 result: within twice PyTorch float32's own distance (or within 1e-4).
-        for (output, actual) in [
-            ("low_res_logits", values(&prediction.low_res_logits)),
-            ("iou_predictions", values(&prediction.iou_predictions)),
-        ] {
+        let end_to_end = predictor.predict(&encoded, &prompts, multimask).unwrap();
+        for output in ["low_res_logits", "iou_predictions"] {
+            let pick = |p: &samtune::predict::Prediction| match output {
+                "low_res_logits" => values(&p.low_res_logits),
+                _ => values(&p.iou_predictions),
+            };
             let official = &expected[&format!("{name}.{output}")].values;
             let exact = &expected[&format!("{name}.{output}.f64")].values;
-            let ours = relative_error(&actual, exact);
             let pytorch = relative_error(official, exact);
-            println!("{name}.{output}: samtune vs float64 {ours:e}, PyTorch float32 vs float64 {pytorch:e}, samtune vs PyTorch {:e}", relative_error(&actual, official));
+            let decoder = relative_error(&pick(&decoder_only), official);
+            let ours = relative_error(&pick(&end_to_end), exact);
+            println!(
+                "{name}.{output}: PyTorch float32 vs float64 {pytorch:e}; samtune's decoder on \
+                 PyTorch's embedding vs PyTorch {decoder:e}; samtune end to end vs float64 {ours:e}"
+            );
             assert!(
-                ours < 1e-4_f32.max(2.0 * pytorch),
+                decoder < 1e-4_f32.max(2.0 * pytorch),
+                "{name}.{output}: decoder {decoder:e} from PyTorch (its float32 error: {pytorch:e})"
+            );
+            assert!(
+                ours < 1e-4_f32.max(4.0 * pytorch),
                 "{name}.{output}: {ours:e} from float64 (PyTorch float32: {pytorch:e})"
             );
         }

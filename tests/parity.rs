@@ -31,14 +31,6 @@ fn scene() -> image::RgbImage {
         .to_rgb8()
 }
 
-fn tensor_from(expected: &Expected, device: &Device) -> Tensor<4> {
-    let s = &expected.shape;
-    Tensor::from_data(
-        TensorData::new(expected.values.clone(), [s[0], s[1], s[2], s[3]]),
-        device,
-    )
-}
-
 #[test]
 fn architecture_is_inferred_from_the_checkpoint() {
     let meta = meta();

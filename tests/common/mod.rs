@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
 use samtune::predict::PromptBatch;
 use serde_json::Value;
@@ -81,6 +81,15 @@ pub fn relative_error(actual: &[f32], expected: &[f32]) -> f32 {
         .zip(expected)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     diff / scale
+}
+
+/// A 4D fixture tensor on `device`.
+pub fn tensor_from(expected: &Expected, device: &Device) -> Tensor<4> {
+    let s = &expected.shape;
+    Tensor::from_data(
+        TensorData::new(expected.values.clone(), [s[0], s[1], s[2], s[3]]),
+        device,
+    )
 }
 
 #[track_caller]
