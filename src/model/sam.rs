@@ -6,8 +6,6 @@ use std::str::FromStr;
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
@@ -288,8 +286,5 @@ pub fn bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     if [h, w] == size {
         return x;
     }
-    let mut options = InterpolateOptions::new(InterpolateMode::Bilinear);
-    options.align_corners = false;
-    options.output_size = Some(size);
-    interpolate(x, options)
+    super::kernels::bilinear::resize_bilinear(x, size)
 }

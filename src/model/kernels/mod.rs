@@ -2,6 +2,7 @@
 //! slow on the CPU backend (flex): one pass over memory each, forward and backward, with
 //! the loops compiled for the CPU's vector unit. Other backends run burn's own operations.
 
+pub mod bilinear;
 pub mod gelu;
 pub mod layer_norm;
 
