@@ -96,14 +96,14 @@ impl LayerNormBackend for Flex {
             .zip(x.par_chunks(rows_per_task * d))
             .map(|(grad_rows, x_rows)| {
                 let (mut gamma_grad, mut beta_grad) = (vec![0.0f32; d], vec![0.0f32; d]);
-                vectorised::layer_norm_backward(
-                    x_rows,
-                    grad_rows,
-                    gamma_values,
-                    epsilon as f32,
-                    &mut gamma_grad,
-                    &mut beta_grad,
-                );
+                vectorised::run(BackwardRows {
+                    x: x_rows,
+                    grad: grad_rows,
+                    gamma: gamma_values,
+                    epsilon: epsilon as f32,
+                    gamma_grad: &mut gamma_grad,
+                    beta_grad: &mut beta_grad,
+                });
                 (widen(gamma_grad), widen(beta_grad))
             })
             .reduce(
@@ -136,28 +136,40 @@ fn add(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
 ///
 /// With `x̂ = (x - mean) * rstd` and `h = grad * gamma`:
 /// `dx = rstd * (h - mean(h) - x̂ * mean(h * x̂))`, `dgamma = Σ grad * x̂`, `dbeta = Σ grad`.
-#[inline(always)]
-pub(crate) fn backward_rows(
-    x: &[f32],
-    grad: &mut [f32],
-    gamma: &[f32],
+struct BackwardRows<'a> {
+    x: &'a [f32],
+    grad: &'a mut [f32],
+    gamma: &'a [f32],
     epsilon: f32,
-    gamma_grad: &mut [f32],
-    beta_grad: &mut [f32],
-) {
-    let d = gamma.len();
-    let inv_d = 1.0 / d as f32;
-    for (x, grad) in x.chunks_exact(d).zip(grad.chunks_exact_mut(d)) {
-        let mean = sum_of(d, |i| x[i]) * inv_d;
-        let variance = sum_of(d, |i| (x[i] - mean) * (x[i] - mean)) * inv_d;
-        let rstd = 1.0 / (variance + epsilon).sqrt();
-        let mean_h = sum_of(d, |i| grad[i] * gamma[i]) * inv_d;
-        let mean_h_xhat = sum_of(d, |i| grad[i] * gamma[i] * ((x[i] - mean) * rstd)) * inv_d;
-        for i in 0..d {
-            let xhat = (x[i] - mean) * rstd;
-            gamma_grad[i] += grad[i] * xhat;
-            beta_grad[i] += grad[i];
-            grad[i] = rstd * (grad[i] * gamma[i] - mean_h - xhat * mean_h_xhat);
+    gamma_grad: &'a mut [f32],
+    beta_grad: &'a mut [f32],
+}
+
+impl vectorised::Loop for BackwardRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let BackwardRows {
+            x,
+            grad,
+            gamma,
+            epsilon,
+            gamma_grad,
+            beta_grad,
+        } = self;
+        let d = gamma.len();
+        let inv_d = 1.0 / d as f32;
+        for (x, grad) in x.chunks_exact(d).zip(grad.chunks_exact_mut(d)) {
+            let mean = sum_of(d, |i| x[i]) * inv_d;
+            let variance = sum_of(d, |i| (x[i] - mean) * (x[i] - mean)) * inv_d;
+            let rstd = 1.0 / (variance + epsilon).sqrt();
+            let mean_h = sum_of(d, |i| grad[i] * gamma[i]) * inv_d;
+            let mean_h_xhat = sum_of(d, |i| grad[i] * gamma[i] * ((x[i] - mean) * rstd)) * inv_d;
+            for i in 0..d {
+                let xhat = (x[i] - mean) * rstd;
+                gamma_grad[i] += grad[i] * xhat;
+                beta_grad[i] += grad[i];
+                grad[i] = rstd * (grad[i] * gamma[i] - mean_h - xhat * mean_h_xhat);
+            }
         }
     }
 }

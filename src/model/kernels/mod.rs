@@ -18,7 +18,7 @@ pub(crate) const CHUNK: usize = 1 << 15;
 pub(crate) fn map_elements(mut x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> FlexTensor {
     values_mut(&mut x)
         .par_chunks_mut(CHUNK)
-        .for_each(|chunk| vectorised::map(chunk, f));
+        .for_each(|chunk| vectorised::run(vectorised::Map(chunk, f)));
     x
 }
 
@@ -32,87 +32,58 @@ pub(crate) fn map_elements_with(
     values_mut(&mut a)
         .par_chunks_mut(CHUNK)
         .zip(b.par_chunks(CHUNK))
-        .for_each(|(chunk, b)| vectorised::zip_map(chunk, b, f));
+        .for_each(|(chunk, b)| vectorised::run(vectorised::ZipMap(chunk, b, f)));
     a
 }
 
-/// The element loops, compiled for the widest vector unit of this CPU (AVX2: 8 lanes,
-/// against SSE2's 4) and chosen at run time. Every path computes the same bits: Rust
-/// never contracts `a * b + c` into a fused multiply-add on its own.
+/// Loops compiled for the widest vector unit of this CPU (AVX2: 8 lanes, against SSE2's
+/// 4), chosen at run time. Every path computes the same bits: Rust never contracts
+/// `a * b + c` into a fused multiply-add on its own.
 pub(crate) mod vectorised {
-    /// The element functions are `#[inline(always)]`, so each loop inlines them.
-    macro_rules! dispatch {
-        ($generic:ident($($arg:expr),*)) => {{
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
-                return unsafe { avx2::$generic($($arg),*) };
-            }
-            generic::$generic($($arg),*)
-        }};
+    /// A loop over slices. `run` and the element functions it calls are
+    /// `#[inline(always)]`, so they are compiled inside the AVX2 entry point.
+    pub trait Loop {
+        fn run(self);
     }
 
-    pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
-        dispatch!(map(values, f))
-    }
-
-    pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
-        dispatch!(zip_map(values, other, f))
-    }
-
-    /// [`super::layer_norm::backward_rows`].
-    pub fn layer_norm_backward(
-        x: &[f32],
-        grad: &mut [f32],
-        gamma: &[f32],
-        epsilon: f32,
-        gamma_grad: &mut [f32],
-        beta_grad: &mut [f32],
-    ) {
-        dispatch!(layer_norm_backward(
-            x, grad, gamma, epsilon, gamma_grad, beta_grad
-        ))
-    }
-
-    mod generic {
-        #[inline(always)]
-        pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
-            values.iter_mut().for_each(|v| *v = f(*v));
+    pub fn run(work: impl Loop) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { avx2(work) };
         }
-
-        #[inline(always)]
-        pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
-            values
-                .iter_mut()
-                .zip(other)
-                .for_each(|(a, &b)| *a = f(*a, b));
-        }
-
-        pub(crate) use super::super::layer_norm::backward_rows as layer_norm_backward;
+        work.run()
     }
 
     #[cfg(target_arch = "x86_64")]
-    mod avx2 {
-        #[target_feature(enable = "avx2")]
-        pub fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
-            super::generic::map(values, f)
-        }
+    #[target_feature(enable = "avx2")]
+    fn avx2(work: impl Loop) {
+        work.run()
+    }
 
-        #[target_feature(enable = "avx2")]
-        pub fn zip_map(values: &mut [f32], other: &[f32], f: impl Fn(f32, f32) -> f32) {
-            super::generic::zip_map(values, other, f)
-        }
+    /// `values[i] = f(values[i])`.
+    pub struct Map<'a, F>(pub &'a mut [f32], pub F);
 
-        #[target_feature(enable = "avx2")]
-        pub fn layer_norm_backward(
-            x: &[f32],
-            grad: &mut [f32],
-            gamma: &[f32],
-            epsilon: f32,
-            gamma_grad: &mut [f32],
-            beta_grad: &mut [f32],
-        ) {
-            super::generic::layer_norm_backward(x, grad, gamma, epsilon, gamma_grad, beta_grad)
+    impl<F: Fn(f32) -> f32> Loop for Map<'_, F> {
+        #[inline(always)]
+        fn run(self) {
+            let Map(values, f) = self;
+            for v in values {
+                *v = f(*v);
+            }
+        }
+    }
+
+    /// `values[i] = f(values[i], other[i])`.
+    pub struct ZipMap<'a, F>(pub &'a mut [f32], pub &'a [f32], pub F);
+
+    impl<F: Fn(f32, f32) -> f32> Loop for ZipMap<'_, F> {
+        #[inline(always)]
+        fn run(self) {
+            let ZipMap(values, other, f) = self;
+            for (a, &b) in values.iter_mut().zip(other) {
+                *a = f(*a, b);
+            }
         }
     }
 }
