@@ -4,6 +4,9 @@
 #   bench/compare.sh                      # ViT-B, 2 threads, 2 rounds
 #   VARIANT=vit_l THREADS=8 ROUNDS=3 bench/compare.sh
 #   EXTRA="--tiny --reps 2" OUT=target/bench-smoke bench/compare.sh   # quick smoke run
+#   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
+# SAMTUNE=path/to/samtune uses a prebuilt binary; PYTHON=python3 a Python that already has
+# torch and segment_anything. On a GPU, nvidia-smi is sampled for each case's peak memory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARIANT=${VARIANT:-vit_b}
@@ -12,24 +15,55 @@ ROUNDS=${ROUNDS:-2}
 EXTRA=${EXTRA:-}
 OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
+DEVICE=${DEVICE:-cpu}
 
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-    .venv/bin/pip install --quiet -r tests/reference/requirements.txt
+if [ -z "${PYTHON:-}" ]; then
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+        .venv/bin/pip install --quiet -r tests/reference/requirements.txt
+    fi
+    PYTHON=.venv/bin/python
 fi
-cargo build --release --quiet
+if [ -z "${SAMTUNE:-}" ]; then
+    if [ "$DEVICE" = cpu ]; then
+        cargo build --release --quiet
+    else
+        cargo build --release --quiet --features "$DEVICE"
+    fi
+    SAMTUNE=target/release/samtune
+fi
+
+# Runs one case (the command in "$@"), recording the GPU's peak memory use beside its JSON.
+measure() {
+    local json=$1
+    shift
+    if [ "$DEVICE" = cpu ] || ! command -v nvidia-smi > /dev/null; then
+        "$@" > /dev/null
+        return
+    fi
+    local idle
+    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$json.samples" &
+    local sampler=$!
+    "$@" > /dev/null
+    kill "$sampler"
+    wait "$sampler" 2> /dev/null || true
+    sort -n "$json.samples" | tail -1 | awk -v idle="$idle" '{ print $1 - idle }' > "$json.gpu-mb"
+    rm -f "$json.samples"
+}
+
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT"/*.gpu-mb
 for round in $(seq 1 "$ROUNDS"); do
     for case in encoder decoder_step prompt_latency finetune load; do
         echo "round $round: $case" >&2
         # shellcheck disable=SC2086
-        target/release/samtune bench --variant "$VARIANT" --threads "$THREADS" --case "$case" $EXTRA \
-            --json "$OUT/samtune-$case-$round.json" > /dev/null
+        measure "$OUT/samtune-$case-$round.json" "$SAMTUNE" bench --variant "$VARIANT" --threads "$THREADS" \
+            --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/samtune-$case-$round.json"
         # shellcheck disable=SC2086
-        .venv/bin/python bench/reference.py --variant "$VARIANT" --threads "$THREADS" --case "$case" $EXTRA \
-            --json "$OUT/pytorch-$case-$round.json" > /dev/null
+        measure "$OUT/pytorch-$case-$round.json" "$PYTHON" bench/reference.py --variant "$VARIANT" --threads "$THREADS" \
+            --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/pytorch-$case-$round.json"
     done
 done
-.venv/bin/python bench/report.py "$OUT" > "$REPORT"
+"$PYTHON" bench/report.py "$OUT" > "$REPORT"
 cat "$REPORT"

@@ -6,6 +6,7 @@ Case 4 is a straightforward PyTorch fine-tuning loop as common scripts write it:
 with the frozen encoder run under no_grad at every step, once with precomputed embeddings.
 
     python bench/reference.py --variant vit_b --threads 2 --json out.json
+    python bench/reference.py --device cuda --json out.json   # on an NVIDIA GPU
 """
 
 import argparse
@@ -54,12 +55,23 @@ def boxes(n, size):
     return torch.tensor(out)
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    """Waits for queued GPU work, so that a timing covers it (GPU calls are asynchronous)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_reps(reps, fn):
     fn()
+    sync()
     out = []
     for _ in range(max(1, reps)):
         t = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t)
     return out
 
@@ -71,8 +83,8 @@ def decoder_setup(sam, img, n):
         p.requires_grad = False
     opt = torch.optim.AdamW(sam.mask_decoder.parameters(), lr=1e-4, weight_decay=0.01)
     grid = img // 16
-    targets = (torch.rand(n, 1, grid * 4, grid * 4) < 0.3).float()
-    b = boxes(n, img)
+    targets = (torch.rand(n, 1, grid * 4, grid * 4, device=DEVICE) < 0.3).float()
+    b = boxes(n, img).to(DEVICE)
 
     def step(embedding):
         sparse, dense = sam.prompt_encoder(points=None, boxes=b, masks=None)
@@ -88,26 +100,26 @@ def decoder_setup(sam, img, n):
 
 def run_case(case, args):
     torch.manual_seed(0)
-    sam = build(args.variant, args.tiny)
+    sam = build(args.variant, args.tiny).to(DEVICE)
     img = sam.image_encoder.img_size
     grid = img // 16
     extra = {}
     flops = None
     if case == "encoder":
         sam.eval()
-        x = torch.randn(1, 3, img, img)
+        x = torch.randn(1, 3, img, img, device=DEVICE)
         with torch.no_grad():
             seconds = time_reps(args.reps, lambda: sam.image_encoder(x))
         desc = f"image encoder forward {img}x{img}, batch 1"
     elif case == "decoder_step":
         step = decoder_setup(sam, img, 8)
-        emb = torch.randn(1, 256, grid, grid)
+        emb = torch.randn(1, 256, grid, grid, device=DEVICE)
         seconds = time_reps(args.reps, lambda: step(emb))
         desc = "decoder train step: 8 box prompts, multimask, fwd+bwd+AdamW"
     elif case == "prompt_latency":
         sam.eval()
-        emb = torch.randn(1, 256, grid, grid)
-        b = boxes(1, img * 0.75)
+        emb = torch.randn(1, 256, grid, grid, device=DEVICE)
+        b = boxes(1, img * 0.75).to(DEVICE)
         h, w = img * 3 // 4, img
 
         def predict():
@@ -120,16 +132,18 @@ def run_case(case, args):
         desc = "1 box -> 3 masks at image size, on an encoded image"
     elif case == "finetune":
         step = decoder_setup(sam, img, args.ft_prompts)
-        images = [torch.randn(1, 3, img, img) for _ in range(args.ft_images)]
+        images = [torch.randn(1, 3, img, img, device=DEVICE) for _ in range(args.ft_images)]
         with torch.no_grad():  # warm-up
             e = sam.image_encoder(images[0])
         step(e)
+        sync()
         t = time.perf_counter()
         for _ in range(args.ft_epochs):
             for x in images:
                 with torch.no_grad():
                     e = sam.image_encoder(x)
                 step(e)
+        sync()
         reencode = time.perf_counter() - t
         t = time.perf_counter()
         with torch.no_grad():
@@ -137,6 +151,7 @@ def run_case(case, args):
         for _ in range(args.ft_epochs):
             for e in embs:
                 step(e)
+        sync()
         pre = time.perf_counter() - t
         seconds = [pre]
         extra = {"without cache (re-encode every step), s": reencode, "speed-up of the cache": reencode / pre}
@@ -152,7 +167,7 @@ def run_case(case, args):
             if args.tiny:
                 loader = lambda: build(args.variant, True).load_state_dict(torch.load(path))
             else:
-                loader = lambda: sam_model_registry[args.variant](checkpoint=path)
+                loader = lambda: sam_model_registry[args.variant](checkpoint=path).to(DEVICE)
             seconds = time_reps(args.reps, loader)
         desc = "load a full checkpoint (.pth, official loader)"
     else:
@@ -172,18 +187,22 @@ def run_case(case, args):
 
 
 def gemm_peak():
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    a, b = torch.randn(4096, 4096, device=DEVICE), torch.randn(4096, 4096, device=DEVICE)
+    reps = 3 if DEVICE.type == "cpu" else 50
     torch.mm(a, b)
+    sync()
     t = time.perf_counter()
-    for _ in range(3):
+    for _ in range(reps):
         torch.mm(a, b)
-    return 3 * 2 * 4096**3 / (time.perf_counter() - t) / 1e9
+    sync()
+    return reps * 2 * 4096**3 / (time.perf_counter() - t) / 1e9
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="vit_b")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--ft-images", type=int, default=2)
     parser.add_argument("--ft-prompts", type=int, default=8)
@@ -194,6 +213,8 @@ def main():
     parser.add_argument("--child")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.child:
         print(json.dumps(run_case(args.child, args)))
         return
@@ -205,7 +226,7 @@ def main():
             cmd = [c for c in cmd if c != args.json]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    doc = {"tool": "pytorch", "torch": torch.__version__, "threads": args.threads,
+    doc = {"tool": "pytorch", "torch": torch.__version__, "threads": args.threads, "device": args.device,
            "variant": "tiny" if args.tiny else args.variant, "gemm_peak_gflops": gemm_peak(), "results": results}
     for r in results:
         print(f"{r['case']:<16} {r['median_s']:>10.4f} s  {r['peak_rss_mb']:>8.0f} MB  {r['description']}")

@@ -19,7 +19,11 @@ def load(folder, tool):
     for path in sorted(glob.glob(os.path.join(folder, f"{tool}-*.json"))):
         doc = json.load(open(path))
         meta = doc
+        # compare.sh's GPU memory sample for this file's case, if it ran on a GPU
+        gpu = path + ".gpu-mb"
         for r in doc["results"]:
+            if os.path.exists(gpu):
+                r["peak_gpu_mb"] = float(open(gpu).read().strip() or "nan")
             runs.setdefault(r["case"], []).append(r)
     return runs, meta
 
@@ -38,27 +42,46 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def gpu_model():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True).stdout
+        name, driver = out.strip().splitlines()[0].rsplit(",", 1)
+        return f"{name.strip()} (driver {driver.strip()})"
+    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return "unknown GPU"
+
+
 def main():
     folder = sys.argv[1]
     ours, ours_meta = load(folder, "samtune")
     ref, ref_meta = load(folder, "pytorch")
     peak = ref_meta.get("gemm_peak_gflops")
-    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    device = ref_meta.get("device", "cpu")
+    on_gpu = device != "cpu"
+    try:
+        rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rustc = "a prebuilt binary (no rustc here)"
+    machine = (f"{gpu_model()} with {cpu_model()}" if on_gpu else
+               f"{cpu_model()}, {os.cpu_count()} logical CPUs, {ref_meta.get('threads')} threads for both")
     print("# Benchmarks: samtune vs the official PyTorch implementation\n")
-    print(f"Measured {datetime.date.today()} by `bench/compare.sh` on {cpu_model()}, "
-          f"{os.cpu_count()} logical CPUs, {ref_meta.get('threads')} threads for both; "
-          f"variant {ref_meta.get('variant')}; fp32; torch {ref_meta.get('torch')}, {rustc}, burn 0.22.1 (`flex`).")
+    print(f"Measured {datetime.date.today()} by `bench/compare.sh` on {machine}; "
+          f"variant {ref_meta.get('variant')}; fp32; torch {ref_meta.get('torch')}, {rustc}, burn 0.22.1 (`{'flex' if device == 'cpu' else device}`).")
     print(f"Medians over rounds of the per-round medians; the two tools alternate case by case. "
           f"Ratio = samtune / PyTorch time (below 1: samtune is faster). Machine peak = PyTorch's "
           f"sustained fp32 GEMM rate here ({peak:.0f} GFLOP/s).\n" if peak else "\n")
-    print("| case | samtune s | PyTorch s | ratio | FLOP | samtune % of peak | PyTorch % of peak | peak MB samtune / PyTorch |")
+    memory_key = "peak_gpu_mb" if on_gpu else "peak_rss_mb"
+    memory_label = "peak GPU MB (nvidia-smi)" if on_gpu else "peak MB"
+    print(f"| case | samtune s | PyTorch s | ratio | FLOP | samtune % of peak | PyTorch % of peak | {memory_label} samtune / PyTorch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for case, results in ours.items():
         mine = median_of(results)
         theirs = median_of(ref[case]) if case in ref else float("nan")
         flops = results[0].get("flops")
         pct = lambda t: f"{flops / t / 1e9 / peak * 100:.0f}%" if flops and peak else "-"
-        mem = f"{max(r['peak_rss_mb'] for r in results):.0f} / {max(r['peak_rss_mb'] for r in ref.get(case, [{'peak_rss_mb': float('nan')}])):.0f}"
+        peak_mb = lambda rs: max(r.get(memory_key, float("nan")) for r in rs)
+        mem = f"{peak_mb(results):.0f} / {peak_mb(ref.get(case, [{}])):.0f}"
         print(f"| {case}: {results[0]['description']} | {mine:.3f} | {theirs:.3f} | {mine / theirs:.2f} | "
               f"{flops / 1e9:.0f} G | {pct(mine)} | {pct(theirs)} | {mem} |" if flops else
               f"| {case}: {results[0]['description']} | {mine:.3f} | {theirs:.3f} | {mine / theirs:.2f} | - | - | - | {mem} |")

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+#[cfg(llvm_stubs)]
+mod llvm_stubs;
 pub mod model;
 pub mod predict;
 pub mod train;

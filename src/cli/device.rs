@@ -49,7 +49,44 @@ pub fn resolve(choice: Option<DeviceChoice>) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
+    for (libraries, missing) in [
+        (
+            &["libcuda.so.1", "libcuda.so"][..],
+            "the NVIDIA driver library (libcuda.so.1): is there an NVIDIA GPU and driver on this machine?",
+        ),
+        (
+            &["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"][..],
+            "NVRTC (libnvrtc.so), which compiles the GPU kernels: install the CUDA toolkit (or \
+             `pip install nvidia-cuda-nvrtc`) and add its lib folder to LD_LIBRARY_PATH",
+        ),
+    ] {
+        if !libraries.iter().any(|name| loadable(name)) {
+            bail!("--device cuda: cannot load {missing}");
+        }
+    }
     Ok(Device::cuda(index))
+}
+
+/// Whether the dynamic loader finds `library`. CubeCL loads the CUDA libraries on first use,
+/// in its own thread, and panics when one is missing: looking first gives a clear error.
+#[cfg(all(feature = "cuda", target_os = "linux"))]
+fn loadable(library: &str) -> bool {
+    use std::ffi::{c_char, c_int, c_void, CString};
+    extern "C" {
+        fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    }
+    const RTLD_LAZY: c_int = 1;
+    let Ok(name) = CString::new(library) else {
+        return false;
+    };
+    // SAFETY: `name` is NUL-terminated; the handle stays open, as CubeCL opens the same
+    // library next.
+    !unsafe { dlopen(name.as_ptr(), RTLD_LAZY) }.is_null()
+}
+
+#[cfg(all(feature = "cuda", not(target_os = "linux")))]
+fn loadable(_library: &str) -> bool {
+    true
 }
 
 #[cfg(not(feature = "cuda"))]
