@@ -7,6 +7,8 @@
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
 # SAMTUNE=path/to/samtune uses a prebuilt binary; PYTHON=python3 a Python that already has
 # torch and segment_anything. On a GPU, nvidia-smi is sampled for each case's peak memory.
+# CASE_TIMEOUT=SECONDS stops a case that runs longer (a first GPU run compiles its kernels)
+# and goes on with the next; the report then lacks that row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VARIANT=${VARIANT:-vit_b}
@@ -37,15 +39,16 @@ fi
 measure() {
     local json=$1
     shift
+    local run=(timeout "${CASE_TIMEOUT:-0}" "$@")
     if [ "$DEVICE" = cpu ] || ! command -v nvidia-smi > /dev/null; then
-        "$@" > /dev/null
+        "${run[@]}" > /dev/null || echo "failed or timed out: $*" >&2
         return
     fi
     local idle
     idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$json.samples" &
     local sampler=$!
-    "$@" > /dev/null
+    "${run[@]}" > /dev/null || echo "failed or timed out: $*" >&2
     kill "$sampler"
     wait "$sampler" 2> /dev/null || true
     sort -n "$json.samples" | tail -1 | awk -v idle="$idle" '{ print $1 - idle }' > "$json.gpu-mb"
