@@ -6,10 +6,11 @@
 //! module on. samtune selects CubeCL's CUDA C++ compiler (NVRTC, the `cuda-cpp` feature), so
 //! these functions are never reached; if one is, it stops the program with its name.
 //!
-//! The names are what `rust-lld` reports missing from such a build (the LLVM C API functions
-//! that `pliron-llvm` and `cubecl-llvm` call, and `cubecl-llvm`'s C++ shims). After a cubecl
-//! upgrade, regenerate the list from `DOCS_RS=1 cargo build --release --features cuda 2>&1 |
-//! grep -o 'undefined symbol: [A-Za-z_0-9]*' | sort -u` (with `-C link-arg=-Wl,--error-limit=0`).
+//! The names are the functions that the `llvm-sys`, `pliron-llvm` and `cubecl-llvm` rlibs
+//! leave undefined (LLVM's C API, its target initialisers, `cubecl-llvm`'s C++ shims).
+//! After a cubecl upgrade, regenerate them from a `--features cuda` release build's
+//! `target/release/deps`: `nm -u --no-demangle` of those three rlibs, minus what
+//! `nm --defined-only` finds in them, keeping the `LLVM*` and `cubecl_*` names.
 
 macro_rules! llvm_stand_ins {
     ($($name:ident),* $(,)?) => {
