@@ -37,22 +37,20 @@ fi
 
 # Runs one case (the command in "$@"), recording the GPU's peak memory use beside its JSON.
 measure() {
-    local json=$1
+    local json=$1 sampler="" idle=""
     shift
-    local run=(timeout "${CASE_TIMEOUT:-0}" "$@")
-    if [ "$DEVICE" = cpu ] || ! command -v nvidia-smi > /dev/null; then
-        "${run[@]}" > /dev/null || echo "failed or timed out: $*" >&2
-        return
+    if [ "$DEVICE" != cpu ] && command -v nvidia-smi > /dev/null; then
+        idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$json.samples" &
+        sampler=$!
     fi
-    local idle
-    idle=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
-    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 20 > "$json.samples" &
-    local sampler=$!
-    "${run[@]}" > /dev/null || echo "failed or timed out: $*" >&2
-    kill "$sampler"
-    wait "$sampler" 2> /dev/null || true
-    sort -n "$json.samples" | tail -1 | awk -v idle="$idle" '{ print $1 - idle }' > "$json.gpu-mb"
-    rm -f "$json.samples"
+    timeout "${CASE_TIMEOUT:-0}" "$@" > /dev/null || echo "failed or timed out: $*" >&2
+    if [ -n "$sampler" ]; then
+        kill "$sampler"
+        wait "$sampler" 2> /dev/null || true
+        sort -n "$json.samples" | tail -1 | awk -v idle="$idle" '{ print $1 - idle }' > "$json.gpu-mb"
+        rm -f "$json.samples"
+    fi
 }
 
 mkdir -p "$OUT"
