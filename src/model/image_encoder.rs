@@ -5,7 +5,6 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::softmax;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -13,6 +12,7 @@ use super::common::{
     Activation, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, MlpBlock,
     MlpBlockConfig,
 };
+use super::kernels::attention::{attention, RelPosBias};
 
 /// Official defaults are those of `build_sam.py` (ViT-B); see [`crate::model::SamVariant`]
 /// for the three presets.
@@ -229,14 +229,17 @@ impl Attention {
         let [q, k, v] = split_qkv(qkv);
 
         let scale = (head_dim as f64).powf(-0.5);
-        let mut attn = (q.clone() * scale).matmul(k.swap_dims(1, 2));
-        if let (Some(rel_pos_h), Some(rel_pos_w)) = (&self.rel_pos_h, &self.rel_pos_w) {
-            attn =
-                add_decomposed_rel_pos(attn, q, rel_pos_h.val(), rel_pos_w.val(), [h, w], [h, w]);
-        }
-        let attn = softmax(attn, 2);
-        let x = attn
-            .matmul(v)
+        let bias = match (&self.rel_pos_h, &self.rel_pos_w) {
+            (Some(rel_pos_h), Some(rel_pos_w)) => Some(decomposed_rel_pos(
+                q.clone(),
+                rel_pos_h.val(),
+                rel_pos_w.val(),
+                [h, w],
+                [h, w],
+            )),
+            _ => None,
+        };
+        let x = attention(q, k, v, scale, bias)
             .reshape([b, heads, h, w, head_dim])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, c]);
@@ -356,18 +359,17 @@ fn linear_resize_matrix(in_len: usize, out_len: usize, device: &Device) -> Tenso
     Tensor::from_data(TensorData::new(weights, [out_len, in_len]), device)
 }
 
-/// Adds `q·R_h` and `q·R_w` (with the unscaled queries) to the attention logits
-/// (`add_decomposed_rel_pos`, from MViTv2).
+/// The terms `q·R_h` and `q·R_w` (with the unscaled queries) that
+/// `add_decomposed_rel_pos` (from MViTv2) adds to the attention logits.
 ///
-/// `attn`: `[N, qh*qw, kh*kw]`, `q`: `[N, qh*qw, C]`, tables `[L, C]`.
-pub fn add_decomposed_rel_pos(
-    attn: Tensor<3>,
+/// `q`: `[N, qh*qw, C]`, tables `[L, C]` -> rows `[N, qh*qw, kh]`, columns `[N, qh*qw, kw]`.
+pub fn decomposed_rel_pos(
     q: Tensor<3>,
     rel_pos_h: Tensor<2>,
     rel_pos_w: Tensor<2>,
     q_size: [usize; 2],
     k_size: [usize; 2],
-) -> Tensor<3> {
+) -> RelPosBias {
     let [qh, qw] = q_size;
     let [kh, kw] = k_size;
     let rh = get_rel_pos(qh, kh, rel_pos_h); // [qh, kh, C]
@@ -376,21 +378,21 @@ pub fn add_decomposed_rel_pos(
     let r_q = q.reshape([n, qh, qw, dim]);
 
     // einsum("bhwc,hkc->bhwk"): a batched matmul over the query row
-    let rel_h = r_q
+    let rows = r_q
         .clone()
         .permute([1, 0, 2, 3])
         .reshape([qh, n * qw, dim])
         .matmul(rh.swap_dims(1, 2))
         .reshape([qh, n, qw, kh])
-        .permute([1, 0, 2, 3]);
+        .permute([1, 0, 2, 3])
+        .reshape([n, qh * qw, kh]);
     // einsum("bhwc,wkc->bhwk"): a batched matmul over the query column
-    let rel_w = r_q
+    let columns = r_q
         .permute([2, 0, 1, 3])
         .reshape([qw, n * qh, dim])
         .matmul(rw.swap_dims(1, 2))
         .reshape([qw, n, qh, kw])
-        .permute([1, 2, 0, 3]);
-
-    (attn.reshape([n, qh, qw, kh, kw]) + rel_h.unsqueeze_dim::<5>(4) + rel_w.unsqueeze_dim::<5>(3))
-        .reshape([n, qh * qw, kh * kw])
+        .permute([1, 2, 0, 3])
+        .reshape([n, qh * qw, kw]);
+    RelPosBias { rows, columns }
 }

@@ -19,7 +19,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, Dispatch, Flex};
 use burn::tensor::Tensor;
 
-use super::{map_elements, map_elements_with};
+use super::{exp, map_elements, map_elements_with};
 
 /// `x * Φ(x)`, with Φ the standard normal CDF (the exact GELU), on any backend.
 pub fn exact_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
@@ -157,29 +157,6 @@ fn erfc_nonnegative(z: f32) -> f32 {
     t * exp(poly - z * z)
 }
 
-/// e^x for x in [-87, 88] (clamped outside, where f32 flushes to 0 or overflows anyway):
-/// x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^7 (error < 1e-8).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    // Adding 1.5 * 2^23 rounds x / ln2 to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    // ln 2 split so that n * LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let shifted = x * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    p * f32::from_bits(((exponent + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,19 +209,6 @@ mod tests {
         assert_eq!(gelu(0.0), 0.0);
         assert_eq!(gelu(100.0), 100.0);
         assert!(gelu(-100.0).abs() < 1e-30);
-    }
-
-    #[test]
-    fn exp_is_accurate_over_its_range() {
-        for i in -8_700..=8_800 {
-            let x = i as f32 * 0.01;
-            let want = (x as f64).exp();
-            let got = exp(x) as f64;
-            assert!(
-                (got - want).abs() / want < 3e-7,
-                "exp({x}) = {got}, exact {want}"
-            );
-        }
     }
 
     /// The derivative the GPU backends use, composed of backend operations.

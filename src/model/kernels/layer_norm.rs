@@ -19,7 +19,7 @@ use burn::backend::{
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{values_mut, vectorised, CHUNK};
+use super::{sum_of, values_mut, vectorised, CHUNK};
 
 /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the last axis of `x`.
 pub fn layer_norm<const D: usize>(
@@ -172,23 +172,6 @@ impl vectorised::Loop for BackwardRows<'_> {
             }
         }
     }
-}
-
-/// `Σ value(i)` for `i < n` in eight interleaved partial sums, which vectorise.
-#[inline(always)]
-fn sum_of(n: usize, value: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let full = n - n % 8;
-    for start in (0..full).step_by(8) {
-        for (lane, sum) in lanes.iter_mut().enumerate() {
-            *sum += value(start + lane);
-        }
-    }
-    let mut total = lanes.iter().sum::<f32>();
-    for i in full..n {
-        total += value(i);
-    }
-    total
 }
 
 /// The same gradients from the backend's own operations.

@@ -2,6 +2,7 @@
 //! slow on the CPU backend (flex): one pass over memory each, forward and backward, with
 //! the loops compiled for the CPU's vector unit. Other backends run burn's own operations.
 
+pub mod attention;
 pub mod bilinear;
 pub mod gelu;
 pub mod layer_norm;
@@ -99,4 +100,90 @@ pub(crate) fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
         .contiguous_offsets()
         .expect("contiguous after to_contiguous");
     &mut x.storage_mut::<f32>()[start..end]
+}
+
+/// `Σ value(i)` for `i < n` in eight interleaved partial sums, which vectorise.
+#[inline(always)]
+pub(crate) fn sum_of(n: usize, value: impl Fn(usize) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let full = n - n % 8;
+    for start in (0..full).step_by(8) {
+        for (lane, sum) in lanes.iter_mut().enumerate() {
+            *sum += value(start + lane);
+        }
+    }
+    let mut total = lanes.iter().sum::<f32>();
+    for i in full..n {
+        total += value(i);
+    }
+    total
+}
+
+/// The largest of `values`, in eight interleaved partial maxima, which vectorise.
+#[inline(always)]
+pub(crate) fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut blocks = values.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &value) in lanes.iter_mut().zip(block) {
+            *lane = lane.max(value);
+        }
+    }
+    let tail = blocks.remainder().iter().copied();
+    lanes
+        .into_iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// e^x for x in [-87, 88] (clamped outside, where f32 flushes to 0 or overflows anyway):
+/// x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^7 (error < 1e-8).
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    // Adding 1.5 * 2^23 rounds x / ln2 to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 split so that n * LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let exponent = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    p * f32::from_bits(((exponent + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate_over_its_range() {
+        for i in -8_700..=8_800 {
+            let x = i as f32 * 0.01;
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            assert!(
+                (got - want).abs() / want < 3e-7,
+                "exp({x}) = {got}, exact {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_of_finds_the_largest_in_any_lane_or_the_tail() {
+        for n in [1, 7, 8, 9, 17, 64] {
+            for at in 0..n {
+                let mut values: Vec<f32> = (0..n).map(|i| -(i as f32) - 1.0).collect();
+                values[at] = 3.5;
+                assert_eq!(max_of(&values), 3.5, "n {n}, largest at {at}");
+            }
+        }
+    }
 }
