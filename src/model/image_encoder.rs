@@ -9,7 +9,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::common::{
-    Activation, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, MlpBlock,
+    linear_rows, Activation, LayerNorm, LayerNorm2d, LayerNorm2dConfig, LayerNormConfig, MlpBlock,
     MlpBlockConfig,
 };
 use super::kernels::attention::{attention, RelPosBias};
@@ -220,9 +220,7 @@ impl Attention {
         let [b, h, w, c] = x.dims();
         let heads = self.num_heads;
         let head_dim = c / heads;
-        let qkv = self
-            .qkv
-            .forward(x)
+        let qkv = linear_rows(&self.qkv, x)
             .reshape([b, h * w, 3, heads, head_dim])
             .permute([2, 0, 3, 1, 4])
             .reshape([3, b * heads, h * w, head_dim]);
@@ -243,7 +241,7 @@ impl Attention {
             .reshape([b, heads, h, w, head_dim])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, c]);
-        self.proj.forward(x)
+        linear_rows(&self.proj, x)
     }
 }
 
