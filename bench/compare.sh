@@ -22,7 +22,7 @@ DEVICE=${DEVICE:-cpu}
 if [ -z "${PYTHON:-}" ]; then
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
-        .venv/bin/pip install --quiet -r tests/reference/requirements.txt
+        .venv/bin/pip install --quiet --no-cache-dir -r tests/reference/requirements.txt
     fi
     PYTHON=.venv/bin/python
 fi

@@ -13,6 +13,7 @@ pub fn tune_for_tensors() {
         const M_TRIM_THRESHOLD: c_int = -1;
         const M_TOP_PAD: c_int = -2;
         const M_MMAP_THRESHOLD: c_int = -3;
+        const M_MMAP_MAX: c_int = -4;
         extern "C" {
             fn mallopt(param: c_int, value: c_int) -> c_int;
         }
@@ -25,6 +26,7 @@ pub fn tune_for_tensors() {
             mallopt(M_TOP_PAD, 512 << 20);
             // serve blocks up to 32 MB (glibc's maximum) from the reusable heap
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_MMAP_MAX, 0);
         }
     }
 }
