@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor};
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
 use super::kernels::gelu::exact_gelu;
 use super::kernels::layer_norm::layer_norm;
+use super::kernels::matmul::matmul_2d;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Config, Debug, PartialEq)]
@@ -214,10 +215,11 @@ fn per_pixel_transposed_conv(conv: &ConvTranspose2d, x: Tensor<3>) -> Tensor<3> 
         .val()
         .permute([0, 2, 3, 1])
         .reshape([c_in, kh * kw * c_out]);
-    let y =
-        x.reshape([batch * pixels, c_in])
-            .matmul(weight)
-            .reshape([batch, pixels * kh * kw, c_out]);
+    let y = matmul_2d(x.reshape([batch * pixels, c_in]), weight).reshape([
+        batch,
+        pixels * kh * kw,
+        c_out,
+    ]);
     match &conv.bias {
         Some(bias) => y + bias.val().reshape([1, 1, c_out]),
         None => y,

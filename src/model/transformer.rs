@@ -7,7 +7,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::common::{Activation, LayerNorm, LayerNormConfig, MlpBlock, MlpBlockConfig};
+use super::common::{
+    linear_rows, Activation, LayerNorm, LayerNormConfig, MlpBlock, MlpBlockConfig,
+};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct TwoWayTransformerConfig {
@@ -188,9 +190,9 @@ impl Attention {
     /// Either side may have batch 1 and be shared by all `B` (the image of every prompt):
     /// its projection is then computed once.
     pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
-        let q = self.separate_heads(self.q_proj.forward(q));
-        let k = self.separate_heads(self.k_proj.forward(k));
-        let v = self.separate_heads(self.v_proj.forward(v));
+        let q = self.separate_heads(linear_rows(&self.q_proj, q));
+        let k = self.separate_heads(linear_rows(&self.k_proj, k));
+        let v = self.separate_heads(linear_rows(&self.v_proj, v));
         let [q_batch, heads, nq, head_dim] = q.dims();
         let kv_batch = k.dims()[0];
         let out = if kv_batch == 1 && q_batch > 1 {
@@ -206,7 +208,7 @@ impl Attention {
         } else {
             attend(q, k, v)
         };
-        self.out_proj.forward(recombine_heads(out))
+        linear_rows(&self.out_proj, recombine_heads(out))
     }
 
     /// `[B, N, C] -> [B, heads, N, C / heads]`

@@ -1,9 +1,10 @@
 //! The SAM paper's mask loss: focal + dice on mask logits, plus MSE between the predicted
 //! and the actual IoU; with several masks per prompt, only the best one is trained.
 
-use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
+
+use super::loss_kernel::focal_and_dice;
 
 /// Loss weights and focal parameters (`[train.loss]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,34 +50,6 @@ pub struct LossTerms {
     pub actual_iou: Tensor<1>,
 }
 
-/// Per-mask sigmoid focal loss, averaged over pixels: `[N, M, H, W]` x `[N, 1, H, W]` -> `[N, M]`.
-pub fn focal_per_mask(logits: Tensor<4>, targets: Tensor<4>, alpha: f64, gamma: f64) -> Tensor<2> {
-    let [n, m, h, w] = logits.dims();
-    let targets = targets.expand([n, m, h, w]);
-    let p = sigmoid(logits.clone());
-    // binary cross-entropy with logits, stable: -(t log p + (1 - t) log(1 - p))
-    let ce = -(targets.clone() * log_sigmoid(logits.clone())
-        + (targets.clone().neg() + 1.0) * log_sigmoid(logits.neg()));
-    let p_t = p.clone() * targets.clone() + (p.neg() + 1.0) * (targets.clone().neg() + 1.0);
-    let modulation = (p_t.neg() + 1.0).powf_scalar(gamma);
-    let alpha_t = targets.clone() * alpha + (targets.neg() + 1.0) * (1.0 - alpha);
-    (alpha_t * ce * modulation)
-        .reshape([n, m, h * w])
-        .mean_dim(2)
-        .reshape([n, m])
-}
-
-/// Per-mask dice loss `1 - (2|P∩T| + 1) / (|P| + |T| + 1)` on sigmoid probabilities.
-pub fn dice_per_mask(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<2> {
-    let [n, m, h, w] = logits.dims();
-    let p = sigmoid(logits).reshape([n, m, h * w]);
-    let t = targets.expand([n, m, h, w]).reshape([n, m, h * w]);
-    let intersection = (p.clone() * t.clone()).sum_dim(2);
-    let total = p.sum_dim(2) + t.sum_dim(2);
-    let dice = (intersection * 2.0 + 1.0) / (total + 1.0);
-    (dice.neg() + 1.0).reshape([n, m])
-}
-
 /// IoU of the binarised masks (logit > 0) with the targets: `[N, M]`, no gradient.
 pub fn mask_iou(logits: Tensor<4>, targets: Tensor<4>) -> Tensor<2> {
     let [n, m, h, w] = logits.dims();
@@ -102,14 +75,20 @@ pub fn sam_loss(
     targets: Tensor<4>,
     config: &LossConfig,
 ) -> LossTerms {
-    let [n, m, _, _] = logits.dims();
-    let focal = focal_per_mask(
-        logits.clone(),
-        targets.clone(),
+    let [n, m, h, w] = logits.dims();
+    let terms = focal_and_dice(
+        logits.clone().reshape([n, m, h * w]),
+        targets.clone().reshape([n, h * w]),
         config.focal_alpha,
         config.focal_gamma,
     );
-    let dice = dice_per_mask(logits.clone(), targets.clone());
+    let term = |index: usize| {
+        terms
+            .clone()
+            .slice([0..n, 0..m, index..index + 1])
+            .reshape([n, m])
+    };
+    let (focal, dice) = (term(0), term(1));
     let actual = mask_iou(logits, targets);
     let mask_loss = focal.clone() * config.focal_weight + dice.clone() * config.dice_weight;
     let best: Tensor<2, Int> = if m == 1 {
@@ -147,34 +126,6 @@ mod tests {
 
     fn scalar<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
-
-    #[test]
-    fn focal_matches_hand_computed_values() {
-        // logits 0 and 2 against targets 1 and 0, alpha 0.25, gamma 2
-        let logits = t4(vec![0.0, 2.0], [1, 1, 1, 2]);
-        let targets = t4(vec![1.0, 0.0], [1, 1, 1, 2]);
-        let got = scalar(focal_per_mask(logits, targets, 0.25, 2.0))[0];
-        // pixel 1: p = 0.5, ce = ln 2, p_t = 0.5, alpha_t = 0.25 -> 0.25 * ln2 * 0.25
-        let a = 0.25 * std::f64::consts::LN_2 * 0.25;
-        // pixel 2: p = sigmoid(2), ce = -ln(1 - p), p_t = 1 - p, alpha_t = 0.75 -> 0.75 * ce * p^2
-        let p = 1.0 / (1.0 + (-2.0f64).exp());
-        let b = 0.75 * -(1.0 - p).ln() * p * p;
-        assert!(
-            (got as f64 - (a + b) / 2.0).abs() < 1e-6,
-            "{got} vs {}",
-            (a + b) / 2.0
-        );
-    }
-
-    #[test]
-    fn dice_matches_hand_computed_values() {
-        // probabilities 0.5 (logit 0) everywhere on 4 pixels, 2 of them foreground:
-        // intersection 1, |P| 2, |T| 2 -> 1 - (2 + 1) / (4 + 1) = 0.4
-        let logits = t4(vec![0.0; 4], [1, 1, 2, 2]);
-        let targets = t4(vec![1.0, 1.0, 0.0, 0.0], [1, 1, 2, 2]);
-        let got = scalar(dice_per_mask(logits, targets))[0];
-        assert!((got - 0.4).abs() < 1e-6, "{got}");
     }
 
     #[test]

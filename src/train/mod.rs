@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod config;
 pub mod loss;
+pub mod loss_kernel;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

@@ -21,7 +21,7 @@ use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{exp, max_of, sum_of, vectorised};
+use super::{exp, max_of, sum_of, vectorised, zeroed_f32};
 
 /// The decomposed relative-position terms of the logits, for a key grid `kh x kw`:
 /// `rows [N, Lq, kh]` is added to every key of a grid row, `columns [N, Lq, kw]` to every
@@ -201,7 +201,7 @@ fn flex_attention(
         .map(|[rows, columns]| [f32_values(rows), f32_values(columns)]);
 
     let block = (BLOCK_LOGITS / keys).clamp(1, queries);
-    let mut out = FlexTensor::empty(Shape::new([n, queries, value_dim]), DType::F32);
+    let mut out = zeroed_f32(Shape::new([n, queries, value_dim]));
     out.storage_mut::<f32>()
         .par_chunks_mut(queries * value_dim)
         .enumerate()

@@ -14,6 +14,8 @@ use burn::backend::{backend_extension, Autodiff, Backend, DType, Dispatch, Flex,
 use burn::tensor::{Shape, Tensor};
 use rayon::prelude::*;
 
+use super::zeroed_f32;
+
 /// `[B, C, H, W] -> [B, C, size[0], size[1]]`, half-pixel centres (align_corners false).
 pub fn resize_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as BilinearBackend>::resize_bilinear(
@@ -55,7 +57,7 @@ impl BilinearBackend for Flex {
         let input = x.as_slice::<f32>().expect("contiguous after to_contiguous");
         let rows: Vec<Source> = (0..out_h).map(|o| Source::new(o, in_h, out_h)).collect();
         let columns: Vec<Source> = (0..out_w).map(|o| Source::new(o, in_w, out_w)).collect();
-        let mut out = FlexTensor::empty(Shape::new([batch, channels, out_h, out_w]), DType::F32);
+        let mut out = zeroed_f32(Shape::new([batch, channels, out_h, out_w]));
         if out_w == 0 {
             return out;
         }

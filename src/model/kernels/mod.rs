@@ -6,8 +6,11 @@ pub mod attention;
 pub mod bilinear;
 pub mod gelu;
 pub mod layer_norm;
+pub mod matmul;
 
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::DType;
+use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to
@@ -89,6 +92,19 @@ pub(crate) mod vectorised {
     }
 }
 
+/// A contiguous f32 tensor of zeros, allocated once. `FlexTensor::empty` zeroes a byte
+/// vector and then copies it into a 16-byte-aligned allocation (burn-flex 0.22 asks that of
+/// byte vectors), a second pass over memory; f32 storage needs no more than its own
+/// alignment, as in every tensor made from data.
+pub(crate) fn zeroed_f32(shape: Shape) -> FlexTensor {
+    let values = vec![0.0f32; shape.num_elements()];
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
 /// The values of `x`, to overwrite: made contiguous first, and a shared buffer is copied
 /// (burn's copy-on-write), so no other tensor sees the change.
 pub(crate) fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
@@ -105,18 +121,30 @@ pub(crate) fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
 /// `Σ value(i)` for `i < n` in eight interleaved partial sums, which vectorise.
 #[inline(always)]
 pub(crate) fn sum_of(n: usize, value: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
+    let [total] = sums_of(n, |i| [value(i)]);
+    total
+}
+
+/// [`sum_of`] for `K` quantities at once: one pass computes every `value(i)`.
+#[inline(always)]
+pub(crate) fn sums_of<const K: usize>(n: usize, value: impl Fn(usize) -> [f32; K]) -> [f32; K] {
+    let mut lanes = [[0.0f32; 8]; K];
     let full = n - n % 8;
     for start in (0..full).step_by(8) {
-        for (lane, sum) in lanes.iter_mut().enumerate() {
-            *sum += value(start + lane);
+        for lane in 0..8 {
+            let values = value(start + lane);
+            for (sums, v) in lanes.iter_mut().zip(values) {
+                sums[lane] += v;
+            }
         }
     }
-    let mut total = lanes.iter().sum::<f32>();
+    let mut totals = lanes.map(|sums| sums.iter().sum::<f32>());
     for i in full..n {
-        total += value(i);
+        for (total, v) in totals.iter_mut().zip(value(i)) {
+            *total += v;
+        }
     }
-    total
+    totals
 }
 
 /// The largest of `values`, in eight interleaved partial maxima, which vectorise.
