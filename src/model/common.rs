@@ -61,13 +61,13 @@ impl MlpBlock {
 }
 
 /// `linear` over the last axis of `x` `[..., d_in] -> [..., d_out]`, as one matrix product
-/// over every row ([`kernels::matmul::matmul_2d`]). Burn runs a `[B, H, W, C]` input as
+/// over every row ([`kernels::matmul::matmul`]). Burn runs a `[B, H, W, C]` input as
 /// `B*H` products of `W` rows when `W` is a multiple of 32, and flex packs the weight again
 /// for each: a seventh of the ViT-B encoder's time went to that packing.
 pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
-    let out = kernels::matmul::matmul_2d(x.reshape([rows, dims[D - 1]]), linear.weight.val());
+    let out = kernels::matmul::matmul(x.reshape([rows, dims[D - 1]]), linear.weight.val());
     let out = match &linear.bias {
         Some(bias) => out + bias.val().unsqueeze_dim(0),
         None => out,

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
 use super::kernels::gelu::exact_gelu;
 use super::kernels::layer_norm::layer_norm;
-use super::kernels::matmul::matmul_2d;
+use super::kernels::matmul::matmul;
 use super::transformer::{TwoWayTransformer, TwoWayTransformerConfig};
 
 #[derive(Config, Debug, PartialEq)]
@@ -166,7 +166,7 @@ impl MaskDecoder {
                 .collect(),
             1,
         );
-        let masks = unblock_pixels(hyper_in.matmul(upscaled.swap_dims(1, 2)), [h, w]);
+        let masks = unblock_pixels(matmul(hyper_in, upscaled.swap_dims(1, 2)), [h, w]);
         let iou_predictions = self.iou_prediction_head.forward(iou_token_out);
         DecoderOutput {
             masks,
@@ -215,11 +215,8 @@ fn per_pixel_transposed_conv(conv: &ConvTranspose2d, x: Tensor<3>) -> Tensor<3> 
         .val()
         .permute([0, 2, 3, 1])
         .reshape([c_in, kh * kw * c_out]);
-    let y = matmul_2d(x.reshape([batch * pixels, c_in]), weight).reshape([
-        batch,
-        pixels * kh * kw,
-        c_out,
-    ]);
+    let y =
+        matmul(x.reshape([batch * pixels, c_in]), weight).reshape([batch, pixels * kh * kw, c_out]);
     match &conv.bias {
         Some(bias) => y + bias.val().reshape([1, 1, c_out]),
         None => y,

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor};
 use super::common::{
     linear_rows, Activation, LayerNorm, LayerNormConfig, MlpBlock, MlpBlockConfig,
 };
+use super::kernels::matmul::matmul;
 
 #[derive(Config, Debug, PartialEq)]
 pub struct TwoWayTransformerConfig {
@@ -222,8 +223,8 @@ impl Attention {
 /// softmax(q k^T / sqrt(c)) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     let [_, _, _, head_dim] = q.dims();
-    let attn = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-    softmax(attn, 3).matmul(v)
+    let attn = matmul(q, k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    matmul(softmax(attn, 3), v)
 }
 
 /// `[B, heads, N, c] -> [B, N, heads * c]`

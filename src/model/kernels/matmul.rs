@@ -1,13 +1,14 @@
-//! The matrix product of two matrices, forward and backward, into freshly allocated f32
-//! storage.
+//! Matrix products (of matrices, or of batches of them with the same batch shape), forward
+//! and backward, into freshly allocated f32 storage.
 //!
 //! burn-flex 0.22 allocates every product's output with `FlexTensor::empty`, which zeroes
 //! a byte vector and then copies it into a 16-byte-aligned allocation: two passes over
 //! memory before the product starts, single-threaded. For the decoder's `[32768, 256]`
 //! products that was about a fifth of a training step. Here the output is one zeroed f32
-//! vector (see [`super::zeroed_f32`]) and the product the same `gemm` call flex makes,
-//! strided, so transposed operands in the backward pass are not copied either. Other
-//! backends run their own matmul.
+//! vector (see [`super::zeroed_f32`]) and each product the same `gemm` call flex makes,
+//! strided, so transposed operands in the backward pass are not copied either. Operands
+//! whose batch shapes differ (implicit broadcasting), and other backends, take burn's
+//! matmul.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -19,22 +20,23 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, DType, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
 use super::zeroed_f32;
 
-/// `lhs [M, K] x rhs [K, N] -> [M, N]`.
-pub fn matmul_2d(lhs: Tensor<2>, rhs: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as MatmulBackend>::matmul_2d(
+/// `lhs [..., M, K] x rhs [..., K, N] -> [..., M, N]`.
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as MatmulBackend>::matrix_product(
         lhs.into_dispatch(),
         rhs.into_dispatch(),
     ))
 }
 
-/// The product of two matrices as a backend operation.
+/// The matrix product as a backend operation.
 #[backend_extension(Flex, Autodiff, Cube: cfg(any(feature = "cuda", feature = "wgpu")))]
 pub trait MatmulBackend: Backend {
-    /// See [`matmul_2d`].
-    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+    /// See [`matmul`].
+    fn matrix_product(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
 }
@@ -42,77 +44,122 @@ pub trait MatmulBackend: Backend {
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 impl MatmulBackend for burn::backend::Cube {}
 
-/// Products smaller than this many multiply-adds run on one thread (flex's threshold).
+/// Products smaller than this many multiply-adds run on one thread (flex's threshold);
+/// a batch of them is split over the threads by product instead.
 const PARALLEL_WORK: usize = 192 * 192 * 192;
 
+/// Whether `lhs` and `rhs` are matrices, or batches of the same shape.
+fn same_batch_shape(lhs: &[usize], rhs: &[usize]) -> bool {
+    let rank = lhs.len();
+    rank >= 2 && rhs.len() == rank && lhs[..rank - 2] == rhs[..rank - 2]
+}
+
 impl MatmulBackend for Flex {
-    fn matmul_2d(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    fn matrix_product(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         let f32s = lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32;
-        if !f32s || lhs.shape().num_dims() != 2 || rhs.shape().num_dims() != 2 {
+        let (lhs_dims, rhs_dims) = (lhs.shape().to_vec(), rhs.shape().to_vec());
+        if !f32s || !same_batch_shape(&lhs_dims, &rhs_dims) {
             return Self::float_matmul(lhs, rhs);
         }
-        let [m, k] = lhs.shape().dims();
-        let [k_rhs, n] = rhs.shape().dims();
-        assert_eq!(k, k_rhs, "matmul_2d: [{m}, {k}] x [{k_rhs}, {n}]");
-        let mut out = zeroed_f32(Shape::new([m, n]));
-        let parallelism = if m * n * k >= PARALLEL_WORK {
-            Parallelism::Rayon(0)
-        } else {
-            Parallelism::None
+        let rank = lhs_dims.len();
+        let (m, k, n) = (lhs_dims[rank - 2], lhs_dims[rank - 1], rhs_dims[rank - 1]);
+        assert_eq!(k, rhs_dims[rank - 2], "matmul: {lhs_dims:?} x {rhs_dims:?}");
+        let mut out_dims = lhs_dims.clone();
+        out_dims[rank - 1] = n;
+        let mut out = zeroed_f32(Shape::from(out_dims));
+        let (lhs_matrix, rhs_matrix) = (Matrix::of(&lhs), Matrix::of(&rhs));
+        let product = |batch: usize, dst: &mut [f32], parallelism: Parallelism| {
+            // SAFETY: the operands' pointers and strides describe their own layouts (offset
+            // included), and `dst` is this batch's contiguous `[m, n]` block.
+            unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs_matrix.first(batch),
+                    lhs_matrix.columns,
+                    lhs_matrix.rows,
+                    rhs_matrix.first(batch),
+                    rhs_matrix.columns,
+                    rhs_matrix.rows,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
         };
-        let [lhs_rows, lhs_columns] = matrix_strides(&lhs);
-        let [rhs_rows, rhs_columns] = matrix_strides(&rhs);
-        let dst = out.storage_mut::<f32>().as_mut_ptr();
-        // SAFETY: the pointers and strides describe the operands' own layouts (offset
-        // included) and the contiguous `[m, n]` output, all alive for the call.
-        unsafe {
-            gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                n as isize,
-                false,
-                first_element(&lhs),
-                lhs_columns,
-                lhs_rows,
-                first_element(&rhs),
-                rhs_columns,
-                rhs_rows,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
+        let blocks = out.storage_mut::<f32>().chunks_mut(m * n);
+        if m * n * k >= PARALLEL_WORK {
+            blocks
+                .enumerate()
+                .for_each(|(batch, dst)| product(batch, dst, Parallelism::Rayon(0)));
+        } else {
+            blocks
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(batch, dst)| product(batch, dst, Parallelism::None));
         }
         out
     }
 }
 
-/// `[row stride, column stride]` of a matrix, in elements.
-fn matrix_strides(t: &FlexTensor) -> [isize; 2] {
-    let strides = t.layout().strides();
-    [strides[0], strides[1]]
+/// Where each matrix of a (batch of) matrices starts and how it is laid out, in elements.
+struct Matrix<'a> {
+    values: &'a [f32],
+    /// Shape and strides of the batch axes.
+    batch_dims: Vec<usize>,
+    batch_strides: Vec<isize>,
+    start: usize,
+    rows: isize,
+    columns: isize,
 }
 
-fn first_element(t: &FlexTensor) -> *const f32 {
-    t.storage::<f32>()[t.layout().start_offset()..].as_ptr()
+impl<'a> Matrix<'a> {
+    fn of(t: &'a FlexTensor) -> Self {
+        let (dims, strides) = (t.shape().to_vec(), t.layout().strides());
+        let rank = dims.len();
+        Self {
+            values: t.storage::<f32>(),
+            batch_dims: dims[..rank - 2].to_vec(),
+            batch_strides: strides[..rank - 2].to_vec(),
+            start: t.layout().start_offset(),
+            rows: strides[rank - 2],
+            columns: strides[rank - 1],
+        }
+    }
+
+    /// The first element of matrix `batch` (row-major over the batch axes).
+    fn first(&self, batch: usize) -> *const f32 {
+        let mut rest = batch;
+        let mut offset = self.start as isize;
+        for (&dim, &stride) in self.batch_dims.iter().zip(&self.batch_strides).rev() {
+            offset += (rest % dim) as isize * stride;
+            rest /= dim;
+        }
+        self.values[offset as usize..].as_ptr()
+    }
 }
 
-/// The transpose of a matrix, as a view.
+/// The transpose of each matrix, as a view.
 fn transposed<B: Backend>(t: FloatTensor<B>) -> FloatTensor<B> {
-    B::float_swap_dims(t, 0, 1)
+    let rank = t.shape().num_dims();
+    B::float_swap_dims(t, rank - 2, rank - 1)
 }
 
 impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
-    fn matmul_2d(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn matrix_product(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct Matmul2d;
+        struct MatrixProduct;
 
-        impl<B: MatmulBackend> Backward<B, 2> for Matmul2d {
+        impl<B: MatmulBackend> Backward<B, 2> for MatrixProduct {
             /// The operands each other's gradient needs.
             type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
 
@@ -126,18 +173,23 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let (lhs, rhs) = ops.state;
                 if let (Some(node), Some(rhs)) = (lhs_node, rhs) {
-                    grads.register::<B>(node.id, B::matmul_2d(grad.clone(), transposed::<B>(rhs)));
+                    let lhs_grad = B::matrix_product(grad.clone(), transposed::<B>(rhs));
+                    grads.register::<B>(node.id, lhs_grad);
                 }
                 if let (Some(node), Some(lhs)) = (rhs_node, lhs) {
-                    grads.register::<B>(node.id, B::matmul_2d(transposed::<B>(lhs), grad));
+                    grads.register::<B>(node.id, B::matrix_product(transposed::<B>(lhs), grad));
                 }
             }
         }
 
+        if !same_batch_shape(&lhs.shape(), &rhs.shape()) {
+            // burn's matmul sums the gradient of a broadcast operand over its batch
+            return Self::float_matmul(lhs, rhs);
+        }
         let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
         let (lhs, lhs_node) = lhs.into_parts();
         let (rhs, rhs_node) = rhs.into_parts();
-        match Matmul2d
+        match MatrixProduct
             .prepare::<C>([lhs_node, rhs_node])
             .compute_bound()
             .stateful()
@@ -148,9 +200,9 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
                     rhs_tracked.then(|| lhs.clone()),
                     lhs_tracked.then(|| rhs.clone()),
                 );
-                prep.finish(state, B::matmul_2d(lhs, rhs))
+                prep.finish(state, B::matrix_product(lhs, rhs))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::matmul_2d(lhs, rhs)),
+            OpsKind::UnTracked(prep) => prep.finish(B::matrix_product(lhs, rhs)),
         }
     }
 }
@@ -160,23 +212,26 @@ mod tests {
     use super::*;
     use burn::tensor::{Device, Distribution, Tolerance};
 
-    /// Values and both gradients equal burn's matmul, for contiguous, transposed and
-    /// sliced operands.
-    #[test]
-    fn values_and_gradients_match_burns_matmul() {
-        let device = Device::default().autodiff();
-        let random =
-            |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let (a, b, weights) = (random([300, 70]), random([300, 90]), random([300, 300]));
-        let run = |product: fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
+    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// Values and both gradients of `product(lhs(a), rhs(b))` (weighted sum) against burn's
+    /// matmul.
+    fn assert_matches_burn<const D: usize>(
+        a: Tensor<D>,
+        b: Tensor<D>,
+        lhs: impl Fn(Tensor<D>) -> Tensor<D>,
+        rhs: impl Fn(Tensor<D>) -> Tensor<D>,
+    ) {
+        let out_dims = lhs(a.clone()).matmul(rhs(b.clone())).dims();
+        let weights = Tensor::<D>::random(out_dims, Distribution::Normal(1.0, 1.0), &a.device());
+        let run = |product: fn(Tensor<D>, Tensor<D>) -> Tensor<D>| {
             let (a, b) = (
                 a.clone().detach().require_grad(),
                 b.clone().detach().require_grad(),
             );
-            // views with offsets: a's columns 5..65, and b's columns 10..70 transposed
-            let lhs = a.clone().slice([0..300, 5..65]);
-            let rhs = b.clone().slice([0..300, 10..70]).transpose();
-            let y = product(lhs, rhs);
+            let y = product(lhs(a.clone()), rhs(b.clone()));
             let grads = (y.clone() * weights.clone()).sum().backward();
             (
                 y.into_data(),
@@ -184,7 +239,7 @@ mod tests {
                 b.grad(&grads).expect("gradient").into_data(),
             )
         };
-        let ours = run(matmul_2d);
+        let ours = run(matmul);
         let burns = run(|lhs, rhs| lhs.matmul(rhs));
         let tolerance = Tolerance::absolute(1e-4);
         ours.0.assert_approx_eq::<f32>(&burns.0, tolerance);
@@ -192,13 +247,52 @@ mod tests {
         ours.2.assert_approx_eq::<f32>(&burns.2, tolerance);
     }
 
+    /// Matrices given as views with offsets and strides: a's columns 5..65, and b's
+    /// columns 10..70 transposed.
+    #[test]
+    fn matrices_match_burns_matmul() {
+        let device = Device::default().autodiff();
+        assert_matches_burn(
+            random([300, 70], &device),
+            random([300, 90], &device),
+            |a| a.slice([0..300, 5..65]),
+            |b| b.slice([0..300, 10..70]).transpose(),
+        );
+    }
+
+    /// Batches of small products (split over threads by product), one operand expanded
+    /// from a single matrix (stride 0) and the other transposed, as the decoder's attention
+    /// has them.
+    #[test]
+    fn batches_match_burns_matmul() {
+        let device = Device::default().autodiff();
+        assert_matches_burn(
+            random([1, 4, 50, 16], &device),
+            random([3, 4, 7, 16], &device),
+            |q| q.expand([3, 4, 50, 16]),
+            |k| k.swap_dims(2, 3),
+        );
+    }
+
+    /// Different batch shapes (burn's broadcasting) take burn's matmul, gradients summed.
+    #[test]
+    fn broadcast_batches_fall_back_to_burns_matmul() {
+        let device = Device::default().autodiff();
+        assert_matches_burn(
+            random([5, 30, 8], &device),
+            random([1, 8, 6], &device),
+            |a| a,
+            |b| b,
+        );
+    }
+
     /// Only the tracked operand gets a gradient (the frozen side keeps none).
     #[test]
     fn a_frozen_operand_gets_no_gradient() {
         let device = Device::default().autodiff();
-        let x = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
-        let w = Tensor::<2>::random([3, 2], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let grads = matmul_2d(x.clone(), w.clone()).sum().backward();
+        let x = random([4, 3], &device);
+        let w = random([3, 2], &device).require_grad();
+        let grads = matmul(x.clone(), w.clone()).sum().backward();
         assert!(x.grad(&grads).is_none());
         let want = x.transpose().matmul(Tensor::ones([4, 2], &device));
         w.grad(&grads)
