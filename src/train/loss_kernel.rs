@@ -20,7 +20,7 @@ use burn::backend::{
 use burn::tensor::{Shape, Slice, Tensor};
 use rayon::prelude::*;
 
-use crate::model::kernels::{exp, sums_of, vectorised, zeroed_f32};
+use crate::model::kernels::{exp, f32_values, sums_of, vectorised, zeroed_f32};
 
 /// Per-mask focal loss (mean over pixels) and dice loss of `logits [N, M, P]` against
 /// `targets [N, P]` (0/1, or soft), the same target for each of a prompt's `M` masks:
@@ -373,10 +373,6 @@ fn f32_inputs(
     ))
 }
 
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
-}
-
 /// The modulation for `gamma`: squaring for the usual 2 (no `powf`, so the loops vectorise).
 #[derive(Clone, Copy)]
 enum Gamma {
@@ -455,7 +451,7 @@ impl MaskLossBackend for Flex {
         let Some(([n, m, count], x, t)) = f32_inputs(&logits, &targets) else {
             return composed_focal_and_dice::<Self>(logits, targets, alpha, gamma);
         };
-        let (x, t, alpha) = (values(&x), values(&t), alpha as f32);
+        let (x, t, alpha) = (f32_values(&x), f32_values(&t), alpha as f32);
         let gamma = Gamma::new(gamma);
         let sums: Vec<[f32; 3]> = (0..n * m)
             .into_par_iter()
@@ -488,8 +484,13 @@ impl MaskLossBackend for Flex {
             return composed_backward::<Self>(logits, targets, alpha, gamma, grad);
         };
         let term_grads = grad.to_contiguous();
-        let term_grads = values(&term_grads);
-        let (x, t, alpha, gamma) = (values(&x), values(&t), alpha as f32, Gamma::new(gamma));
+        let term_grads = f32_values(&term_grads);
+        let (x, t, alpha, gamma) = (
+            f32_values(&x),
+            f32_values(&t),
+            alpha as f32,
+            Gamma::new(gamma),
+        );
         let mut out = zeroed_f32(Shape::new([n, m, count]));
         out.storage_mut::<f32>()
             .par_chunks_mut(count)

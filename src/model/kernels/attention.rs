@@ -21,7 +21,7 @@ use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{exp, max_of, sum_of, vectorised, zeroed_f32};
+use super::{exp, f32_values, max_of, sum_of, vectorised, zeroed_f32};
 
 /// The decomposed relative-position terms of the logits, for a key grid `kh x kw`:
 /// `rows [N, Lq, kh]` is added to every key of a grid row, `columns [N, Lq, kw]` to every
@@ -168,10 +168,6 @@ impl AttentionBackend for Flex {
     ) -> FlexTensor {
         flex_attention(q, k, v, scale, Some([bias_rows, bias_columns]))
     }
-}
-
-fn f32_values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32")
 }
 
 /// The kernel, or the composed operations for inputs it does not take.

@@ -105,6 +105,11 @@ pub(crate) fn zeroed_f32(shape: Shape) -> FlexTensor {
     )
 }
 
+/// The values of a contiguous f32 tensor (made so by the caller).
+pub(crate) fn f32_values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32")
+}
+
 /// The values of `x`, to overwrite: made contiguous first, and a shared buffer is copied
 /// (burn's copy-on-write), so no other tensor sees the change.
 pub(crate) fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
