@@ -190,26 +190,181 @@ impl Attention {
     ///
     /// Either side may have batch 1 and be shared by all `B` (the image of every prompt):
     /// its projection is then computed once.
+    ///
+    /// Where one side has few tokens (the decoder's 7 prompt tokens against 4096 image
+    /// tokens), the other side's projections are folded into the few tokens instead of
+    /// applied to the many: the same values up to rounding, with fewer multiply-adds
+    /// (see [`Route`]).
     pub fn forward(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        match self.route(q.dims(), k.dims()) {
+            Route::Projected { fold_output } => self.forward_projected(q, k, v, fold_output),
+            Route::FewQueries => self.forward_few_queries(q, k, v),
+            Route::FewKeys => self.forward_few_keys(q, k, v),
+        }
+    }
+
+    /// The route with the fewest forward multiply-adds for these shapes.
+    fn route(&self, [q_batch, nq, c]: [usize; 3], [kv_batch, nk, _]: [usize; 3]) -> Route {
+        let (heads, internal) = (self.num_heads, self.internal_dim());
+        let head_dim = internal / heads;
+        let batch = q_batch.max(kv_batch);
+        let q_proj = q_batch * nq * c * internal;
+        let kv_proj = 2 * kv_batch * nk * c * internal;
+        let scores = batch * heads * nq * nk * head_dim;
+        let out_proj = batch * nq * internal * c;
+        // the values and output projections folded into `[heads * Nk, C]` per prompt
+        let folded_output = batch * heads * nk * head_dim * c + batch * nq * heads * nk * c;
+        let fold_output = folded_output < scores + out_proj;
+        let projected = q_proj + kv_proj + scores + folded_output.min(scores + out_proj);
+        let few_queries = q_proj + 2 * batch * heads * nq * c * (head_dim + nk) + out_proj;
+        let few_keys =
+            kv_proj + batch * heads * nk * head_dim * c + 2 * batch * nq * c * heads * nk;
+        if few_queries < projected.min(few_keys) {
+            Route::FewQueries
+        } else if few_keys < projected {
+            Route::FewKeys
+        } else {
+            Route::Projected { fold_output }
+        }
+    }
+
+    fn internal_dim(&self) -> usize {
+        self.q_proj.weight.dims()[1]
+    }
+
+    /// The official computation: every token projected to `internal` channels.
+    fn forward_projected(
+        &self,
+        q: Tensor<3>,
+        k: Tensor<3>,
+        v: Tensor<3>,
+        fold_output: bool,
+    ) -> Tensor<3> {
         let q = self.separate_heads(linear_rows(&self.q_proj, q));
         let k = self.separate_heads(linear_rows(&self.k_proj, k));
         let v = self.separate_heads(linear_rows(&self.v_proj, v));
         let [q_batch, heads, nq, head_dim] = q.dims();
-        let kv_batch = k.dims()[0];
+        let [kv_batch, _, nk, _] = k.dims();
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        if fold_output {
+            let batch = q_batch.max(kv_batch);
+            let q = q.expand([batch, heads, nq, head_dim]);
+            let k = k.expand([batch, heads, nk, head_dim]);
+            let probs = softmax(matmul(q, k.swap_dims(2, 3)) * scale, 3);
+            // [B, heads, Nq, Nk] -> [B, Nq, heads * Nk], to meet the folded projection
+            let probs = probs.swap_dims(1, 2).reshape([batch, nq, heads * nk]);
+            return self.folded_output(probs, v);
+        }
         let out = if kv_batch == 1 && q_batch > 1 {
             // Shared keys: all prompts' queries in one product, `[1, heads, B*Nq, c]`.
             let q = q
                 .swap_dims(0, 1)
                 .reshape([1, heads, q_batch * nq, head_dim]);
-            attend(q, k, v)
+            attend(q, k, v, scale)
                 .reshape([heads, q_batch, nq, head_dim])
                 .swap_dims(0, 1)
         } else if q_batch == 1 && kv_batch > 1 {
-            attend(q.expand([kv_batch, heads, nq, head_dim]), k, v)
+            attend(q.expand([kv_batch, heads, nq, head_dim]), k, v, scale)
         } else {
-            attend(q, k, v)
+            attend(q, k, v, scale)
         };
         linear_rows(&self.out_proj, recombine_heads(out))
+    }
+
+    /// Few queries: the key projection folded into them and the value projection applied
+    /// after the weighted sum, so the many keys and values keep their `C` channels.
+    ///
+    /// `q_h (k W_h + b_h)ᵀ = (q_h W_hᵀ) kᵀ + q_h b_h`: the last term is the same for every
+    /// key, so softmax drops it. A row of probabilities sums to one, so
+    /// `p (v W_h + b_h) = (p v) W_h + b_h`.
+    fn forward_few_queries(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let q = self.separate_heads(linear_rows(&self.q_proj, q));
+        let [q_batch, heads, nq, head_dim] = q.dims();
+        let [kv_batch, nk, c] = k.dims();
+        let batch = q_batch.max(kv_batch);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let q = q.expand([batch, heads, nq, head_dim]);
+        // [B, heads, Nq, d] x [heads, d, C] -> [B, heads * Nq, C]
+        let key_weight = self.head_columns(&self.k_proj).swap_dims(1, 2);
+        let folded_q =
+            matmul(q, per_batch(key_weight, batch)).reshape([batch, heads * nq, c]) * scale;
+        let scores = rows_times(folded_q, k.swap_dims(1, 2));
+        let probs = softmax(scores.reshape([batch, heads, nq, nk]), 3);
+        let mixed = rows_times(probs.reshape([batch, heads * nq, nk]), v);
+        // [B, heads, Nq, C] x [heads, C, d] -> [B, heads, Nq, d]
+        let value_weight = per_batch(self.head_columns(&self.v_proj), batch);
+        let out = matmul(mixed.reshape([batch, heads, nq, c]), value_weight)
+            + self.head_bias(&self.v_proj).unsqueeze_dim::<4>(0);
+        linear_rows(&self.out_proj, recombine_heads(out))
+    }
+
+    /// Few keys: the query projection folded into the keys and the value and output
+    /// projections into the values, so the many queries keep their `C` channels.
+    ///
+    /// `(q W_h + b_h) k_hᵀ = q (W_h k_hᵀ) + b_h k_hᵀ`.
+    fn forward_few_keys(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let k = self.separate_heads(linear_rows(&self.k_proj, k));
+        let v = self.separate_heads(linear_rows(&self.v_proj, v));
+        let [kv_batch, heads, nk, head_dim] = k.dims();
+        let [q_batch, nq, c] = q.dims();
+        let batch = q_batch.max(kv_batch);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let k = k.expand([batch, heads, nk, head_dim]);
+        // [B, heads, Nk, d] x [heads, d, C] -> [B, heads * Nk, C]
+        let query_weight = self.head_columns(&self.q_proj).swap_dims(1, 2);
+        let folded_k =
+            matmul(k.clone(), per_batch(query_weight, batch)).reshape([batch, heads * nk, c])
+                * scale;
+        // b_h k_hᵀ: [B, heads, Nk] -> [B, 1, heads * Nk]
+        let bias_scores = (k * self.head_bias(&self.q_proj).unsqueeze_dim::<4>(0))
+            .sum_dim(3)
+            .reshape([batch, 1, heads * nk])
+            * scale;
+        let scores = matmul(q.expand([batch, nq, c]), folded_k.swap_dims(1, 2)) + bias_scores;
+        let probs = softmax(scores.reshape([batch, nq, heads, nk]), 3);
+        self.folded_output(probs.reshape([batch, nq, heads * nk]), v)
+    }
+
+    /// `concat_h(p_h v_h) W_out + b_out` as `p [B, Nq, heads * Nk]` times the values with
+    /// the output projection folded in, `[B, heads * Nk, C]`; v `[B or 1, heads, Nk, d]`.
+    fn folded_output(&self, probs: Tensor<3>, v: Tensor<4>) -> Tensor<3> {
+        let [batch, _, _] = probs.dims();
+        let [_, heads, nk, head_dim] = v.dims();
+        let c = self.out_proj.weight.dims()[1];
+        // out_proj's rows, one `[d, C]` block per head
+        let out_weight = self.out_proj.weight.val().reshape([heads, head_dim, c]);
+        let folded_v = matmul(
+            v.expand([batch, heads, nk, head_dim]),
+            per_batch(out_weight, batch),
+        )
+        .reshape([batch, heads * nk, c]);
+        let out = matmul(probs, folded_v);
+        match &self.out_proj.bias {
+            Some(bias) => out + bias.val().reshape([1, 1, c]),
+            None => out,
+        }
+    }
+
+    /// A projection's weight `[C, heads * d]` as one `[C, d]` block per head,
+    /// `[heads, C, d]`.
+    fn head_columns(&self, linear: &Linear) -> Tensor<3> {
+        let [c, internal] = linear.weight.dims();
+        let heads = self.num_heads;
+        linear
+            .weight
+            .val()
+            .reshape([c, heads, internal / heads])
+            .swap_dims(0, 1)
+    }
+
+    /// A projection's bias per head, `[heads, 1, d]` (zeros without one).
+    fn head_bias(&self, linear: &Linear) -> Tensor<3> {
+        let [_, internal] = linear.weight.dims();
+        let shape = [self.num_heads, 1, internal / self.num_heads];
+        match &linear.bias {
+            Some(bias) => bias.val().reshape(shape),
+            None => Tensor::zeros(shape, &linear.weight.device()),
+        }
     }
 
     /// `[B, N, C] -> [B, heads, N, C / heads]`
@@ -220,10 +375,39 @@ impl Attention {
     }
 }
 
-/// softmax(q k^T / sqrt(c)) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
-    let [_, _, _, head_dim] = q.dims();
-    let attn = matmul(q, k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+/// How [`Attention::forward`] computes: the same values through different products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Every token projected, as the official module does; `fold_output`: the value
+    /// and output projections folded together when the keys are few.
+    Projected {
+        fold_output: bool,
+    },
+    FewQueries,
+    FewKeys,
+}
+
+/// The same weight for each of `batch` products (a view, not a copy).
+fn per_batch(weight: Tensor<3>, batch: usize) -> Tensor<4> {
+    let [a, b, c] = weight.dims();
+    weight.unsqueeze_dim::<4>(0).expand([batch, a, b, c])
+}
+
+/// `lhs [B, R, K] x rhs [B or 1, K, N] -> [B, R, N]`; a shared `rhs` takes every batch's
+/// rows in one product.
+fn rows_times(lhs: Tensor<3>, rhs: Tensor<3>) -> Tensor<3> {
+    let [batch, rows, inner] = lhs.dims();
+    let [rhs_batch, _, cols] = rhs.dims();
+    if rhs_batch == 1 && batch > 1 {
+        matmul(lhs.reshape([1, batch * rows, inner]), rhs).reshape([batch, rows, cols])
+    } else {
+        matmul(lhs, rhs)
+    }
+}
+
+/// softmax(q k^T * scale) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let attn = matmul(q, k.swap_dims(2, 3)) * scale;
     matmul(softmax(attn, 3), v)
 }
 
@@ -236,10 +420,142 @@ fn recombine_heads(x: Tensor<4>) -> Tensor<3> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Distribution, TensorData, Tolerance};
 
     fn random(shape: [usize; 3], device: &Device) -> Tensor<3> {
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// Each route gives the official computation's values and gradients (every side
+    /// projected, batches repeated): inputs, and every weight that gets one.
+    #[test]
+    fn every_route_matches_the_official_computation() {
+        let cases = [
+            // prompt tokens -> the image of each prompt, and of one prompt
+            ([3, 2, 32], [3, 200, 32], Route::FewQueries),
+            ([1, 2, 32], [1, 200, 32], Route::FewQueries),
+            // each prompt's image -> its tokens
+            ([3, 200, 32], [3, 2, 32], Route::FewKeys),
+            // the shared image -> each prompt's tokens
+            (
+                [1, 200, 32],
+                [3, 2, 32],
+                Route::Projected { fold_output: true },
+            ),
+            // tokens -> tokens, and tokens -> the shared image
+            (
+                [3, 5, 32],
+                [3, 5, 32],
+                Route::Projected { fold_output: false },
+            ),
+            (
+                [3, 7, 32],
+                [1, 200, 32],
+                Route::Projected { fold_output: false },
+            ),
+        ];
+        let device = Device::default().autodiff();
+        let attention = AttentionConfig::new(32, 4)
+            .with_downsample_rate(2)
+            .init(&device);
+        for (q_dims, kv_dims, route) in cases {
+            assert_eq!(
+                attention.route(q_dims, kv_dims),
+                route,
+                "{q_dims:?} {kv_dims:?}"
+            );
+            let (q, k, v) = (
+                random(q_dims, &device),
+                random(kv_dims, &device),
+                random(kv_dims, &device),
+            );
+            let batch = q_dims[0].max(kv_dims[0]);
+            let out_dims = [batch, q_dims[1], q_dims[2]];
+            let weights = Tensor::<3>::random(out_dims, Distribution::Normal(1.0, 1.0), &device);
+            let run = |official: bool| {
+                let (q, k, v) = (
+                    q.clone().require_grad(),
+                    k.clone().require_grad(),
+                    v.clone().require_grad(),
+                );
+                let y = if official {
+                    let expand = |x: Tensor<3>| {
+                        let [_, n, c] = x.dims();
+                        x.expand([batch, n, c])
+                    };
+                    attention.forward_projected(
+                        expand(q.clone()),
+                        expand(k.clone()),
+                        expand(v.clone()),
+                        false,
+                    )
+                } else {
+                    attention.forward(q.clone(), k.clone(), v.clone())
+                };
+                let grads = (y.clone() * weights.clone()).sum().backward();
+                let grad = |x: &Tensor<3>| x.grad(&grads).map(|g| g.into_data());
+                let mut params = Vec::new();
+                for linear in [
+                    &attention.q_proj,
+                    &attention.k_proj,
+                    &attention.v_proj,
+                    &attention.out_proj,
+                ] {
+                    params.push(linear.weight.val().grad(&grads).map(|g| g.into_data()));
+                    let bias = linear.bias.as_ref().expect("biases");
+                    params.push(bias.val().grad(&grads).map(|g| g.into_data()));
+                }
+                (y.into_data(), [grad(&q), grad(&k), grad(&v)], params)
+            };
+            let (ours, official) = (run(false), run(true));
+            assert_close(&ours.0, &official.0, largest(&official.0));
+            for (i, (a, b)) in ours
+                .1
+                .iter()
+                .chain(&ours.2)
+                .zip(official.1.iter().chain(&official.2))
+                .enumerate()
+            {
+                let b = b
+                    .as_ref()
+                    .expect("the official computation gives every gradient");
+                // The key bias (params[3]) shifts all of a query's scores equally:
+                // softmax makes its gradient zero, and the folded route leaves it out.
+                // Elsewhere it is rounding noise, at the scale of its weight's gradient.
+                let key_bias = i == 3 + 3;
+                let scale = if key_bias {
+                    largest(official.2[2].as_ref().expect("key weight gradient"))
+                } else {
+                    largest(b)
+                };
+                let zeros = TensorData::zeros::<f32, _>(b.shape().clone());
+                match a {
+                    Some(a) => assert_close(a, b, scale),
+                    None if key_bias => assert_close(&zeros, b, scale),
+                    None => panic!("gradient {i} is missing"),
+                }
+            }
+        }
+    }
+
+    fn floats(t: &TensorData) -> Vec<f32> {
+        t.iter::<f32>().collect()
+    }
+
+    fn largest(t: &TensorData) -> f32 {
+        floats(t).iter().fold(0.0, |m, x| m.max(x.abs()))
+    }
+
+    /// Equal up to float rounding at `scale` (gradients summed over many rows cancel to
+    /// small entries, whose own relative errors are large).
+    fn assert_close(got: &TensorData, want: &TensorData, scale: f32) {
+        let (got, want) = (floats(got), floats(want));
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 1e-5 * scale, "off by {worst} at scale {scale}");
     }
 
     /// A batch-1 side shared by every prompt gives what repeating it per prompt gives.

@@ -39,6 +39,12 @@ pub trait MatmulBackend: Backend {
     fn matrix_product(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_matmul(lhs, rhs)
     }
+
+    /// Whether each matrix of `t` is stored column by column (a transposed view), so that
+    /// its gradient is best produced in that layout too.
+    fn is_column_major(_t: &FloatTensor<Self>) -> bool {
+        false
+    }
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -55,6 +61,12 @@ fn same_batch_shape(lhs: &[usize], rhs: &[usize]) -> bool {
 }
 
 impl MatmulBackend for Flex {
+    fn is_column_major(t: &FlexTensor) -> bool {
+        let strides = t.layout().strides();
+        let rank = strides.len();
+        rank >= 2 && strides[rank - 2] == 1 && strides[rank - 1] != 1
+    }
+
     fn matrix_product(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         let f32s = lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32;
         let (lhs_dims, rhs_dims) = (lhs.shape().to_vec(), rhs.shape().to_vec());
@@ -160,8 +172,9 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
         struct MatrixProduct;
 
         impl<B: MatmulBackend> Backward<B, 2> for MatrixProduct {
-            /// The operands each other's gradient needs.
-            type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+            /// The operands each other's gradient needs, and whether each operand is a
+            /// transposed view.
+            type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>, [bool; 2]);
 
             fn backward(
                 self,
@@ -171,13 +184,25 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
             ) {
                 let [lhs_node, rhs_node] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (lhs, rhs) = ops.state;
+                let (lhs, rhs, [lhs_transposed, rhs_transposed]) = ops.state;
+                // A transposed operand's gradient is computed transposed, so that it comes
+                // out in its operand's layout: gradients summed into a source tensor from
+                // several uses then all share one layout.
                 if let (Some(node), Some(rhs)) = (lhs_node, rhs) {
-                    let lhs_grad = B::matrix_product(grad.clone(), transposed::<B>(rhs));
+                    let lhs_grad = if lhs_transposed {
+                        transposed::<B>(B::matrix_product(rhs, transposed::<B>(grad.clone())))
+                    } else {
+                        B::matrix_product(grad.clone(), transposed::<B>(rhs))
+                    };
                     grads.register::<B>(node.id, lhs_grad);
                 }
                 if let (Some(node), Some(lhs)) = (rhs_node, lhs) {
-                    grads.register::<B>(node.id, B::matrix_product(transposed::<B>(lhs), grad));
+                    let rhs_grad = if rhs_transposed {
+                        transposed::<B>(B::matrix_product(transposed::<B>(grad), lhs))
+                    } else {
+                        B::matrix_product(transposed::<B>(lhs), grad)
+                    };
+                    grads.register::<B>(node.id, rhs_grad);
                 }
             }
         }
@@ -199,6 +224,7 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
                 let state = (
                     rhs_tracked.then(|| lhs.clone()),
                     lhs_tracked.then(|| rhs.clone()),
+                    [B::is_column_major(&lhs), B::is_column_major(&rhs)],
                 );
                 prep.finish(state, B::matrix_product(lhs, rhs))
             }
@@ -257,6 +283,18 @@ mod tests {
             random([300, 90], &device),
             |a| a.slice([0..300, 5..65]),
             |b| b.slice([0..300, 10..70]).transpose(),
+        );
+    }
+
+    /// A transposed left operand (its gradient computed transposed, in its layout).
+    #[test]
+    fn transposed_left_operand_matches_burns_matmul() {
+        let device = Device::default().autodiff();
+        assert_matches_burn(
+            random([2, 70, 300], &device),
+            random([2, 70, 40], &device),
+            |a| a.slice([0..2, 5..65, 0..300]).swap_dims(1, 2),
+            |b| b.slice([0..2, 0..60, 0..40]),
         );
     }
 
