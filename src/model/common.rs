@@ -69,7 +69,7 @@ pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     let rows = dims[..D - 1].iter().product();
     let out = kernels::matmul::matmul(x.reshape([rows, dims[D - 1]]), linear.weight.val());
     let out = match &linear.bias {
-        Some(bias) => out + bias.val().unsqueeze_dim(0),
+        Some(bias) => kernels::broadcast_add::broadcast_add(out, bias.val().unsqueeze_dim(0)),
         None => out,
     };
     dims[D - 1] = out.dims()[1];

@@ -8,6 +8,7 @@ use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::common::{LayerNorm2d, LayerNorm2dConfig, Mlp, MlpConfig};
+use super::kernels::broadcast_add::broadcast_add;
 use super::kernels::gelu::exact_gelu;
 use super::kernels::layer_norm::layer_norm;
 use super::kernels::matmul::matmul;
@@ -218,7 +219,7 @@ fn per_pixel_transposed_conv(conv: &ConvTranspose2d, x: Tensor<3>) -> Tensor<3> 
     let y =
         matmul(x.reshape([batch * pixels, c_in]), weight).reshape([batch, pixels * kh * kw, c_out]);
     match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, 1, c_out]),
+        Some(bias) => broadcast_add(y, bias.val().reshape([1, 1, c_out])),
         None => y,
     }
 }

@@ -4,13 +4,14 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use super::common::{
     linear_rows, Activation, LayerNorm, LayerNormConfig, MlpBlock, MlpBlockConfig,
 };
+use super::kernels::broadcast_add::broadcast_add;
 use super::kernels::matmul::matmul;
+use super::kernels::softmax::softmax;
 
 #[derive(Config, Debug, PartialEq)]
 pub struct TwoWayTransformerConfig {
@@ -84,7 +85,7 @@ impl TwoWayTransformer {
             (queries, keys) = layer.forward(queries, keys, point_embedding.clone(), key_pe.clone());
         }
         let q = queries.clone() + point_embedding;
-        let k = keys.clone() + key_pe;
+        let k = broadcast_add(keys.clone(), key_pe);
         let attn_out = self.final_attn_token_to_image.forward(q, k, keys.clone());
         let queries = self.norm_final_attn.forward(queries + attn_out);
         let [batch, _, _] = queries.dims();
@@ -129,7 +130,7 @@ impl TwoWayAttentionBlock {
         let queries = self.norm1.forward(queries);
 
         let q = queries.clone() + query_pe.clone();
-        let k = keys.clone() + key_pe;
+        let k = broadcast_add(keys.clone(), key_pe);
         let attn_out = self
             .cross_attn_token_to_image
             .forward(q, k.clone(), keys.clone());
@@ -143,7 +144,8 @@ impl TwoWayAttentionBlock {
         let attn_out = self
             .cross_attn_image_to_token
             .forward(k, q, queries.clone());
-        let keys = self.norm4.forward(keys + attn_out);
+        // keys may be the one image shared by every prompt
+        let keys = self.norm4.forward(broadcast_add(attn_out, keys));
         (queries, keys)
     }
 }
@@ -250,7 +252,7 @@ impl Attention {
             let batch = q_batch.max(kv_batch);
             let q = q.expand([batch, heads, nq, head_dim]);
             let k = k.expand([batch, heads, nk, head_dim]);
-            let probs = softmax(matmul(q, k.swap_dims(2, 3)) * scale, 3);
+            let probs = softmax(matmul(q, k.swap_dims(2, 3)) * scale);
             // [B, heads, Nq, Nk] -> [B, Nq, heads * Nk], to meet the folded projection
             let probs = probs.swap_dims(1, 2).reshape([batch, nq, heads * nk]);
             return self.folded_output(probs, v);
@@ -289,7 +291,7 @@ impl Attention {
         let folded_q =
             matmul(q, per_batch(key_weight, batch)).reshape([batch, heads * nq, c]) * scale;
         let scores = rows_times(folded_q, k.swap_dims(1, 2));
-        let probs = softmax(scores.reshape([batch, heads, nq, nk]), 3);
+        let probs = softmax(scores.reshape([batch, heads, nq, nk]));
         let mixed = rows_times(probs.reshape([batch, heads * nq, nk]), v);
         // [B, heads, Nq, C] x [heads, C, d] -> [B, heads, Nq, d]
         let value_weight = per_batch(self.head_columns(&self.v_proj), batch);
@@ -321,7 +323,7 @@ impl Attention {
             .reshape([batch, 1, heads * nk])
             * scale;
         let scores = matmul(q.expand([batch, nq, c]), folded_k.swap_dims(1, 2)) + bias_scores;
-        let probs = softmax(scores.reshape([batch, nq, heads, nk]), 3);
+        let probs = softmax(scores.reshape([batch, nq, heads, nk]));
         self.folded_output(probs.reshape([batch, nq, heads * nk]), v)
     }
 
@@ -340,7 +342,7 @@ impl Attention {
         .reshape([batch, heads * nk, c]);
         let out = matmul(probs, folded_v);
         match &self.out_proj.bias {
-            Some(bias) => out + bias.val().reshape([1, 1, c]),
+            Some(bias) => broadcast_add(out, bias.val().reshape([1, 1, c])),
             None => out,
         }
     }
@@ -408,7 +410,7 @@ fn rows_times(lhs: Tensor<3>, rhs: Tensor<3>) -> Tensor<3> {
 /// softmax(q k^T * scale) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
 fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
     let attn = matmul(q, k.swap_dims(2, 3)) * scale;
-    matmul(softmax(attn, 3), v)
+    matmul(softmax(attn), v)
 }
 
 /// `[B, heads, N, c] -> [B, N, heads * c]`

@@ -302,7 +302,9 @@ struct MaskSums<'a, M> {
 impl<M: Modulation> vectorised::Loop for MaskSums<'_, M> {
     #[inline(always)]
     fn run(self) {
-        let (x, t) = (self.logits, self.targets);
+        // equal lengths, stated once, so the loop has no bounds checks and vectorises
+        let x = self.logits;
+        let t = &self.targets[..x.len()];
         *self.sums = sums_of(x.len(), |i| {
             let px = pixel(x[i], t[i], self.alpha);
             [
@@ -328,7 +330,10 @@ struct MaskGradient<'a, M> {
 impl<M: Modulation> vectorised::Loop for MaskGradient<'_, M> {
     #[inline(always)]
     fn run(self) {
-        let (x, t, alpha) = (self.logits, self.targets, self.alpha);
+        let (x, alpha) = (self.logits, self.alpha);
+        // equal lengths, stated once, so the loops have no bounds checks and vectorise
+        let t = &self.targets[..x.len()];
+        let grad = &mut self.grad[..x.len()];
         let [intersection, total] = sums_of(x.len(), |i| {
             let p = pixel(x[i], t[i], alpha).p;
             [p * t[i], p + t[i]]
@@ -338,7 +343,7 @@ impl<M: Modulation> vectorised::Loop for MaskGradient<'_, M> {
         let denominator = total + 1.0;
         let constant = (2.0 * intersection + 1.0) / (denominator * denominator);
         let per_target = 2.0 / denominator;
-        for (i, grad) in self.grad.iter_mut().enumerate() {
+        for (i, grad) in grad.iter_mut().enumerate() {
             let px = pixel(x[i], t[i], alpha);
             let spread = px.p * (1.0 - px.p);
             let a = px.one_minus_p_t;

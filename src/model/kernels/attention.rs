@@ -21,7 +21,8 @@ use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{exp, f32_values, max_of, sum_of, vectorised, zeroed_f32};
+use super::softmax::softmax_in_place;
+use super::{f32_values, vectorised, zeroed_f32};
 
 /// The decomposed relative-position terms of the logits, for a key grid `kh x kw`:
 /// `rows [N, Lq, kh]` is added to every key of a grid row, `columns [N, Lq, kw]` to every
@@ -387,14 +388,7 @@ impl vectorised::Loop for BiasedSoftmax<'_> {
                     }
                 }
             }
-            let max = max_of(row);
-            for logit in row.iter_mut() {
-                *logit = exp(*logit - max);
-            }
-            let inverse = 1.0 / sum_of(keys, |i| row[i]);
-            for probability in row.iter_mut() {
-                *probability *= inverse;
-            }
+            softmax_in_place(row);
         }
     }
 }

@@ -75,7 +75,7 @@ impl GeluBackend for Flex {
         }
         let x = x.to_contiguous();
         let input = x.as_slice::<f32>().expect("contiguous after to_contiguous");
-        map_elements_with(grad, input, gelu_backward)
+        map_elements_with(grad, Some(input), gelu_backward)
     }
 }
 

@@ -22,7 +22,9 @@ use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::zeroed_f32;
+use std::mem::MaybeUninit;
+
+use super::{filled_f32, zeroed_f32};
 
 /// `lhs [..., M, K] x rhs [..., K, N] -> [..., M, N]`.
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
@@ -78,17 +80,20 @@ impl MatmulBackend for Flex {
         assert_eq!(k, rhs_dims[rank - 2], "matmul: {lhs_dims:?} x {rhs_dims:?}");
         let mut out_dims = lhs_dims.clone();
         out_dims[rank - 1] = n;
-        let mut out = zeroed_f32(Shape::from(out_dims));
+        if m * n * k == 0 {
+            return zeroed_f32(Shape::from(out_dims));
+        }
         let (lhs_matrix, rhs_matrix) = (Matrix::of(&lhs), Matrix::of(&rhs));
-        let product = |batch: usize, dst: &mut [f32], parallelism: Parallelism| {
+        let product = |batch: usize, dst: &mut [MaybeUninit<f32>], parallelism: Parallelism| {
             // SAFETY: the operands' pointers and strides describe their own layouts (offset
-            // included), and `dst` is this batch's contiguous `[m, n]` block.
+            // included), and `dst` is this batch's `[m, n]` block, which gemm writes
+            // without reading (`read_dst` false).
             unsafe {
                 gemm(
                     m,
                     n,
                     k,
-                    dst.as_mut_ptr(),
+                    dst.as_mut_ptr().cast::<f32>(),
                     1,
                     n as isize,
                     false,
@@ -107,19 +112,23 @@ impl MatmulBackend for Flex {
                 );
             }
         };
-        let blocks = out.storage_mut::<f32>().chunks_mut(m * n);
-        if m * n * k >= PARALLEL_WORK {
-            blocks
-                .enumerate()
-                .for_each(|(batch, dst)| product(batch, dst, Parallelism::Rayon(0)));
-        } else {
-            blocks
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .enumerate()
-                .for_each(|(batch, dst)| product(batch, dst, Parallelism::None));
+        // SAFETY: the blocks cover the output, and each product writes its whole block.
+        unsafe {
+            filled_f32(Shape::from(out_dims), |out| {
+                let blocks = out.chunks_mut(m * n);
+                if m * n * k >= PARALLEL_WORK {
+                    blocks
+                        .enumerate()
+                        .for_each(|(batch, dst)| product(batch, dst, Parallelism::Rayon(0)));
+                } else {
+                    blocks
+                        .collect::<Vec<_>>()
+                        .into_par_iter()
+                        .enumerate()
+                        .for_each(|(batch, dst)| product(batch, dst, Parallelism::None));
+                }
+            })
         }
-        out
     }
 }
 

@@ -4,46 +4,76 @@
 
 pub mod attention;
 pub mod bilinear;
+pub mod broadcast_add;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;
+pub mod softmax;
 
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::backend::DType;
+use burn::backend::{DType, TensorMetadata};
 use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to
 /// split a 1M-element tensor over the threads.
 pub(crate) const CHUNK: usize = 1 << 15;
 
-/// `f` of every element of `x`, in place when `x` solely owns a contiguous buffer (the
-/// tensor is not kept for a backward pass): a fresh 64 MB output would be page-faulted in.
-pub(crate) fn map_elements(mut x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> FlexTensor {
-    values_mut(&mut x)
-        .par_chunks_mut(CHUNK)
-        .for_each(|chunk| vectorised::run(vectorised::Map(chunk, f)));
-    x
+/// `f` of every element of `x`: in place when `x` solely owns its buffer, else into a
+/// fresh one (no copy of `x` first, as copy-on-write would make).
+pub(crate) fn map_elements(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync + Copy) -> FlexTensor {
+    map_elements_with(x, None, move |a, _| f(a))
 }
 
-/// `f(a, b)` of the elements of `a` and the same-sized `b`, written over `a` as
-/// [`map_elements`] does.
+/// `f(a, b)` of the elements of `a` and the same-sized `b` (or `f(a, 0)` without `b`),
+/// written as [`map_elements`] does.
 pub(crate) fn map_elements_with(
-    mut a: FlexTensor,
-    b: &[f32],
+    a: FlexTensor,
+    b: Option<&[f32]>,
     f: impl Fn(f32, f32) -> f32 + Sync + Copy,
 ) -> FlexTensor {
-    values_mut(&mut a)
-        .par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(chunk, b)| vectorised::run(vectorised::ZipMap(chunk, b, f)));
-    a
+    let mut a = if a.is_contiguous() {
+        a
+    } else {
+        a.to_contiguous()
+    };
+    let zeros = [0.0f32; CHUNK];
+    let b_chunk = |i: usize, len: usize| match b {
+        Some(b) => &b[i * CHUNK..][..len],
+        None => &zeros[..len],
+    };
+    if a.is_unique() {
+        values_mut(&mut a)
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let b = b_chunk(i, chunk.len());
+                vectorised::run(vectorised::ZipMap(chunk, b, f))
+            });
+        return a;
+    }
+    let values = f32_values(&a);
+    // SAFETY: the chunks cover the output, and `ZipMapInto` writes each element.
+    unsafe {
+        filled_f32(a.shape(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(values.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(i, (out, a))| {
+                    let b = b_chunk(i, out.len());
+                    vectorised::run(vectorised::ZipMapInto(out, a, b, f))
+                })
+        })
+    }
 }
 
 /// Loops compiled for the widest vector unit of this CPU (AVX2: 8 lanes, against SSE2's
 /// 4), chosen at run time. Every path computes the same bits: Rust never contracts
 /// `a * b + c` into a fused multiply-add on its own.
 pub(crate) mod vectorised {
+    use std::mem::MaybeUninit;
+
     /// A loop over slices. `run` and the element functions it calls are
     /// `#[inline(always)]`, so they are compiled inside the AVX2 entry point.
     pub trait Loop {
@@ -65,19 +95,6 @@ pub(crate) mod vectorised {
         work.run()
     }
 
-    /// `values[i] = f(values[i])`.
-    pub struct Map<'a, F>(pub &'a mut [f32], pub F);
-
-    impl<F: Fn(f32) -> f32> Loop for Map<'_, F> {
-        #[inline(always)]
-        fn run(self) {
-            let Map(values, f) = self;
-            for v in values {
-                *v = f(*v);
-            }
-        }
-    }
-
     /// `values[i] = f(values[i], other[i])`.
     pub struct ZipMap<'a, F>(pub &'a mut [f32], pub &'a [f32], pub F);
 
@@ -90,6 +107,24 @@ pub(crate) mod vectorised {
             }
         }
     }
+
+    /// `out[i] = f(a[i], b[i])`.
+    pub struct ZipMapInto<'a, F>(
+        pub &'a mut [MaybeUninit<f32>],
+        pub &'a [f32],
+        pub &'a [f32],
+        pub F,
+    );
+
+    impl<F: Fn(f32, f32) -> f32> Loop for ZipMapInto<'_, F> {
+        #[inline(always)]
+        fn run(self) {
+            let ZipMapInto(out, a, b, f) = self;
+            for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                out.write(f(a, b));
+            }
+        }
+    }
 }
 
 /// A contiguous f32 tensor of zeros, allocated once. `FlexTensor::empty` zeroes a byte
@@ -98,6 +133,26 @@ pub(crate) mod vectorised {
 /// alignment, as in every tensor made from data.
 pub(crate) fn zeroed_f32(shape: Shape) -> FlexTensor {
     let values = vec![0.0f32; shape.num_elements()];
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// A contiguous f32 tensor whose values `fill` writes, with no zeroing pass first.
+///
+/// # Safety
+/// `fill` must initialise every element of the slice it is given.
+pub(crate) unsafe fn filled_f32(
+    shape: Shape,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> FlexTensor {
+    let n = shape.num_elements();
+    let mut values = Vec::<f32>::with_capacity(n);
+    fill(&mut values.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's `fill` initialised all `n` elements.
+    unsafe { values.set_len(n) };
     FlexTensor::new(
         Bytes::from_elems(values),
         Layout::contiguous(shape),
@@ -131,15 +186,27 @@ pub(crate) fn sum_of(n: usize, value: impl Fn(usize) -> f32) -> f32 {
 }
 
 /// [`sum_of`] for `K` quantities at once: one pass computes every `value(i)`.
+///
+/// The values are computed a block at a time into a buffer (a plain loop over `i`, which
+/// the compiler vectorises however long `value` is), then added into eight lanes.
 #[inline(always)]
 pub(crate) fn sums_of<const K: usize>(n: usize, value: impl Fn(usize) -> [f32; K]) -> [f32; K] {
+    const BLOCK: usize = 64;
     let mut lanes = [[0.0f32; 8]; K];
-    let full = n - n % 8;
-    for start in (0..full).step_by(8) {
-        for lane in 0..8 {
-            let values = value(start + lane);
-            for (sums, v) in lanes.iter_mut().zip(values) {
-                sums[lane] += v;
+    let mut block = [[0.0f32; BLOCK]; K];
+    let full = n - n % BLOCK;
+    for start in (0..full).step_by(BLOCK) {
+        for i in 0..BLOCK {
+            let values = value(start + i);
+            for (column, v) in block.iter_mut().zip(values) {
+                column[i] = v;
+            }
+        }
+        for (sums, column) in lanes.iter_mut().zip(&block) {
+            for eight in column.chunks_exact(8) {
+                for (sum, v) in sums.iter_mut().zip(eight) {
+                    *sum += v;
+                }
             }
         }
     }
