@@ -114,7 +114,7 @@ fn add_periodic(out: &mut [MaybeUninit<f32>], lhs: &[f32], rhs: &[f32], start: u
 impl BroadcastAddBackend for Flex {
     fn broadcast_add(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         let f32s = lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32;
-        if !f32s || !period(&lhs.shape(), &rhs.shape()).is_some_and(|p| p > 0) {
+        if !f32s || period(&lhs.shape(), &rhs.shape()).is_none_or(|p| p == 0) {
             return Self::float_add(lhs, rhs);
         }
         let rhs = rhs.to_contiguous();
