@@ -247,12 +247,13 @@ impl Attention {
         let v = self.separate_heads(linear_rows(&self.v_proj, v));
         let [q_batch, heads, nq, head_dim] = q.dims();
         let [kv_batch, _, nk, _] = k.dims();
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        // divided by sqrt(d), as the official code does
+        let root = (head_dim as f64).sqrt();
         if fold_output {
             let batch = q_batch.max(kv_batch);
             let q = q.expand([batch, heads, nq, head_dim]);
             let k = k.expand([batch, heads, nk, head_dim]);
-            let probs = softmax(matmul(q, k.swap_dims(2, 3)) * scale);
+            let probs = softmax(matmul(q, k.swap_dims(2, 3)) / root);
             // [B, heads, Nq, Nk] -> [B, Nq, heads * Nk], to meet the folded projection
             let probs = probs.swap_dims(1, 2).reshape([batch, nq, heads * nk]);
             return self.folded_output(probs, v);
@@ -262,13 +263,13 @@ impl Attention {
             let q = q
                 .swap_dims(0, 1)
                 .reshape([1, heads, q_batch * nq, head_dim]);
-            attend(q, k, v, scale)
+            attend(q, k, v, root)
                 .reshape([heads, q_batch, nq, head_dim])
                 .swap_dims(0, 1)
         } else if q_batch == 1 && kv_batch > 1 {
-            attend(q.expand([kv_batch, heads, nq, head_dim]), k, v, scale)
+            attend(q.expand([kv_batch, heads, nq, head_dim]), k, v, root)
         } else {
-            attend(q, k, v, scale)
+            attend(q, k, v, root)
         };
         linear_rows(&self.out_proj, recombine_heads(out))
     }
@@ -284,6 +285,7 @@ impl Attention {
         let [q_batch, heads, nq, head_dim] = q.dims();
         let [kv_batch, nk, c] = k.dims();
         let batch = q_batch.max(kv_batch);
+        // 1/sqrt(d) on the folded queries, a small tensor, rather than on the scores
         let scale = 1.0 / (head_dim as f64).sqrt();
         let q = q.expand([batch, heads, nq, head_dim]);
         // [B, heads, Nq, d] x [heads, d, C] -> [B, heads * Nq, C]
@@ -407,9 +409,9 @@ fn rows_times(lhs: Tensor<3>, rhs: Tensor<3>) -> Tensor<3> {
     }
 }
 
-/// softmax(q k^T * scale) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
-fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
-    let attn = matmul(q, k.swap_dims(2, 3)) * scale;
+/// softmax(q k^T / root) v: q `[B, heads, Nq, c]`, k and v `[B, heads, Nk, c]`.
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, root: f64) -> Tensor<4> {
+    let attn = matmul(q, k.swap_dims(2, 3)) / root;
     matmul(softmax(attn), v)
 }
 
