@@ -60,9 +60,11 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
     // last-bit differences further. Measured here: exact-GELU implementations that all
     // agree with erf to 1.5e-7 per element moved the end-to-end distance between 0.8e-4
     // and 1.4e-4 (the most accurate one the farthest). So the decoder is checked alone on
-    // PyTorch's float32 embedding, and the whole pipeline against the float64 result with
-    // a margin for that amplification; a wrong formula anywhere is off by far more
-    // (the tanh GELU differs by 1e-3 per element).
+    // PyTorch's float32 embedding, against the float64 result like PyTorch's own float32
+    // decoder (two float32 decoders that round differently are each ~5e-5 from it, so up
+    // to ~1e-4 from each other), and the whole pipeline against the float64 result with a
+    // margin for that amplification; a wrong formula anywhere is off by far more (the tanh
+    // GELU differs by 1e-3 per element).
     let official_embedding = EncodedImage {
         embedding: tensor_from(&expected["image_embedding"], &device),
         ..encoded.clone()
@@ -84,14 +86,19 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
             let exact = &expected[&format!("{name}.{output}.f64")].values;
             let pytorch = relative_error(official, exact);
             let decoder = relative_error(&pick(&decoder_only), official);
+            let decoder_exact = relative_error(&pick(&decoder_only), exact);
             let ours = relative_error(&pick(&end_to_end), exact);
             println!(
                 "{name}.{output}: PyTorch float32 vs float64 {pytorch:e}; samtune's decoder on \
-                 PyTorch's embedding vs PyTorch {decoder:e}; samtune end to end vs float64 {ours:e}"
+                 PyTorch's embedding vs PyTorch {decoder:e}, vs float64 {decoder_exact:e}; \
+                 samtune end to end vs float64 {ours:e}"
             );
+            // Both float32 decoders run on PyTorch's float32 embedding: samtune's must be as
+            // close to the float64 result as PyTorch's own, within a factor of 2.
             assert!(
-                decoder < 1e-4_f32.max(2.0 * pytorch),
-                "{name}.{output}: decoder {decoder:e} from PyTorch (its float32 error: {pytorch:e})"
+                decoder_exact < 1e-4_f32.max(2.0 * pytorch),
+                "{name}.{output}: decoder {decoder_exact:e} from float64 (PyTorch float32: \
+                 {pytorch:e}; samtune vs PyTorch {decoder:e})"
             );
             assert!(
                 ours < 1e-4_f32.max(4.0 * pytorch),
