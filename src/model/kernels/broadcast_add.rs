@@ -234,15 +234,12 @@ impl<B: BroadcastAddBackend, C: CheckpointStrategy> BroadcastAddBackend for Auto
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{assert_binary_matches, random};
     use super::*;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::{Device, Tolerance};
 
-    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
-    }
-
-    /// Values and both gradients of `add(lhs(a), rhs(b))` (weighted sum) against burn's
-    /// add; `keep_lhs` holds on to `lhs(a)` so that it is shared (no in-place sum).
+    /// Values and both gradients of `broadcast_add(lhs(a), rhs(b))` against burn's add;
+    /// `keep_lhs` keeps `lhs(a)` shared (no in-place sum).
     fn assert_matches_burn<const D: usize>(
         a: Tensor<D>,
         b: Tensor<D>,
@@ -250,31 +247,10 @@ mod tests {
         rhs: impl Fn(Tensor<D>) -> Tensor<D>,
         keep_lhs: bool,
     ) {
-        let out_dims = (lhs(a.clone()) + rhs(b.clone())).dims();
-        let weights = Tensor::<D>::random(out_dims, Distribution::Normal(1.0, 1.0), &a.device());
-        let run = |add: fn(Tensor<D>, Tensor<D>) -> Tensor<D>| {
-            let (a, b) = (
-                a.clone().detach().require_grad(),
-                b.clone().detach().require_grad(),
-            );
-            let left = lhs(a.clone());
-            let kept = keep_lhs.then(|| left.clone());
-            let y = add(left, rhs(b.clone()));
-            drop(kept);
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            (
-                y.into_data(),
-                a.grad(&grads).expect("gradient").into_data(),
-                b.grad(&grads).expect("gradient").into_data(),
-            )
-        };
-        let ours = run(broadcast_add);
-        let burns = run(|lhs, rhs| lhs + rhs);
         // sums over hundreds of rows: equal up to their rounding
         let tolerance = Tolerance::rel_abs(1e-5, 1e-5);
-        ours.0.assert_approx_eq::<f32>(&burns.0, tolerance);
-        ours.1.assert_approx_eq::<f32>(&burns.1, tolerance);
-        ours.2.assert_approx_eq::<f32>(&burns.2, tolerance);
+        let ops: [fn(Tensor<D>, Tensor<D>) -> Tensor<D>; 2] = [broadcast_add, |l, r| l + r];
+        assert_binary_matches(ops, (a, b), lhs, rhs, keep_lhs, tolerance);
     }
 
     /// A bias over rows, in place and into a fresh tensor; the rows straddle the

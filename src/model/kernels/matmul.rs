@@ -244,42 +244,19 @@ impl<B: MatmulBackend, C: CheckpointStrategy> MatmulBackend for Autodiff<B, C> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{assert_binary_matches, random};
     use super::*;
-    use burn::tensor::{Device, Distribution, Tolerance};
+    use burn::tensor::{Device, Tolerance};
 
-    fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
-        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
-    }
-
-    /// Values and both gradients of `product(lhs(a), rhs(b))` (weighted sum) against burn's
-    /// matmul.
+    /// Values and both gradients of `matmul(lhs(a), rhs(b))` against burn's matmul.
     fn assert_matches_burn<const D: usize>(
         a: Tensor<D>,
         b: Tensor<D>,
         lhs: impl Fn(Tensor<D>) -> Tensor<D>,
         rhs: impl Fn(Tensor<D>) -> Tensor<D>,
     ) {
-        let out_dims = lhs(a.clone()).matmul(rhs(b.clone())).dims();
-        let weights = Tensor::<D>::random(out_dims, Distribution::Normal(1.0, 1.0), &a.device());
-        let run = |product: fn(Tensor<D>, Tensor<D>) -> Tensor<D>| {
-            let (a, b) = (
-                a.clone().detach().require_grad(),
-                b.clone().detach().require_grad(),
-            );
-            let y = product(lhs(a.clone()), rhs(b.clone()));
-            let grads = (y.clone() * weights.clone()).sum().backward();
-            (
-                y.into_data(),
-                a.grad(&grads).expect("gradient").into_data(),
-                b.grad(&grads).expect("gradient").into_data(),
-            )
-        };
-        let ours = run(matmul);
-        let burns = run(|lhs, rhs| lhs.matmul(rhs));
-        let tolerance = Tolerance::absolute(1e-4);
-        ours.0.assert_approx_eq::<f32>(&burns.0, tolerance);
-        ours.1.assert_approx_eq::<f32>(&burns.1, tolerance);
-        ours.2.assert_approx_eq::<f32>(&burns.2, tolerance);
+        let ops: [fn(Tensor<D>, Tensor<D>) -> Tensor<D>; 2] = [matmul, |l, r| l.matmul(r)];
+        assert_binary_matches(ops, (a, b), lhs, rhs, false, Tolerance::absolute(1e-4));
     }
 
     /// Matrices given as views with offsets and strides: a's columns 5..65, and b's

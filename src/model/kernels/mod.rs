@@ -259,6 +259,53 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * f32::from_bits(((exponent + 127) as u32) << 23)
 }
 
+/// Checks shared by the kernels' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use burn::tensor::{Device, Distribution, Tensor, Tolerance};
+
+    pub(crate) fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    type BinaryOp<const D: usize> = fn(Tensor<D>, Tensor<D>) -> Tensor<D>;
+
+    /// Values and both input gradients of `op(lhs(a), rhs(b))` (through a random weighted
+    /// sum), `ours` against burn's `reference`. `keep_lhs` holds on to `lhs(a)` so that it
+    /// is shared while the operation runs (no in-place result).
+    pub(crate) fn assert_binary_matches<const D: usize>(
+        [ours, reference]: [BinaryOp<D>; 2],
+        (a, b): (Tensor<D>, Tensor<D>),
+        lhs: impl Fn(Tensor<D>) -> Tensor<D>,
+        rhs: impl Fn(Tensor<D>) -> Tensor<D>,
+        keep_lhs: bool,
+        tolerance: Tolerance<f32>,
+    ) {
+        let out_dims = reference(lhs(a.clone()), rhs(b.clone())).dims();
+        let weights = Tensor::<D>::random(out_dims, Distribution::Normal(1.0, 1.0), &a.device());
+        let run = |op: BinaryOp<D>| {
+            let (a, b) = (
+                a.clone().detach().require_grad(),
+                b.clone().detach().require_grad(),
+            );
+            let left = lhs(a.clone());
+            let kept = keep_lhs.then(|| left.clone());
+            let y = op(left, rhs(b.clone()));
+            drop(kept);
+            let grads = (y.clone() * weights.clone()).sum().backward();
+            (
+                y.into_data(),
+                a.grad(&grads).expect("gradient").into_data(),
+                b.grad(&grads).expect("gradient").into_data(),
+            )
+        };
+        let (ours, burns) = (run(ours), run(reference));
+        ours.0.assert_approx_eq::<f32>(&burns.0, tolerance);
+        ours.1.assert_approx_eq::<f32>(&burns.1, tolerance);
+        ours.2.assert_approx_eq::<f32>(&burns.2, tolerance);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
