@@ -2,10 +2,12 @@
 //! half-written file where a good one was.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Context, Result};
 
 /// Writes `path` through a temporary file in the same folder, then renames it into place.
 pub fn write_atomic<F>(path: &Path, write: F) -> Result<()>
@@ -58,6 +60,28 @@ where
     })
 }
 
+/// Hex SHA-256 of a file's content.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hexadecimal digits of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `name.ext` -> `.name.ext.tmp-<pid>` beside it.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
@@ -78,7 +102,7 @@ mod tests {
         write_bytes_atomic(&path, b"good").unwrap();
         let err = write_atomic(&path, |w| {
             w.write_all(b"partial")?;
-            anyhow::bail!("interrupted")
+            crate::error::bail!("interrupted")
         });
         assert!(err.is_err());
         assert_eq!(fs::read(&path).unwrap(), b"good");

@@ -4,6 +4,8 @@ pub mod alloc;
 pub mod annotate;
 pub mod cli;
 pub mod data;
+pub mod device;
+pub mod error;
 pub mod eval;
 pub mod fsutil;
 #[cfg(llvm_stubs)]

@@ -83,7 +83,7 @@ fn tiny_checkpoint() -> Vec<u8> {
     std::fs::read(fixtures_dir().join("tiny_sam.pth")).unwrap()
 }
 
-fn loads_as_sam(path: &Path) -> anyhow::Result<()> {
+fn loads_as_sam(path: &Path) -> samtune::error::Result<()> {
     Checkpoint::open(path)?.config()?;
     Ok(())
 }

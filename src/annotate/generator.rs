@@ -3,7 +3,7 @@
 //! predicted IoU and stability, duplicates removed by box NMS, small holes and islands
 //! cleaned up. Same settings, same order, same output fields as the official one.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -248,7 +248,7 @@ impl<'a> MaskGenerator<'a> {
         let prediction = self
             .predictor
             .predict(encoded, &prompts, true)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(crate::error::Error::msg)?;
         let [_, m, h, w] = prediction.logits.dims();
         let logits = tensor_values(prediction.logits)?;
         let ious = tensor_values(prediction.iou_predictions)?;

@@ -7,16 +7,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::device::{self, DeviceChoice};
-use super::VariantArg;
+use super::open_device;
 use crate::annotate::coco_output::{CocoImage, CocoWriter};
 use crate::annotate::{AmgSettings, MaskGenerator};
 use crate::data::dataset::is_image;
+use crate::device::DeviceSpec;
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::overlay_masks;
 use crate::predict::Predictor;
-use crate::weights::load_sam;
+use crate::weights::{load_sam, VariantChoice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
@@ -31,7 +31,7 @@ pub struct AnnotateArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[arg(long, default_value = "auto")]
-    pub variant: VariantArg,
+    pub variant: VariantChoice,
     /// A folder of images (not recursive) or one image file.
     #[arg(long)]
     pub images: PathBuf,
@@ -58,8 +58,8 @@ pub struct AnnotateArgs {
     pub min_mask_region_area: Option<usize>,
     #[arg(long, default_value = "auto")]
     pub intensity: IntensityScaling,
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceChoice>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
     /// Gets `annotations.json` and `overlays/`.
     #[arg(long)]
     pub out: PathBuf,
@@ -122,8 +122,8 @@ fn image_list(path: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
 pub fn run(args: AnnotateArgs) -> Result<()> {
     let settings = settings(&args)?;
     let (files, root) = image_list(&args.images)?;
-    let device = device::resolve(args.device)?;
-    let (model, _) = load_sam(&args.checkpoint, args.variant.0, &device)?;
+    let device = open_device(args.device)?;
+    let (model, _) = load_sam(&args.checkpoint, args.variant, &device)?;
     let generator = MaskGenerator::new(Predictor::new(&model), settings)?;
     std::fs::create_dir_all(args.out.join("overlays"))
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -143,7 +143,7 @@ pub fn run(args: AnnotateArgs) -> Result<()> {
         let gray: Vec<image::GrayImage> = masks
             .iter()
             .map(|m| m.rle.decode().map(|b| b.to_gray_image()))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         let stem = file.file_stem().unwrap_or_default().to_string_lossy();
         save_png(
             &args.out.join("overlays").join(format!("{stem}.png")),

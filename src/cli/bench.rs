@@ -8,25 +8,31 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::device::{self, DeviceChoice};
+use super::open_device;
+use crate::data::prompts::{Multimask, ObjectPrompt, PromptConfig};
+use crate::device::DeviceSpec;
 use crate::model::image_encoder::ImageEncoderViTConfig;
 use crate::model::{DecoderSizes, Sam, SamConfig, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
-use crate::train::config::OptimConfig;
-use crate::train::loss::{sam_loss, LossConfig};
+use crate::train::examples::Example;
 use crate::train::optim::adamw;
+use crate::train::run::freeze;
+use crate::train::step::Stepper;
+use crate::train::TrainConfig;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[arg(long, default_value = "vit_b")]
     pub variant: SamVariant,
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceChoice>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
     /// CPU threads (sets RAYON_NUM_THREADS for the cases).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -123,7 +129,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let doc = serde_json::json!({
             "tool": "samtune",
             "variant": if args.tiny { "tiny".to_string() } else { args.variant.to_string() },
-            "device": format!("{:?}", args.device.unwrap_or_else(DeviceChoice::best_available)),
+            "device": args.device.to_string(),
             "threads": args.threads,
             "results": results,
         });
@@ -145,10 +151,8 @@ fn child_args(args: &BenchArgs) -> Vec<String> {
         "--ft-epochs".into(),
         args.ft_epochs.to_string(),
     ];
-    if let Some(d) = args.device {
-        v.push("--device".into());
-        v.push(format!("{d:?}").to_lowercase());
-    }
+    v.push("--device".into());
+    v.push(args.device.to_string());
     if args.tiny {
         v.push("--tiny".into());
     }
@@ -157,13 +161,13 @@ fn child_args(args: &BenchArgs) -> Vec<String> {
 
 fn print_table(results: &[CaseResult], args: &BenchArgs) {
     println!(
-        "samtune bench: {} on {:?}, {} threads",
+        "samtune bench: {} on {}, {} threads",
         if args.tiny {
             "tiny".to_string()
         } else {
             args.variant.to_string()
         },
-        args.device.unwrap_or_else(DeviceChoice::best_available),
+        args.device,
         args.threads
             .map_or("default".to_string(), |t| t.to_string())
     );
@@ -242,7 +246,8 @@ fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>>
 
 /// Forces pending work on the device to finish (GPU backends are asynchronous).
 fn sync<const D: usize>(t: Tensor<D>) -> Result<()> {
-    crate::predict::tensor_values(t).map(|_| ())
+    crate::predict::tensor_values(t)?;
+    Ok(())
 }
 
 fn random_boxes(n: usize, size: f64) -> Vec<[f64; 4]> {
@@ -260,7 +265,7 @@ fn random_boxes(n: usize, size: f64) -> Vec<[f64; 4]> {
 }
 
 fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
-    let device = device::resolve(args.device)?;
+    let device = open_device(args.device)?;
     let config = config(args);
     let img = config.image_encoder.img_size;
     let grid = img / config.image_encoder.patch_size;
@@ -281,17 +286,17 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
             ))
         }
         "decoder_step" => {
-            let mut trainer = DecoderTrainer::new(&config, 8, &device);
+            let mut trainer = BenchTrainer::new(&config, 8, &device);
             let embedding = Tensor::<4>::random(
                 [1, 256, grid, grid],
                 Distribution::Normal(0.0, 1.0),
-                &trainer.device,
+                &device,
             );
             let mut step = || trainer.step(embedding.clone());
             let seconds = time_reps(args.reps, &mut step)?;
             Ok(stats(
                 case,
-                "decoder train step: 8 box prompts, multimask, fwd+bwd+AdamW".into(),
+                "decoder train step (train's own): 8 box prompts, multimask, fwd+bwd, clipping, AdamW".into(),
                 seconds,
                 None,
                 BTreeMap::new(),
@@ -312,9 +317,7 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
             let prompts =
                 PromptBatch::from_boxes_and_points(random_boxes(1, img as f64 * 0.75), Vec::new());
             let seconds = time_reps(args.reps.max(10), || {
-                let p = predictor
-                    .predict(&encoded, &prompts, true)
-                    .map_err(anyhow::Error::msg)?;
+                let p = predictor.predict(&encoded, &prompts, true)?;
                 sync(p.logits)
             })?;
             Ok(stats(
@@ -362,13 +365,13 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
 /// `ft_epochs` epochs, with embeddings computed once (the cache) and re-encoded every step.
 fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Result<CaseResult> {
     let img = config.image_encoder.img_size;
-    let mut trainer = DecoderTrainer::new(config, args.ft_prompts, device);
+    let mut trainer = BenchTrainer::new(config, args.ft_prompts, device);
     let encoder = trainer.model.valid();
     let images: Vec<Tensor<4>> = (0..args.ft_images)
         .map(|_| Tensor::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), device))
         .collect();
     // warm-up (first-call allocations and kernel selection), untimed
-    trainer.step(encoder.image_encoder.forward(images[0].clone()).autodiff())?;
+    trainer.step(encoder.image_encoder.forward(images[0].clone()))?;
     // with the cache: encode once, then train
     let t = Instant::now();
     let embeddings: Vec<Tensor<4>> = images
@@ -380,7 +383,7 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
     }
     for _ in 0..args.ft_epochs {
         for e in &embeddings {
-            trainer.step(e.clone().autodiff())?;
+            trainer.step(e.clone())?;
         }
     }
     let cached = t.elapsed().as_secs_f64();
@@ -389,7 +392,7 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
     for _ in 0..args.ft_epochs {
         for x in &images {
             let e = encoder.image_encoder.forward(x.clone());
-            trainer.step(e.autodiff())?;
+            trainer.step(e)?;
         }
     }
     let uncached = t.elapsed().as_secs_f64();
@@ -408,50 +411,72 @@ fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Resul
     ))
 }
 
-/// One decoder training step as `samtune train` takes it: frozen encoders, `n` box
-/// prompts on one image embedding, multimask loss, backward, AdamW.
-struct DecoderTrainer {
+/// `samtune train`'s own step (`train::step::Stepper`) on a synthetic example: frozen
+/// encoders, `n` box prompts on one image embedding, all three masks trained
+/// (`prompts.multimask = "always"`, as the PyTorch side does), global gradient clipping,
+/// AdamW.
+struct BenchTrainer {
     model: Sam,
     optim: ModuleOptimizer,
-    prompts: PromptBatch,
-    targets: Tensor<4>,
-    device: Device,
+    stepper: Stepper,
+    config: TrainConfig,
+    prompts: Vec<ObjectPrompt>,
+    low_res: Vec<f32>,
     img: usize,
 }
 
-impl DecoderTrainer {
-    fn new(config: &SamConfig, n: usize, device: &Device) -> Self {
+impl BenchTrainer {
+    fn new(sam_config: &SamConfig, n: usize, device: &Device) -> Self {
         let autodiff = device.clone().autodiff();
-        let mut model = config.init(&autodiff);
-        model.image_encoder = model.image_encoder.freeze();
-        model.prompt_encoder = model.prompt_encoder.freeze();
-        let optim = adamw(&model, &OptimConfig::default());
-        let img = config.image_encoder.img_size;
-        let low = config.prompt_encoder.image_embedding_size[0] * 4;
+        let config = TrainConfig {
+            prompts: PromptConfig {
+                multimask: Multimask::Always,
+                ..PromptConfig::default()
+            },
+            ..TrainConfig::default()
+        };
+        let model = freeze(sam_config.init(&autodiff), &config);
+        let optim = adamw(&model, &config.train);
+        let img = sam_config.image_encoder.img_size;
+        let low = sam_config.prompt_encoder.image_embedding_size[0] * 4;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
         Self {
             model,
             optim,
-            prompts: PromptBatch::from_boxes_and_points(random_boxes(n, img as f64), Vec::new()),
-            targets: Tensor::random([n, 1, low, low], Distribution::Bernoulli(0.3), &autodiff),
-            device: autodiff,
+            stepper: Stepper::new(vec![autodiff]),
+            config,
+            prompts: random_boxes(n, img as f64)
+                .into_iter()
+                .map(|b| ObjectPrompt {
+                    bbox: Some(b),
+                    points: Vec::new(),
+                })
+                .collect(),
+            low_res: (0..n * low * low)
+                .map(|_| (rng.random::<f64>() < 0.3) as u8 as f32)
+                .collect(),
             img,
         }
     }
 
-    /// `embedding`: `[1, 256, H, W]` on the autodiff device.
+    /// `embedding`: `[1, 256, H, W]`, on the model's device without autodiff.
     fn step(&mut self, embedding: Tensor<4>) -> Result<()> {
-        let p = self
-            .prompts
-            .to_prompts([self.img, self.img], self.img, &self.device);
-        let out = self.model.decode(embedding, p).select(true);
-        let terms = sam_loss(
-            out.masks,
-            out.iou_predictions,
-            self.targets.clone(),
-            &LossConfig::default(),
-        );
-        let grads = GradientsParams::from_grads(terms.total.backward(), &self.model);
-        self.model = self.optim.step(1e-4, self.model.clone(), grads);
+        let example = Example {
+            encoded: EncodedImage {
+                embedding: embedding.autodiff(),
+                original_size: [self.img, self.img],
+                input_size: [self.img, self.img],
+            },
+            prompts: self.prompts.clone(),
+            low_res: self.low_res.clone(),
+            full: Vec::new(),
+        };
+        self.stepper
+            .batch(&self.model, vec![(example, 0)], &self.config)?;
+        let model = self.model.clone();
+        self.model = self
+            .stepper
+            .apply(model, &mut self.optim, 1e-4, &self.config);
         sync(self.model.mask_decoder.iou_token.weight.val())
     }
 }

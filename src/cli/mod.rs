@@ -2,7 +2,6 @@
 
 pub mod annotate;
 pub mod bench;
-pub mod device;
 pub mod download;
 pub mod eval;
 pub mod eval_volumes;
@@ -13,12 +12,11 @@ pub mod predict;
 pub mod train;
 pub mod variants;
 
-use std::str::FromStr;
-
 use anyhow::Result;
+use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 
-use crate::model::SamVariant;
+use crate::device::DeviceSpec;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -83,18 +81,9 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// `--variant auto|vit_b|vit_l|vit_h`: `auto` (None) infers it from the checkpoint.
-#[derive(Debug, Clone, Copy)]
-pub struct VariantArg(pub Option<SamVariant>);
-
-impl FromStr for VariantArg {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("auto") {
-            Ok(VariantArg(None))
-        } else {
-            s.parse().map(|v| VariantArg(Some(v)))
-        }
-    }
+/// Opens the device of a `--device` argument and says which one it is.
+pub fn open_device(spec: DeviceSpec) -> Result<Device> {
+    let chosen = spec.open()?;
+    eprintln!("device: {}", chosen.description);
+    Ok(chosen.device)
 }

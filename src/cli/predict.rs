@@ -9,13 +9,13 @@ use clap::Args;
 use image::GrayImage;
 use serde::Serialize;
 
-use super::device::{self, DeviceChoice};
-use super::VariantArg;
+use super::open_device;
+use crate::device::DeviceSpec;
 use crate::fsutil::{save_png, write_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
 use crate::predict::{tensor_values, Predictor, PromptBatch};
-use crate::weights::{describe, load_sam, write_safetensors, RawTensor};
+use crate::weights::{describe, load_sam, write_safetensors, RawTensor, VariantChoice};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -24,7 +24,7 @@ pub struct PredictArgs {
     pub checkpoint: PathBuf,
     /// `auto` infers the architecture from the checkpoint; vit_b/vit_l/vit_h insist on one.
     #[arg(long, default_value = "auto")]
-    pub variant: VariantArg,
+    pub variant: VariantChoice,
     #[arg(long)]
     pub image: PathBuf,
     /// A box prompt `x0,y0,x1,y1` in image pixels; several boxes are a batch.
@@ -42,8 +42,8 @@ pub struct PredictArgs {
     /// How 16-bit and float images become 8-bit: auto, minmax, full or window:LOW,HIGH.
     #[arg(long, default_value = "auto")]
     pub intensity: IntensityScaling,
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceChoice>,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -102,10 +102,10 @@ struct PredictionReport {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let device = device::resolve(args.device)?;
+    let device = open_device(args.device)?;
     let start = Instant::now();
     let mut timings = BTreeMap::new();
-    let (model, config) = load_sam(&args.checkpoint, args.variant.0, &device)?;
+    let (model, config) = load_sam(&args.checkpoint, args.variant, &device)?;
     timings.insert("load", ms(start));
     let image = load_rgb(&args.image, args.intensity)?;
     let (w, h) = (image.width() as usize, image.height() as usize);
@@ -119,9 +119,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let embedding = tensor_values(encoded.embedding.clone())?;
     timings.insert("encode", ms(t));
     let t = Instant::now();
-    let prediction = predictor
-        .predict(&encoded, &prompts, args.multimask)
-        .map_err(anyhow::Error::msg)?;
+    let prediction = predictor.predict(&encoded, &prompts, args.multimask)?;
     let logits = tensor_values(prediction.logits.clone())?;
     timings.insert("decode", ms(t));
     let iou = tensor_values(prediction.iou_predictions.clone())?;

@@ -8,10 +8,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::data::dataset::Sample;
 use crate::data::synthetic::{write_dataset, Domain};
-use crate::eval::evaluate::encode_image;
-use crate::train::cache::EmbeddingCache;
-use crate::train::trainer::{configured_variant, device_for, load_split};
+use crate::predict::{encode_image, EmbeddingCache};
 use crate::train::{train, TrainConfig};
 use crate::weights::load_sam;
 
@@ -87,20 +86,20 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 /// Fills the embedding cache for every train and val image of a config.
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let config = TrainConfig::load(&args.config, &args.overrides)?;
-    let device = device_for(&config.model.device)?;
-    let variant = configured_variant(&config)?;
-    let (model, sam_config) = load_sam(&config.model.checkpoint, variant, &device)?;
+    let device = super::open_device(config.model.device)?;
+    let (model, sam_config) = load_sam(&config.model.checkpoint, config.model.variant, &device)?;
     let cache = EmbeddingCache::open(
         &config.cache.dir,
         &config.model.checkpoint,
         &sam_config,
         config.data.intensity,
     )?;
-    let (train, val, _) = load_split(&config)?;
+    let split = config.data.open()?;
     let (shard, shards) = args.shard.unwrap_or((0, 1));
-    let mine: Vec<_> = train
+    let mine: Vec<&Sample> = split
+        .train
         .iter()
-        .chain(&val)
+        .chain(&split.val)
         .enumerate()
         .filter(|(i, _)| i % shards == shard)
         .map(|(_, p)| p)
@@ -110,10 +109,10 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
         ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
             .expect("valid template"),
     );
-    for prepared in &mine {
+    for sample in &mine {
         encode_image(
             &model,
-            prepared,
+            &sample.image,
             Some(&cache),
             config.data.intensity,
             &device,

@@ -7,8 +7,10 @@ pub mod folder;
 pub mod mask;
 pub mod nifti;
 pub mod prompts;
+pub mod source;
 pub mod synthetic;
 pub mod volumes;
 
 pub use dataset::{Annotations, Object, Sample, Split};
 pub use mask::{BinaryMask, Rle};
+pub use source::{DataConfig, DataSource};

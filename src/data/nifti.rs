@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 /// A 3D volume (a 2D image is one slice deep; a 4D one's first frame is used).
 #[derive(Debug, Clone, PartialEq)]

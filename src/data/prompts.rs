@@ -3,8 +3,202 @@
 
 use rand::Rng;
 
+use serde::{Deserialize, Serialize};
+
 use super::mask::BinaryMask;
-use crate::train::config::PromptConfig;
+use crate::error::{bail, check_setting, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptConfig {
+    /// Probability of a box prompt alone.
+    pub box_prob: f64,
+    /// Probability of point prompts alone.
+    pub points_prob: f64,
+    /// Probability of a box plus points (the three probabilities are normalised).
+    pub box_and_points_prob: f64,
+    /// Box jitter: each edge moves by up to this fraction of the box side...
+    pub box_jitter: f64,
+    /// ... and at most this many pixels.
+    pub box_jitter_max_px: f64,
+    /// Foreground points sampled inside the object.
+    pub positive_points: usize,
+    /// Background points sampled outside it.
+    pub negative_points: usize,
+    /// Extra correction clicks from the error region, each fed back with the previous
+    /// low-res mask (the SAM paper's interactive training); 0 disables.
+    pub refine_clicks: usize,
+    /// When the decoder predicts three masks (and the best one is trained and scored):
+    /// `ambiguous` (a lone point, the SAM paper's rule: other prompts use and train the
+    /// single-mask output), `always` or `never`; `true`/`false` mean always/never.
+    #[serde(deserialize_with = "multimask_or_bool")]
+    pub multimask: Multimask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multimask {
+    #[default]
+    Ambiguous,
+    Always,
+    Never,
+}
+
+impl Multimask {
+    /// Whether prompts like these get three masks: under `Ambiguous`, when every one is a
+    /// single point (padding aside) without a box.
+    pub fn for_prompts(self, prompts: &[ObjectPrompt]) -> bool {
+        match self {
+            Multimask::Always => true,
+            Multimask::Never => false,
+            Multimask::Ambiguous => prompts.iter().all(|p| {
+                p.bbox.is_none() && p.points.iter().filter(|(_, label)| *label >= 0).count() == 1
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Multimask::Ambiguous => "ambiguous",
+            Multimask::Always => "always",
+            Multimask::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Multimask {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ambiguous" => Ok(Self::Ambiguous),
+            "always" | "true" => Ok(Self::Always),
+            "never" | "false" => Ok(Self::Never),
+            _ => Err(format!(
+                "multimask '{s}': expected ambiguous, always or never"
+            )),
+        }
+    }
+}
+
+fn multimask_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Multimask, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Name(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(true) => Ok(Multimask::Always),
+        Raw::Bool(false) => Ok(Multimask::Never),
+        Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// The prompts of an evaluation: one kind for every object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PromptMode {
+    /// The object's bounding box.
+    Box,
+    /// Points inside (and outside) the object.
+    Points,
+    /// Both.
+    BoxPoints,
+}
+
+impl PromptConfig {
+    /// Evaluation prompts: always of `mode`, without box jitter (evaluation is seeded and
+    /// fixed).
+    pub fn for_evaluation(
+        mode: PromptMode,
+        positive_points: usize,
+        negative_points: usize,
+        multimask: Multimask,
+    ) -> Self {
+        let (box_prob, points_prob, box_and_points_prob) = match mode {
+            PromptMode::Box => (1.0, 0.0, 0.0),
+            PromptMode::Points => (0.0, 1.0, 0.0),
+            PromptMode::BoxPoints => (0.0, 0.0, 1.0),
+        };
+        Self {
+            box_prob,
+            points_prob,
+            box_and_points_prob,
+            box_jitter: 0.0,
+            positive_points,
+            negative_points,
+            multimask,
+            ..Self::default()
+        }
+    }
+
+    /// Every setting against its valid range.
+    pub fn validate(&self) -> Result<()> {
+        let probabilities = [
+            ("prompts.box_prob", self.box_prob),
+            ("prompts.points_prob", self.points_prob),
+            ("prompts.box_and_points_prob", self.box_and_points_prob),
+        ];
+        for (key, value) in probabilities {
+            check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
+        }
+        if probabilities.iter().all(|(_, v)| *v == 0.0) {
+            bail!("prompts.box_prob, points_prob and box_and_points_prob are all 0: no prompt could be drawn");
+        }
+        check_setting(
+            "prompts.box_jitter",
+            self.box_jitter,
+            (0.0..=1.0).contains(&self.box_jitter),
+            "in [0, 1]",
+        )?;
+        check_setting(
+            "prompts.box_jitter_max_px",
+            self.box_jitter_max_px,
+            self.box_jitter_max_px >= 0.0 && self.box_jitter_max_px.is_finite(),
+            ">= 0",
+        )?;
+        check_setting(
+            "prompts.refine_clicks",
+            self.refine_clicks,
+            self.refine_clicks <= 32,
+            "in [0, 32]",
+        )?;
+        if self.points_prob + self.box_and_points_prob > 0.0
+            && self.positive_points + self.negative_points == 0
+        {
+            bail!("point prompts are enabled but prompts.positive_points + negative_points is 0");
+        }
+        Ok(())
+    }
+
+    /// How reports name these settings.
+    pub fn describe(&self) -> String {
+        format!(
+            "box {:.2} / points {:.2} / box+points {:.2} ({} positive, {} negative points), multimask: {}",
+            self.box_prob,
+            self.points_prob,
+            self.box_and_points_prob,
+            self.positive_points,
+            self.negative_points,
+            self.multimask.name()
+        )
+    }
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            box_prob: 0.5,
+            points_prob: 0.25,
+            box_and_points_prob: 0.25,
+            box_jitter: 0.1,
+            box_jitter_max_px: 20.0,
+            positive_points: 1,
+            negative_points: 0,
+            refine_clicks: 0,
+            multimask: Multimask::Ambiguous,
+        }
+    }
+}
 
 /// What a prompt set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

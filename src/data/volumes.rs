@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use image::{GrayImage, ImageBuffer, Luma};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;

@@ -2,6 +2,8 @@
 //! values, a legend, optional dashed reference lines. SVG keeps text sharp at any zoom
 //! and needs no font files.
 
+use super::report::escape;
+
 use std::fmt::Write;
 
 /// One line of a chart.
@@ -65,12 +67,6 @@ fn label(v: f64) -> String {
         let s = format!("{v:.3}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 impl Chart {

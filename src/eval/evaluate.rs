@@ -1,20 +1,18 @@
 //! Predict every object of a labeled set with fixed, seeded prompts and score it.
 
-use anyhow::Result;
-use burn::tensor::Device;
+use crate::error::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::metrics::{iou_and_dice, ObjectResult};
 use crate::data::dataset::Prepared;
-use crate::data::prompts::{sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt};
-use crate::data::BinaryMask;
+use crate::data::prompts::{
+    sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt, PromptConfig,
+};
 use crate::model::Sam;
-use crate::predict::image::{load_rgb, IntensityScaling};
-use crate::predict::{EncodedImage, Predictor};
-use crate::train::cache::EmbeddingCache;
-use crate::train::config::PromptConfig;
+use crate::predict::image::IntensityScaling;
+use crate::predict::{encode_image, BinaryMask, EmbeddingCache, Predictor};
 
 /// One image's results, and its predicted masks when asked for.
 pub struct ImageEval {
@@ -47,24 +45,6 @@ pub fn evaluation_prompts(
         .collect()
 }
 
-/// Encodes an image (through the cache when given).
-pub fn encode_image(
-    model: &Sam,
-    prepared: &Prepared,
-    cache: Option<&EmbeddingCache>,
-    intensity: IntensityScaling,
-    device: &Device,
-) -> Result<EncodedImage> {
-    let encode = || -> Result<EncodedImage> {
-        let image = load_rgb(&prepared.sample.image, intensity)?;
-        Ok(Predictor::new(model).encode(&image))
-    };
-    match cache {
-        Some(cache) => cache.get_or_encode(&prepared.sample.image, device, encode),
-        None => encode(),
-    }
-}
-
 /// How an evaluation runs.
 pub struct EvalSettings<'a> {
     /// Embeddings from (and into) the cache, when given.
@@ -76,6 +56,14 @@ pub struct EvalSettings<'a> {
     /// Keep the predicted masks (for overlays).
     pub keep_masks: bool,
     pub progress: bool,
+}
+
+/// Object results of all images.
+pub fn flatten(evals: &[ImageEval]) -> Vec<ObjectResult> {
+    evals
+        .iter()
+        .flat_map(|e| e.results.iter().cloned())
+        .collect()
 }
 
 /// Evaluates `model` (a non-autodiff copy) on `samples`, collecting every image's results.
@@ -122,29 +110,19 @@ pub fn evaluate_each(
     );
     for (index, prepared) in samples.iter().enumerate() {
         let object_prompts = evaluation_prompts(prepared, index, prompts, seed);
-        let encoded = encode_image(model, prepared, cache, intensity, &device)?;
-        let prediction = predictor
+        let encoded = encode_image(model, &prepared.sample.image, cache, intensity, &device)?;
+        let planes = predictor
             .predict(
                 &encoded,
                 &to_prompt_batch(&object_prompts),
                 prompts.multimask.for_prompts(&object_prompts),
-            )
-            .map_err(anyhow::Error::msg)?;
-        let [_, m, h, w] = prediction.logits.dims();
-        let logits = crate::predict::tensor_values(prediction.logits)?;
-        let ious = crate::predict::tensor_values(prediction.iou_predictions)?;
+            )?
+            .planes()?;
         let mut results = Vec::new();
-        let mut predicted = Vec::new();
+        let mut predicted: Vec<BinaryMask> = Vec::new();
         for (i, object) in prepared.objects.iter().enumerate() {
-            let best = (0..m)
-                .max_by(|&a, &b| ious[i * m + a].total_cmp(&ious[i * m + b]))
-                .expect("at least one mask per prompt");
-            let plane = &logits[(i * m + best) * h * w..(i * m + best + 1) * h * w];
-            let mask = BinaryMask {
-                width: w,
-                height: h,
-                data: plane.iter().map(|&v| (v > 0.0) as u8).collect(),
-            };
+            let best = planes.best(i);
+            let mask = planes.binary(i, best);
             let (iou, dice) = iou_and_dice(&mask, &object.mask);
             results.push(ObjectResult {
                 image: prepared.sample.name(),
@@ -153,7 +131,7 @@ pub fn evaluate_each(
                 area: object.mask.area(),
                 iou,
                 dice,
-                predicted_iou: ious[i * m + best] as f64,
+                predicted_iou: planes.predicted_iou(i, best) as f64,
             });
             if keep_masks {
                 predicted.push(mask);

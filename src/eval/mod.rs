@@ -4,6 +4,6 @@ pub mod charts;
 pub mod evaluate;
 pub mod metrics;
 pub mod report;
+pub mod set;
 pub mod surface;
-pub mod train_report;
 pub mod volumes;

@@ -1,9 +1,13 @@
 //! Pictures and documents of an evaluation.
 
+use std::path::Path;
+
 use image::{GrayImage, RgbImage};
 
 use crate::data::prompts::ObjectPrompt;
 use crate::data::{BinaryMask, Object};
+use crate::error::Result;
+use crate::fsutil::write_bytes_atomic;
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
 
 /// Predicted masks filled in palette colours, the prompts (yellow boxes, green/red points),
@@ -51,6 +55,22 @@ pub fn comparison_overlay(
     out
 }
 
+/// A report in its three forms: `report.json` (the data), `report.md` and `report.html`.
+pub trait Report: serde::Serialize {
+    fn markdown(&self) -> String;
+    fn html(&self) -> String;
+}
+
+/// Writes `report.json`, `report.md` and `report.html` into `dir` (each atomically).
+pub fn write_report(dir: &Path, report: &impl Report) -> Result<()> {
+    write_bytes_atomic(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    write_bytes_atomic(&dir.join("report.md"), report.markdown().as_bytes())?;
+    write_bytes_atomic(&dir.join("report.html"), report.html().as_bytes())
+}
+
 /// Everything `samtune eval` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
@@ -58,7 +78,12 @@ pub struct EvalReport {
     pub model: String,
     pub data: String,
     pub prompts: String,
+    /// Images evaluated: those with at least one object of `min_area` pixels.
     pub images: usize,
+    /// Images left out because none of their objects reaches `min_area`.
+    pub images_without_objects: usize,
+    pub objects_below_min_area: usize,
+    pub min_area: usize,
     pub aggregate: super::metrics::Aggregate,
     /// `(file, image, mean IoU)` of the overlay pictures, best first then worst.
     pub overlays: Vec<(String, String, f64)>,
@@ -69,14 +94,34 @@ pub const EMPTY_CASES: &str =
     "IoU and Dice are 1 when the prediction and the ground truth are both empty, \
 and 0 when exactly one of them is empty.";
 
+impl Report for EvalReport {
+    fn markdown(&self) -> String {
+        markdown(self)
+    }
+
+    fn html(&self) -> String {
+        html(self)
+    }
+}
+
+impl EvalReport {
+    /// What was left out, in words.
+    pub fn left_out(&self) -> String {
+        format!(
+            "{} objects below {} px skipped, {} images without objects left out",
+            self.objects_below_min_area, self.min_area, self.images_without_objects
+        )
+    }
+}
+
 /// `report.md`.
-pub fn markdown(report: &EvalReport) -> String {
+fn markdown(report: &EvalReport) -> String {
     let o = &report.aggregate.overall;
     let mut md = format!(
-        "# samtune evaluation\n\n- checkpoint: `{}` ({})\n- data: `{}`, {} images, {} objects\n- prompts: {}\n\n\
+        "# samtune evaluation\n\n- checkpoint: `{}` ({})\n- data: `{}`, {} images, {} objects ({})\n- prompts: {}\n\n\
 | | mean IoU | mean Dice | IoU-prediction error |\n|---|---:|---:|---:|\n\
 | per object | {:.4} | {:.4} | {:.4} |\n| per image | {:.4} | {:.4} | |\n",
-        report.checkpoint, report.model, report.data, report.images, o.objects, report.prompts,
+        report.checkpoint, report.model, report.data, report.images, o.objects, report.left_out(), report.prompts,
         o.mean_iou, o.mean_dice, o.iou_prediction_error, report.aggregate.mean_image_iou, report.aggregate.mean_image_dice,
     );
     if !report.aggregate.per_category.is_empty() {
@@ -99,7 +144,7 @@ pub fn markdown(report: &EvalReport) -> String {
 }
 
 /// `report.html`: the same tables and the overlay pictures.
-pub fn html(report: &EvalReport) -> String {
+fn html(report: &EvalReport) -> String {
     let o = &report.aggregate.overall;
     let mut rows = String::new();
     for (name, s) in &report.aggregate.per_category {
@@ -124,7 +169,7 @@ pub fn html(report: &EvalReport) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>samtune evaluation</title><style>\
 {}</style></head><body><h1>samtune evaluation</h1>\
-<p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} images, {} objects &middot; prompts: {}</p>\
+<p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} images, {} objects ({}) &middot; prompts: {}</p>\
 <p><span class=\"big\">mIoU {:.3}</span> &nbsp; Dice {:.3} &nbsp; IoU-prediction error {:.3} &nbsp; (per image: mIoU {:.3})</p>\
 {}<p>{}</p><h2>Best and worst images</h2><p>Prediction filled in colour, ground truth outlined in white.</p>{}</body></html>",
         STYLE,
@@ -133,6 +178,7 @@ pub fn html(report: &EvalReport) -> String {
         escape(&report.data),
         report.images,
         o.objects,
+        escape(&report.left_out()),
         escape(&report.prompts),
         o.mean_iou,
         o.mean_dice,

@@ -8,17 +8,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
 use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::evaluate::{evaluate_each, EvalSettings};
-use super::report::comparison_overlay;
+use super::report::{comparison_overlay, enlarge_for_viewing, write_report, Report};
 use super::surface::{normalized_surface_distance, overlap, Mask3};
 use crate::data::dataset::{prepare, Annotations, Sample};
-use crate::data::nifti::Volume;
-use crate::data::volumes::{read_pair, volume_stem, write_slices, SliceAxis};
-use crate::model::Sam;
+use crate::data::nifti::{write_nifti, Volume, VoxelType};
+use crate::data::prompts::PromptConfig;
+use crate::data::volumes::{read_pair, volume_pairs, volume_stem, write_slices, SliceAxis};
+use crate::error::{bail, Context, Result};
+use crate::fsutil::save_png;
+use crate::model::{Sam, SamConfig};
 use crate::predict::image::{load_rgb, IntensityScaling};
 
 /// One label of one volume.
@@ -230,6 +233,104 @@ pub fn evaluate_volume(
     })
 }
 
+/// What `samtune eval-volumes` is asked to do.
+pub struct VolumesEvaluation<'a> {
+    pub checkpoint: &'a Path,
+    /// A folder with `images/` and `labels/` volumes (its `val/` part when it has one).
+    pub data: &'a Path,
+    pub prompts: PromptConfig,
+    pub seed: u64,
+    pub axis: SliceAxis,
+    pub intensity: IntensityScaling,
+    pub tolerance_mm: f64,
+    pub label_names: BTreeMap<u16, String>,
+    /// Gets `report.{json,md,html}`, `predictions/*.nii.gz` and `pictures/`.
+    pub out: &'a Path,
+}
+
+/// Evaluates `model` on every volume of `job.data`, one volume in memory at a time, and
+/// writes the predicted label volumes, a picture per volume and the report.
+pub fn evaluate_volumes(
+    model: &Sam,
+    sam_config: &SamConfig,
+    job: &VolumesEvaluation,
+) -> Result<VolumeReport> {
+    if job.tolerance_mm.is_nan() || job.tolerance_mm < 0.0 {
+        bail!("--tolerance-mm {} must be >= 0", job.tolerance_mm);
+    }
+    let root = if job.data.join("val").is_dir() {
+        job.data.join("val")
+    } else {
+        job.data.to_path_buf()
+    };
+    let pairs = volume_pairs(&root)?;
+    let settings = VolumeSettings {
+        axis: job.axis,
+        intensity: job.intensity,
+        tolerance_mm: job.tolerance_mm,
+        label_names: Arc::new(job.label_names.clone()),
+        eval: EvalSettings {
+            cache: None,
+            intensity: IntensityScaling::Auto,
+            prompts: &job.prompts,
+            seed: job.seed,
+            keep_masks: true,
+            progress: false,
+        },
+    };
+    for sub in ["predictions", "pictures"] {
+        std::fs::create_dir_all(job.out.join(sub))
+            .with_context(|| format!("creating {}", job.out.join(sub).display()))?;
+    }
+    let bar = ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("eval {bar:30} {pos}/{len} volumes  {msg}  ETA {eta}")
+            .expect("a valid template"),
+    );
+    let mut results = Vec::new();
+    let mut pictures = Vec::new();
+    for (image, labels) in &pairs {
+        let stem = volume_stem(image);
+        bar.set_message(stem.clone());
+        let eval = evaluate_volume(
+            model,
+            image,
+            labels,
+            &settings,
+            &job.out.join(".slices").join(&stem),
+        )?;
+        write_nifti(
+            &job.out.join("predictions").join(format!("{stem}.nii.gz")),
+            &eval.predicted,
+            VoxelType::U16,
+        )?;
+        if let Some((slice, picture)) = &eval.picture {
+            let file = format!("pictures/{stem}_{}{slice:04}.png", job.axis.name());
+            save_png(&job.out.join(&file), &enlarge_for_viewing(picture))?;
+            pictures.push((file, stem.clone(), *slice));
+        }
+        results.extend(eval.results);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = std::fs::remove_dir(job.out.join(".slices"));
+    let report = VolumeReport {
+        checkpoint: job.checkpoint.display().to_string(),
+        model: crate::weights::describe(sam_config),
+        data: root.display().to_string(),
+        axis: job.axis.name().to_string(),
+        prompts: job.prompts.describe(),
+        tolerance_mm: job.tolerance_mm,
+        volumes: pairs.len(),
+        overall: VolumeSummary::of(&results),
+        per_label: VolumeReport::per_label(&results),
+        results,
+        pictures,
+    };
+    write_report(job.out, &report)?;
+    Ok(report)
+}
+
 /// Everything `samtune eval-volumes` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeReport {
@@ -265,8 +366,18 @@ and the ground truth of a volume, and 0 when it is in exactly one of them. NSD: 
 of both surfaces (foreground voxels with a background 6-neighbour) within the tolerance of \
 the other surface.";
 
+impl Report for VolumeReport {
+    fn markdown(&self) -> String {
+        markdown(self)
+    }
+
+    fn html(&self) -> String {
+        html(self)
+    }
+}
+
 /// `report.md`.
-pub fn markdown(r: &VolumeReport) -> String {
+fn markdown(r: &VolumeReport) -> String {
     let mut md = format!(
         "# samtune evaluation on volumes\n\n- checkpoint: `{}` ({})\n- data: `{}`, {} volumes, slices across {}\n- prompts: {}\n- NSD tolerance: {} mm\n\n\
          | | labels | mean IoU | mean Dice | mean NSD |\n|---|---:|---:|---:|---:|\n| all | {} | {:.4} | {:.4} | {:.4} |\n",
@@ -293,7 +404,7 @@ pub fn markdown(r: &VolumeReport) -> String {
 }
 
 /// `report.html`.
-pub fn html(r: &VolumeReport) -> String {
+fn html(r: &VolumeReport) -> String {
     use super::report::{escape, STYLE};
     let row = |cells: Vec<String>| format!("<tr><td>{}</td></tr>", cells.join("</td><td>"));
     let mut labels = String::new();

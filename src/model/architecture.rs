@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{DecoderSizes, ImageEncoderViTConfig, SamConfig, SamVariant};
@@ -160,7 +160,7 @@ pub fn resolve_architecture(arch: &str) -> Result<SamConfig> {
     let spec: ArchitectureSpec =
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     spec.to_config()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        .map_err(|e| crate::error::err!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use image::{DynamicImage, RgbImage};
 
 /// How deeper-than-8-bit intensities become 8-bit.
@@ -32,6 +32,19 @@ pub enum IntensityScaling {
 }
 
 impl IntensityScaling {
+    /// Checks the bounds of `window` and `percentile`.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Self::Window { low, high } if !(low.is_finite() && high.is_finite() && low < high) => {
+                bail!("window {low},{high}: needs finite LOW < HIGH")
+            }
+            Self::Percentile { low, high } if !(0.0 <= low && low < high && high <= 100.0) => {
+                bail!("percentile {low},{high}: needs 0 <= LOW < HIGH <= 100")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The `[low, high]` range that maps to 0..255 for these `values` (`full_max`: the
     /// top of the type's range, for `Full`).
     pub fn bounds(self, values: &[f64], full_max: f64) -> (f64, f64) {

@@ -3,7 +3,10 @@
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use image::RgbImage;
 
+use super::mask::BinaryMask;
+use super::tensor_values;
 use super::transforms::{apply_boxes, apply_coords, normalize_and_pad, resize_longest_side};
+use crate::error::Result;
 use crate::model::{PointPrompts, Prompts, Sam};
 
 /// An image's embedding with the sizes needed to map masks back onto it.
@@ -54,27 +57,22 @@ impl PromptBatch {
     }
 
     /// Checks that the prompt kinds agree on the batch size and the point counts.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<()> {
         let b = self.batch_size();
         if !self.points.is_empty() && self.points.len() != b {
-            return Err(format!(
-                "{} point sets for a batch of {b}",
-                self.points.len()
-            ));
+            crate::error::bail!("{} point sets for a batch of {b}", self.points.len());
         }
         if !self.boxes.is_empty() && self.boxes.len() != b {
-            return Err(format!("{} boxes for a batch of {b}", self.boxes.len()));
+            crate::error::bail!("{} boxes for a batch of {b}", self.boxes.len());
         }
         if let Some(first) = self.points.first() {
             if self.points.iter().any(|p| p.len() != first.len()) {
-                return Err("every prompt set must have the same number of points".into());
+                crate::error::bail!("every prompt set must have the same number of points");
             }
         }
         for b in &self.boxes {
             if !(b[2] >= b[0] && b[3] >= b[1]) || b.iter().any(|v| !v.is_finite()) {
-                return Err(format!(
-                    "box {b:?} must be x0,y0,x1,y1 with x0<=x1 and y0<=y1"
-                ));
+                crate::error::bail!("box {b:?} must be x0,y0,x1,y1 with x0<=x1 and y0<=y1");
             }
         }
         Ok(())
@@ -135,6 +133,63 @@ impl Prediction {
     pub fn masks(&self) -> Tensor<4, Bool> {
         self.logits.clone().greater_elem(0.0)
     }
+
+    /// The logits at the original image size and the predicted IoUs, read back.
+    pub fn planes(&self) -> Result<MaskPlanes> {
+        MaskPlanes::read(self.logits.clone(), self.iou_predictions.clone())
+    }
+}
+
+/// Mask logits `[B, M, H, W]` and predicted IoUs `[B, M]` read back from the device: the
+/// one place where a prompt set's masks are chosen among and thresholded.
+#[derive(Debug, Clone)]
+pub struct MaskPlanes {
+    /// `[B, M, H, W]`
+    pub dims: [usize; 4],
+    pub logits: Vec<f32>,
+    pub ious: Vec<f32>,
+}
+
+impl MaskPlanes {
+    pub fn read(logits: Tensor<4>, iou_predictions: Tensor<2>) -> Result<Self> {
+        Ok(Self {
+            dims: logits.dims(),
+            logits: tensor_values(logits)?,
+            ious: tensor_values(iou_predictions)?,
+        })
+    }
+
+    /// Masks per prompt set.
+    pub fn masks_per_set(&self) -> usize {
+        self.dims[1]
+    }
+
+    /// The logits of mask `k` of prompt set `b`, `[H, W]` row-major.
+    pub fn plane(&self, b: usize, k: usize) -> &[f32] {
+        let [_, m, h, w] = self.dims;
+        &self.logits[(b * m + k) * h * w..(b * m + k + 1) * h * w]
+    }
+
+    pub fn predicted_iou(&self, b: usize, k: usize) -> f32 {
+        self.ious[b * self.dims[1] + k]
+    }
+
+    /// The mask of prompt set `b` with the highest predicted IoU, as SAM's users pick
+    /// among the multimask outputs.
+    pub fn best(&self, b: usize) -> usize {
+        (0..self.dims[1])
+            .max_by(|&x, &y| {
+                self.predicted_iou(b, x)
+                    .total_cmp(&self.predicted_iou(b, y))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Mask `k` of prompt set `b` at the official threshold.
+    pub fn binary(&self, b: usize, k: usize) -> BinaryMask {
+        let [_, _, h, w] = self.dims;
+        BinaryMask::from_logits(self.plane(b, k), w, h)
+    }
 }
 
 /// Runs a loaded [`Sam`] on images and prompts.
@@ -187,7 +242,7 @@ impl<'a> Predictor<'a> {
         image: &EncodedImage,
         prompts: &PromptBatch,
         multimask_output: bool,
-    ) -> Result<Prediction, String> {
+    ) -> Result<Prediction> {
         prompts.validate()?;
         let device = self.dense_pe.device();
         let prompts = prompts.to_prompts(image.original_size, self.model.img_size, &device);

@@ -1,15 +1,17 @@
 //! `samtune train` configuration: TOML, every field defaulted, unknown keys rejected,
 //! `section.key=value` overrides on the command line. Documented in `configs/README.md`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::loss::LossConfig;
-use crate::data::volumes::SliceAxis;
-use crate::predict::image::IntensityScaling;
+use crate::data::prompts::PromptConfig;
+use crate::data::source::DataConfig;
+use crate::device::{ChosenDevice, DeviceSpec};
+use crate::error::{bail, check_setting, Context, Error, Result};
+use crate::predict::CacheConfig;
+use crate::weights::VariantChoice;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,28 +49,56 @@ impl Default for TrainConfig {
 pub struct ModelConfig {
     /// The pretrained checkpoint (official `.pth`, safetensors or burnpack).
     pub checkpoint: PathBuf,
-    /// `auto`, `vit_b`, `vit_l` or `vit_h`.
-    pub variant: String,
-    /// `cpu`, `cuda` or `wgpu`; empty: the best compiled in.
-    pub device: String,
+    /// `auto` (read from the checkpoint), `vit_b`, `vit_l` or `vit_h`.
+    pub variant: VariantChoice,
+    /// `auto` (a real GPU when one is compiled in and present, else the CPU), `cpu`,
+    /// `cuda`, `cuda:N` or `wgpu`.
+    pub device: DeviceSpec,
     /// What is trained: `decoder` (image and prompt encoders frozen), `decoder+prompt`
     /// (prompt encoder too) or `all` (full fine-tuning).
     pub trainable: Trainable,
     /// Data-parallel training: each batch's images are shared out to these devices
     /// (`cuda:0`, `cuda:1`, ...; `cpu`), their gradients summed on the first, which
     /// holds the optimizer. Empty: `device` alone.
-    pub devices: Vec<String>,
+    pub devices: Vec<DeviceSpec>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             checkpoint: PathBuf::new(),
-            variant: "auto".into(),
-            device: String::new(),
+            variant: VariantChoice::Auto,
+            device: DeviceSpec::Auto,
             trainable: Trainable::Decoder,
             devices: Vec::new(),
         }
+    }
+}
+
+impl ModelConfig {
+    /// Opens the run's devices, the main one (the first of `devices`, else `device`)
+    /// first: all of them, before any work, so that a device that is not there fails at
+    /// once.
+    pub fn open_devices(&self) -> Result<Vec<ChosenDevice>> {
+        let specs: &[DeviceSpec] = if self.devices.is_empty() {
+            std::slice::from_ref(&self.device)
+        } else {
+            &self.devices
+        };
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                spec.open().map_err(|e| {
+                    let key = if self.devices.is_empty() {
+                        "model.device".to_string()
+                    } else {
+                        format!("model.devices[{i}]")
+                    };
+                    Error::config(key, e)
+                })
+            })
+            .collect()
     }
 }
 
@@ -95,173 +125,6 @@ impl Trainable {
     /// With a frozen image encoder, embeddings can be computed once and cached.
     pub fn encoder_frozen(self) -> bool {
         self != Trainable::All
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DataConfig {
-    /// `folder` (images/ + masks/) or `coco`.
-    pub format: DataFormat,
-    /// Folder datasets: the root holding `images/` and `masks/` (or `train/`, `val/`).
-    pub path: PathBuf,
-    /// COCO: the annotation file.
-    pub annotations: PathBuf,
-    /// COCO: the image folder (default: `images/` beside the annotation file).
-    pub images: PathBuf,
-    /// COCO: a separate validation annotation file (default: a seeded split).
-    pub val_annotations: PathBuf,
-    /// COCO: keep only these category names (empty: all).
-    pub categories: Vec<String>,
-    /// Fraction of images held out for validation when there is no explicit split.
-    pub val_ratio: f64,
-    pub split_seed: u64,
-    /// Objects smaller than this many pixels are skipped (and counted in the log).
-    pub min_area: usize,
-    /// At most this many objects per image and step (randomly chosen each epoch).
-    pub max_objects_per_image: usize,
-    /// How 16-bit or float images become 8-bit (NIfTI: per volume).
-    pub intensity: IntensityScaling,
-    /// NIfTI: the axis slices are taken across (`x`, `y` or `z`).
-    pub slice_axis: SliceAxis,
-    /// NIfTI: fraction of the training slices with foreground that are used (seeded).
-    pub slice_fraction: f64,
-    /// NIfTI: category names of label values, e.g. `{ 1 = "liver", 2 = "spleen" }`.
-    pub label_names: BTreeMap<String, String>,
-    /// NIfTI: where the slices are written (reused while volumes and settings agree).
-    pub slice_dir: PathBuf,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            format: DataFormat::Folder,
-            path: PathBuf::new(),
-            annotations: PathBuf::new(),
-            images: PathBuf::new(),
-            val_annotations: PathBuf::new(),
-            categories: Vec::new(),
-            val_ratio: 0.2,
-            split_seed: 0,
-            min_area: 16,
-            max_objects_per_image: 8,
-            intensity: IntensityScaling::Auto,
-            slice_axis: SliceAxis::Z,
-            slice_fraction: 1.0,
-            label_names: BTreeMap::new(),
-            slice_dir: "cache/slices".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    Folder,
-    Coco,
-    /// NIfTI image and label volumes (`images/`, `labels/`), sliced.
-    Nifti,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PromptConfig {
-    /// Probability of a box prompt alone.
-    pub box_prob: f64,
-    /// Probability of point prompts alone.
-    pub points_prob: f64,
-    /// Probability of a box plus points (the three probabilities are normalised).
-    pub box_and_points_prob: f64,
-    /// Box jitter: each edge moves by up to this fraction of the box side...
-    pub box_jitter: f64,
-    /// ... and at most this many pixels.
-    pub box_jitter_max_px: f64,
-    /// Foreground points sampled inside the object.
-    pub positive_points: usize,
-    /// Background points sampled outside it.
-    pub negative_points: usize,
-    /// Extra correction clicks from the error region, each fed back with the previous
-    /// low-res mask (the SAM paper's interactive training); 0 disables.
-    pub refine_clicks: usize,
-    /// When the decoder predicts three masks (and the best one is trained and scored):
-    /// `ambiguous` (a lone point, the SAM paper's rule: other prompts use and train the
-    /// single-mask output), `always` or `never`; `true`/`false` mean always/never.
-    #[serde(deserialize_with = "multimask_or_bool")]
-    pub multimask: Multimask,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Multimask {
-    #[default]
-    Ambiguous,
-    Always,
-    Never,
-}
-
-impl Multimask {
-    /// Whether prompts like these get three masks: under `Ambiguous`, when every one is a
-    /// single point (padding aside) without a box.
-    pub fn for_prompts(self, prompts: &[crate::data::prompts::ObjectPrompt]) -> bool {
-        match self {
-            Multimask::Always => true,
-            Multimask::Never => false,
-            Multimask::Ambiguous => prompts.iter().all(|p| {
-                p.bbox.is_none() && p.points.iter().filter(|(_, label)| *label >= 0).count() == 1
-            }),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Multimask::Ambiguous => "ambiguous",
-            Multimask::Always => "always",
-            Multimask::Never => "never",
-        }
-    }
-}
-
-impl std::str::FromStr for Multimask {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ambiguous" => Ok(Self::Ambiguous),
-            "always" | "true" => Ok(Self::Always),
-            "never" | "false" => Ok(Self::Never),
-            _ => Err(format!(
-                "multimask '{s}': expected ambiguous, always or never"
-            )),
-        }
-    }
-}
-
-fn multimask_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Multimask, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bool(bool),
-        Name(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bool(true) => Ok(Multimask::Always),
-        Raw::Bool(false) => Ok(Multimask::Never),
-        Raw::Name(s) => s.parse().map_err(serde::de::Error::custom),
-    }
-}
-
-impl Default for PromptConfig {
-    fn default() -> Self {
-        Self {
-            box_prob: 0.5,
-            points_prob: 0.25,
-            box_and_points_prob: 0.25,
-            box_jitter: 0.1,
-            box_jitter_max_px: 20.0,
-            positive_points: 1,
-            negative_points: 0,
-            refine_clicks: 0,
-            multimask: Multimask::Ambiguous,
-        }
     }
 }
 
@@ -294,6 +157,52 @@ pub struct OptimConfig {
     pub seed: u64,
 }
 
+impl OptimConfig {
+    pub fn validate(&self) -> Result<()> {
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        for (key, value) in [
+            ("train.epochs", self.epochs),
+            ("train.grad_accumulation", self.grad_accumulation),
+            ("train.images_per_batch", self.images_per_batch),
+        ] {
+            check_setting(key, value, value >= 1, ">= 1")?;
+        }
+        check_setting(
+            "train.lr",
+            self.lr,
+            self.lr > 0.0 && self.lr.is_finite(),
+            "> 0",
+        )?;
+        for (key, value) in [("train.beta1", self.beta1), ("train.beta2", self.beta2)] {
+            check_setting(key, value, (0.0..1.0).contains(&value), "in [0, 1)")?;
+        }
+        check_setting(
+            "train.epsilon",
+            self.epsilon,
+            self.epsilon > 0.0 && self.epsilon.is_finite(),
+            "> 0",
+        )?;
+        check_setting(
+            "train.weight_decay",
+            self.weight_decay,
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+            ">= 0",
+        )?;
+        for (key, value) in [
+            ("train.warmup_fraction", self.warmup_fraction),
+            ("train.min_lr_ratio", self.min_lr_ratio),
+        ] {
+            check_setting(key, value, unit(value), "in [0, 1]")?;
+        }
+        check_setting(
+            "train.grad_clip_norm",
+            self.grad_clip_norm,
+            self.grad_clip_norm >= 0.0 && self.grad_clip_norm.is_finite(),
+            ">= 0 (0 turns clipping off)",
+        )
+    }
+}
+
 impl Default for OptimConfig {
     fn default() -> Self {
         Self {
@@ -311,24 +220,6 @@ impl Default for OptimConfig {
             patience: 0,
             stop_after_epochs: 0,
             seed: 42,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Reuse image embeddings across epochs and runs (frozen encoder only).
-    pub enabled: bool,
-    /// Shared by runs: entries are keyed by image, checkpoint and preprocessing.
-    pub dir: PathBuf,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dir: "cache/embeddings".into(),
         }
     }
 }
@@ -371,49 +262,15 @@ impl TrainConfig {
         Ok(config)
     }
 
+    /// Every setting against its valid range (configs/README.md states them).
     pub fn validate(&self) -> Result<()> {
         if self.model.checkpoint.as_os_str().is_empty() {
             bail!("model.checkpoint is required");
         }
-        let t = &self.train;
-        if t.epochs == 0 || t.images_per_batch == 0 || t.grad_accumulation == 0 {
-            bail!("train.epochs, train.images_per_batch and train.grad_accumulation must be at least 1");
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            bail!("train.lr must be a positive number, got {}", t.lr);
-        }
-        if !(0.0..=1.0).contains(&t.warmup_fraction) || !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            bail!("train.warmup_fraction and train.min_lr_ratio must be within [0, 1]");
-        }
-        let p = &self.prompts;
-        if [p.box_prob, p.points_prob, p.box_and_points_prob]
-            .iter()
-            .any(|v| *v < 0.0)
-            || p.box_prob + p.points_prob + p.box_and_points_prob <= 0.0
-        {
-            bail!(
-                "prompts.box_prob, points_prob and box_and_points_prob must be >= 0 and not all 0"
-            );
-        }
-        if p.points_prob + p.box_and_points_prob > 0.0 && p.positive_points + p.negative_points == 0
-        {
-            bail!("point prompts are enabled but prompts.positive_points + negative_points is 0");
-        }
-        if !(0.0..1.0).contains(&self.data.val_ratio) {
-            bail!(
-                "data.val_ratio must be within [0, 1), got {}",
-                self.data.val_ratio
-            );
-        }
-        match self.data.format {
-            DataFormat::Folder if self.data.path.as_os_str().is_empty() => {
-                bail!("data.path is required for folder datasets")
-            }
-            DataFormat::Coco if self.data.annotations.as_os_str().is_empty() => {
-                bail!("data.annotations is required for COCO datasets")
-            }
-            _ => Ok(()),
-        }
+        self.data.validate()?;
+        self.prompts.validate()?;
+        self.train.validate()?;
+        self.loss.validate()
     }
 
     pub fn run_dir(&self) -> PathBuf {

@@ -5,6 +5,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::loss_kernel::focal_and_dice;
+use crate::error::{bail, check_setting, Result};
 
 /// Loss weights and focal parameters (`[train.loss]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,37 @@ impl Default for LossConfig {
             focal_gamma: 2.0,
             full_size: false,
         }
+    }
+}
+
+impl LossConfig {
+    /// Every setting against its valid range.
+    pub fn validate(&self) -> Result<()> {
+        let weights = [
+            ("loss.focal_weight", self.focal_weight),
+            ("loss.dice_weight", self.dice_weight),
+            ("loss.iou_weight", self.iou_weight),
+        ];
+        for (key, value) in weights {
+            check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
+        }
+        if weights.iter().all(|(_, v)| *v == 0.0) {
+            bail!(
+                "loss.focal_weight, dice_weight and iou_weight are all 0: nothing would be learned"
+            );
+        }
+        check_setting(
+            "loss.focal_alpha",
+            self.focal_alpha,
+            (0.0..=1.0).contains(&self.focal_alpha),
+            "in [0, 1]",
+        )?;
+        check_setting(
+            "loss.focal_gamma",
+            self.focal_gamma,
+            self.focal_gamma >= 0.0 && self.focal_gamma.is_finite(),
+            ">= 0",
+        )
     }
 }
 

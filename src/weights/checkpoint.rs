@@ -44,11 +44,11 @@ impl fmt::Display for CheckpointFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("{}: cannot read: {source}", path.display())]
+    // the cause is in the message, not a `source()`, so that it is said once
+    #[error("{}: cannot read: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error(
         "{}: not a checkpoint: unknown file format (expected a PyTorch .pth, a .safetensors or a burnpack .bpk file)",
@@ -74,6 +74,71 @@ pub enum WeightsError {
         requested: String,
         detected: String,
     },
+}
+
+/// `--variant` / `model.variant`: `auto` reads the architecture from the checkpoint; an
+/// official variant is checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VariantChoice {
+    #[default]
+    Auto,
+    Preset(SamVariant),
+}
+
+impl VariantChoice {
+    pub fn preset(self) -> Option<SamVariant> {
+        match self {
+            VariantChoice::Auto => None,
+            VariantChoice::Preset(v) => Some(v),
+        }
+    }
+}
+
+impl From<Option<SamVariant>> for VariantChoice {
+    fn from(v: Option<SamVariant>) -> Self {
+        v.map_or(VariantChoice::Auto, VariantChoice::Preset)
+    }
+}
+
+impl From<SamVariant> for VariantChoice {
+    fn from(v: SamVariant) -> Self {
+        VariantChoice::Preset(v)
+    }
+}
+
+impl std::str::FromStr for VariantChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(VariantChoice::Auto)
+        } else {
+            s.trim().parse().map(VariantChoice::Preset)
+        }
+    }
+}
+
+impl fmt::Display for VariantChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VariantChoice::Auto => f.write_str("auto"),
+            VariantChoice::Preset(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl serde::Serialize for VariantChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for VariantChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// What differs between a checkpoint and the model it is loaded into.
@@ -173,9 +238,9 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, WeightsError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| WeightsError::Io {
+        let io = |cause| WeightsError::Io {
             path: path.clone(),
-            source,
+            cause,
         };
         let file_size = std::fs::metadata(&path).map_err(io)?.len();
         let format = detect_format(&path)?;
@@ -290,9 +355,9 @@ impl Checkpoint {
     }
 
     /// [`Self::config`], checked against an explicitly requested variant.
-    pub fn config_for(&self, requested: Option<SamVariant>) -> Result<SamConfig, WeightsError> {
+    pub fn config_for(&self, requested: VariantChoice) -> Result<SamConfig, WeightsError> {
         let config = self.config()?;
-        if let Some(requested) = requested {
+        if let Some(requested) = requested.preset() {
             if config != requested.config() {
                 return Err(WeightsError::VariantMismatch {
                     path: self.path.clone(),
@@ -347,11 +412,11 @@ impl Checkpoint {
 /// Opens, checks and loads a checkpoint onto `device`.
 pub fn load_sam(
     path: impl AsRef<Path>,
-    requested: Option<SamVariant>,
+    requested: impl Into<VariantChoice>,
     device: &Device,
 ) -> Result<(Sam, SamConfig), WeightsError> {
     let checkpoint = Checkpoint::open(path)?;
-    let config = checkpoint.config_for(requested)?;
+    let config = checkpoint.config_for(requested.into())?;
     let mut model = config.init(device);
     checkpoint.load_into(&mut model)?;
     Ok((model, config))
@@ -420,14 +485,12 @@ pub fn describe(config: &SamConfig) -> String {
 
 fn detect_format(path: &Path) -> Result<CheckpointFormat, WeightsError> {
     let mut head = [0u8; 9];
-    let mut file = File::open(path).map_err(|source| WeightsError::Io {
+    let io = |cause| WeightsError::Io {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let n = read_up_to(&mut file, &mut head).map_err(|source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+        cause,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let n = read_up_to(&mut file, &mut head).map_err(io)?;
     let head = &head[..n];
     if head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80) {
         // torch.save zip archive, or the legacy pickle format

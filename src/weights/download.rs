@@ -5,7 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::catalog::{official, DOWNLOAD_BASE_URL};
@@ -59,7 +59,7 @@ pub fn download_official(
 /// Checks that `path` is a checkpoint of `variant`'s architecture.
 pub fn verify_variant(path: &Path, variant: SamVariant) -> Result<()> {
     let checkpoint = Checkpoint::open(path)?;
-    checkpoint.config_for(Some(variant))?;
+    checkpoint.config_for(variant.into())?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use safetensors::Dtype;
 use zip::write::SimpleFileOptions;
 use zip::CompressionMethod;

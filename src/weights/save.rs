@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use burn::store::burn_pack::{self, Tensor as PackTensor};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::DType;
@@ -115,7 +115,7 @@ pub fn pack_to_raw(tensors: Vec<PackTensor>) -> Result<Vec<RawTensor>> {
             let shape = t.shape.to_vec();
             let (name, _, _, _, bytes) = t
                 .into_parts()
-                .map_err(|e| anyhow::anyhow!("reading a tensor to save it: {e}"))?;
+                .map_err(|e| crate::error::err!("reading a tensor to save it: {e}"))?;
             Ok(RawTensor {
                 name,
                 dtype,

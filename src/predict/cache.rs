@@ -1,20 +1,59 @@
-//! The embedding cache: with a frozen image encoder each image is encoded once. Entries
-//! are safetensors files keyed by the image's content hash, under a folder keyed by the
-//! checkpoint's content hash and the preprocessing, so a change of any of them is a miss.
+//! The embedding cache: with a frozen image encoder each image is encoded once, for
+//! `train`, `eval` and `embed` alike. Entries are safetensors files keyed by the image's
+//! content hash, under a folder keyed by the checkpoint's content hash and the
+//! preprocessing, so a change of any of them is a miss.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::SamConfig;
-use crate::predict::image::IntensityScaling;
-use crate::predict::{tensor_values, EncodedImage};
+use super::image::{load_rgb, IntensityScaling};
+use super::{tensor_values, EncodedImage, Predictor};
+use crate::error::{bail, Context, Result};
+use crate::fsutil::{file_sha256, hex};
+use crate::model::{Sam, SamConfig};
 use crate::weights::{write_safetensors, RawTensor};
+
+/// `[cache]` of a training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Reuse image embeddings across epochs and runs (frozen encoder only).
+    pub enabled: bool,
+    /// Shared by runs: entries are keyed by image, checkpoint and preprocessing.
+    pub dir: PathBuf,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "cache/embeddings".into(),
+        }
+    }
+}
+
+/// Encodes the image at `path` (through the cache when given).
+pub fn encode_image(
+    model: &Sam,
+    path: &Path,
+    cache: Option<&EmbeddingCache>,
+    intensity: IntensityScaling,
+    device: &Device,
+) -> Result<EncodedImage> {
+    let encode = || -> Result<EncodedImage> {
+        let image = load_rgb(path, intensity)?;
+        Ok(Predictor::new(model).encode(&image))
+    };
+    match cache {
+        Some(cache) => cache.get_or_encode(path, device, encode),
+        None => encode(),
+    }
+}
 
 /// Bumped whenever preprocessing or the encoder's numerics change.
 const CACHE_FORMAT: &str = "samtune-embedding-v1";
@@ -159,28 +198,6 @@ fn read_entry(path: &Path, device: &Device) -> Result<EncodedImage> {
         original_size: size("original_size")?,
         input_size: size("input_size")?,
     })
-}
-
-/// Hex SHA-256 of a file's content.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

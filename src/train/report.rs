@@ -1,22 +1,28 @@
-//! The report at the end of `samtune train`: the base checkpoint (zero-shot) and the
+//! The report at the end of `samtune train` (and `report/validation.json` at each best epoch): the base checkpoint (zero-shot) and the
 //! fine-tuned one on the validation set, side by side with the difference, the training
 //! curves as pictures, and the images that changed most drawn both ways.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use image::RgbImage;
 use serde::Serialize;
 
-use super::charts::{Chart, Reference, Series};
-use super::evaluate::{evaluate_each, EvalSettings};
-use super::metrics::{Aggregate, ObjectResult, Summary};
-use super::report::{comparison_overlay, enlarge_for_viewing, escape, EMPTY_CASES, STYLE};
+use burn::tensor::Device;
+
+use super::checkpoints::{RunDirs, TrainState};
+use super::config::TrainConfig;
 use crate::data::dataset::Prepared;
+use crate::eval::charts::{Chart, Reference, Series};
+use crate::eval::evaluate::{evaluate_each, EvalSettings};
+use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
+use crate::eval::report::{
+    comparison_overlay, enlarge_for_viewing, escape, write_report, Report, EMPTY_CASES, STYLE,
+};
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
-use crate::train::trainer::TrainState;
+use crate::weights::load_sam;
 
 /// Images drawn in each group (most improved, weakest after fine-tuning).
 const PICTURES_PER_GROUP: usize = 4;
@@ -45,6 +51,21 @@ pub struct TrainReport {
     pub fine_tuned: Aggregate,
     pub most_improved: Vec<SideBySide>,
     pub weakest: Vec<SideBySide>,
+    /// The curves as SVG (also `loss.svg`, `val_iou.svg`).
+    #[serde(skip)]
+    pub loss_chart: String,
+    #[serde(skip)]
+    pub iou_chart: String,
+}
+
+impl Report for TrainReport {
+    fn markdown(&self) -> String {
+        markdown(self)
+    }
+
+    fn html(&self) -> String {
+        html(self)
+    }
 }
 
 impl TrainReport {
@@ -62,6 +83,60 @@ pub struct RunInfo<'a> {
     pub trainable: String,
     pub prompts: String,
     pub state: &'a TrainState,
+}
+
+/// The end-of-run report: the base and the best checkpoint on the validation set.
+pub fn final_report(
+    config: &TrainConfig,
+    dirs: &RunDirs,
+    state: &TrainState,
+    val_set: &[Prepared],
+    settings: &EvalSettings,
+    device: &Device,
+) -> Result<TrainReport> {
+    let (base, sam_config) = load_sam(&config.model.checkpoint, config.model.variant, device)?;
+    let best = dirs.checkpoints.join("best.safetensors");
+    let (fine_tuned, _) = load_sam(&best, None, device)?;
+    write_train_report(
+        &dirs.report(),
+        &base,
+        &fine_tuned,
+        val_set,
+        settings,
+        RunInfo {
+            run: config.name.clone(),
+            base_checkpoint: config.model.checkpoint.display().to_string(),
+            fine_tuned_checkpoint: best.display().to_string(),
+            model: crate::weights::describe(&sam_config),
+            trainable: config.model.trainable.name().to_string(),
+            prompts: config.prompts.describe(),
+            state,
+        },
+    )
+}
+
+/// `report/validation.json`: the best epoch's per-object validation results and their
+/// aggregate next to the zero-shot one (the evaluation report builds on it).
+pub fn write_val_report(dir: &Path, state: &TrainState, results: &[ObjectResult]) -> Result<()> {
+    let best = Aggregate::of(results);
+    let delta = state.zero_shot.as_ref().map(|z| {
+        serde_json::json!({
+            "mean_iou": best.overall.mean_iou - z.mean_iou,
+            "mean_dice": best.overall.mean_dice - z.mean_dice,
+        })
+    });
+    let report = serde_json::json!({
+        "best_epoch": state.best_epoch,
+        "zero_shot": state.zero_shot,
+        "fine_tuned": best,
+        "difference": delta,
+        "objects": results,
+        "empty_masks": "IoU and Dice are 1 when prediction and ground truth are both empty, 0 when only one is",
+    });
+    write_bytes_atomic(
+        &dir.join("validation.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )
 }
 
 /// Per-image mean IoU, in image order.
@@ -172,6 +247,8 @@ pub fn write_train_report(
         }
         Ok(out)
     };
+    let zero_shot = Aggregate::of(&zero_results);
+    let (loss_chart, iou_chart) = curves(info.state, &zero_shot.overall);
     let report = TrainReport {
         run: info.run,
         base_checkpoint: info.base_checkpoint,
@@ -182,23 +259,16 @@ pub fn write_train_report(
         epochs: info.state.epoch,
         best_epoch: info.state.best_epoch.unwrap_or(0),
         val_images: val_set.len(),
-        zero_shot: Aggregate::of(&zero_results),
+        zero_shot,
         fine_tuned: Aggregate::of(&tuned_results),
         most_improved: side_by_side(&most_improved, "improved")?,
         weakest: side_by_side(&weakest, "weakest")?,
+        loss_chart,
+        iou_chart,
     };
-    let (loss_chart, iou_chart) = curves(info.state, &report.zero_shot.overall);
-    write_bytes_atomic(&dir.join("loss.svg"), loss_chart.as_bytes())?;
-    write_bytes_atomic(&dir.join("val_iou.svg"), iou_chart.as_bytes())?;
-    write_bytes_atomic(
-        &dir.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    write_bytes_atomic(&dir.join("report.md"), markdown(&report).as_bytes())?;
-    write_bytes_atomic(
-        &dir.join("report.html"),
-        html(&report, &loss_chart, &iou_chart).as_bytes(),
-    )?;
+    write_bytes_atomic(&dir.join("loss.svg"), report.loss_chart.as_bytes())?;
+    write_bytes_atomic(&dir.join("val_iou.svg"), report.iou_chart.as_bytes())?;
+    write_report(dir, &report)?;
     Ok(report)
 }
 
@@ -317,7 +387,7 @@ fn rows(report: &TrainReport) -> Vec<(String, f64, f64)> {
 }
 
 /// `report.md`.
-pub fn markdown(report: &TrainReport) -> String {
+fn markdown(report: &TrainReport) -> String {
     let mut md = format!(
         "# samtune fine-tuning report: {}\n\n\
          - base checkpoint: `{}` ({})\n- fine-tuned: `{}` (best of {} epochs: epoch {}), trained: {}\n\
@@ -374,7 +444,8 @@ fn figures(items: &[SideBySide]) -> String {
 }
 
 /// `report.html`: headline, comparison table, curves and side-by-side pictures.
-pub fn html(report: &TrainReport, loss_chart: &str, iou_chart: &str) -> String {
+fn html(report: &TrainReport) -> String {
+    let (loss_chart, iou_chart) = (&report.loss_chart, &report.iou_chart);
     let table: String = rows(report)
         .into_iter()
         .map(|(name, zero, tuned)| {
@@ -426,7 +497,7 @@ pub fn html(report: &TrainReport, loss_chart: &str, iou_chart: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::trainer::EpochRecord;
+    use crate::train::checkpoints::EpochRecord;
 
     fn result(image: &str, iou: f64) -> ObjectResult {
         ObjectResult {
@@ -471,6 +542,8 @@ mod tests {
                 fine_tuned_iou: 0.75,
             }],
             weakest: Vec::new(),
+            loss_chart: String::new(),
+            iou_chart: String::new(),
         };
         let md = markdown(&report);
         assert!(md.contains("val mIoU 0.2500 -> 0.7500 (+0.5000)"), "{md}");
@@ -501,7 +574,12 @@ mod tests {
         let (loss, iou) = curves(&state, &report.zero_shot.overall);
         assert!(loss.contains("per step") && loss.contains("epoch mean"));
         assert!(iou.contains("zero-shot mIoU 0.25"));
-        let page = html(&report, &loss, &iou);
+        let report = TrainReport {
+            loss_chart: loss,
+            iou_chart: iou,
+            ..report
+        };
+        let page = html(&report);
         assert!(page.contains("mIoU 0.250 &rarr; 0.750"));
         assert!(page.contains("compare/improved_1_a.png"));
         assert_eq!(page.matches("<svg").count(), 2);

@@ -1,0 +1,177 @@
+//! `samtune eval`: a checkpoint on a labeled set, every object's result streamed to
+//! `objects.jsonl`, the best and worst images drawn, and the report written.
+
+use std::io::Write;
+use std::path::Path;
+
+use image::RgbImage;
+
+use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
+use super::metrics::{Aggregate, ObjectResult};
+use super::report::{comparison_overlay, enlarge_for_viewing, write_report, EvalReport};
+use crate::data::dataset::{prepare, Prepared};
+use crate::data::prompts::PromptConfig;
+use crate::data::DataConfig;
+use crate::error::{bail, Context, Result};
+use crate::fsutil::{save_png, temp_path};
+use crate::model::{Sam, SamConfig};
+use crate::predict::image::load_rgb;
+
+/// What `samtune eval` is asked to do.
+pub struct SetEvaluation<'a> {
+    /// The checkpoint's path, as the report names it.
+    pub checkpoint: &'a Path,
+    /// The labeled set: its validation part when it has one, else all of it.
+    pub data: &'a DataConfig,
+    pub prompts: PromptConfig,
+    /// Seeds the prompts, per image.
+    pub seed: u64,
+    /// Best and worst images drawn (each).
+    pub overlays: usize,
+    /// Gets `report.{json,md,html}`, `objects.jsonl` and `overlays/`.
+    pub out: &'a Path,
+}
+
+/// Evaluates `model` as `job` says and writes its outputs; memory stays flat with the
+/// size of the set (results stream to disk, only the drawn images stay in memory).
+pub fn evaluate_set(
+    model: &Sam,
+    sam_config: &SamConfig,
+    job: &SetEvaluation,
+) -> Result<EvalReport> {
+    let split = job.data.open()?;
+    let samples = if split.val.is_empty() {
+        split.train
+    } else {
+        split.val
+    };
+    let (prepared, skipped, dropped) = prepare(&samples, job.data.min_area)?;
+    if prepared.is_empty() {
+        bail!(
+            "{}: no objects of at least {} px to evaluate",
+            job.data.location().display(),
+            job.data.min_area
+        );
+    }
+    std::fs::create_dir_all(job.out.join("overlays"))
+        .with_context(|| format!("creating {}", job.out.display()))?;
+    let settings = EvalSettings {
+        cache: None,
+        intensity: job.data.intensity,
+        prompts: &job.prompts,
+        seed: job.seed,
+        keep_masks: job.overlays > 0,
+        progress: true,
+    };
+    let (results, pictures) = stream_results(model, &prepared, &settings, job)?;
+    let overlays = save_pictures(job.out, pictures)?;
+    let report = EvalReport {
+        checkpoint: job.checkpoint.display().to_string(),
+        model: crate::weights::describe(sam_config),
+        data: job.data.location().display().to_string(),
+        prompts: job.prompts.describe(),
+        images: prepared.len(),
+        images_without_objects: dropped,
+        objects_below_min_area: skipped,
+        min_area: job.data.min_area,
+        aggregate: Aggregate::of(&results),
+        overlays,
+    };
+    write_report(job.out, &report)?;
+    Ok(report)
+}
+
+/// The best and the worst images by mean IoU, with their pictures.
+#[derive(Default)]
+struct Pictures {
+    best: Vec<(f64, String, RgbImage)>,
+    worst: Vec<(f64, String, RgbImage)>,
+}
+
+impl Pictures {
+    fn qualifies(&self, score: f64, keep: usize) -> bool {
+        self.best.len() < keep
+            || self.worst.len() < keep
+            || self.best.iter().any(|(s, _, _)| score > *s)
+            || self.worst.iter().any(|(s, _, _)| score < *s)
+    }
+
+    fn add(&mut self, score: f64, name: String, picture: RgbImage, keep: usize) {
+        for (list, better) in [(&mut self.best, true), (&mut self.worst, false)] {
+            list.push((score, name.clone(), picture.clone()));
+            list.sort_by(|a, b| {
+                if better {
+                    b.0.total_cmp(&a.0)
+                } else {
+                    a.0.total_cmp(&b.0)
+                }
+            });
+            list.truncate(keep);
+        }
+    }
+}
+
+/// Evaluates every image, writing each object's result to `objects.jsonl` (renamed into
+/// place once complete) and keeping the pictures that may be drawn.
+fn stream_results(
+    model: &Sam,
+    prepared: &[Prepared],
+    settings: &EvalSettings,
+    job: &SetEvaluation,
+) -> Result<(Vec<ObjectResult>, Pictures)> {
+    let jsonl_path = job.out.join("objects.jsonl");
+    let tmp = temp_path(&jsonl_path);
+    let mut jsonl = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
+    let mut results: Vec<ObjectResult> = Vec::new();
+    let mut pictures = Pictures::default();
+    let streamed = evaluate_each(model, prepared, settings, |index, eval: ImageEval| {
+        for r in &eval.results {
+            writeln!(jsonl, "{}", serde_json::to_string(r)?)
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        let score =
+            eval.results.iter().map(|r| r.iou).sum::<f64>() / eval.results.len().max(1) as f64;
+        if job.overlays > 0 && pictures.qualifies(score, job.overlays) {
+            let sample = &prepared[index];
+            let image = load_rgb(&sample.sample.image, settings.intensity)?;
+            let picture =
+                comparison_overlay(&image, &sample.objects, &eval.predicted, &eval.prompts);
+            pictures.add(score, sample.sample.name(), picture, job.overlays);
+        }
+        results.extend(eval.results);
+        Ok(())
+    });
+    let finished = streamed.and_then(|()| {
+        jsonl
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))
+    });
+    if let Err(e) = finished {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &jsonl_path)
+        .with_context(|| format!("writing {}", jsonl_path.display()))?;
+    Ok((results, pictures))
+}
+
+/// `overlays/{best,worst}_N_<image>.png`; `(file, image, mean IoU)` of each.
+fn save_pictures(out: &Path, pictures: Pictures) -> Result<Vec<(String, String, f64)>> {
+    let mut overlays = Vec::new();
+    for (kind, list) in [("best", &pictures.best), ("worst", &pictures.worst)] {
+        for (rank, (score, name, picture)) in list.iter().enumerate() {
+            let file = format!(
+                "overlays/{kind}_{}_{}.png",
+                rank + 1,
+                Path::new(name).with_extension("").display()
+            );
+            save_png(&out.join(&file), &enlarge_for_viewing(picture))?;
+            overlays.push((file, name.clone(), *score));
+        }
+    }
+    Ok(overlays)
+}

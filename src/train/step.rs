@@ -1,0 +1,354 @@
+//! One training step: the loss of each example (with correction-click rounds), forward
+//! and backward shared out over the devices, gradients accumulated, clipped globally and
+//! applied by AdamW. `samtune bench` times this same code.
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::TrainConfig;
+use super::examples::Example;
+use super::loss::{sam_loss, LossTerms};
+use super::optim::clip_global_norm;
+use crate::data::prompts::{correction_click, to_prompt_batch};
+use crate::error::{err, Result};
+use crate::model::Sam;
+use crate::predict::{BinaryMask, MaskPlanes, PromptBatch};
+
+/// A batch's loss, as the log and TensorBoard show it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchLoss {
+    /// The batch's loss (mean over its images).
+    pub loss: f64,
+    /// Focal, dice and IoU terms, each the mean over the batch's images.
+    pub parts: [f64; 3],
+}
+
+/// The optimizer side of training: batches accumulate gradients until
+/// `train.grad_accumulation` of them are in, then one clipped AdamW step is taken.
+pub struct Stepper {
+    /// The devices a batch is shared out to; the first holds the model and the optimizer.
+    devices: Vec<Device>,
+    accumulator: GradientsAccumulator<Sam>,
+    pending: usize,
+}
+
+impl Stepper {
+    /// `devices`: autodiff devices, the model's first.
+    pub fn new(devices: Vec<Device>) -> Self {
+        Self {
+            devices,
+            accumulator: GradientsAccumulator::new(),
+            pending: 0,
+        }
+    }
+
+    /// Whether gradients are waiting for an optimizer step.
+    pub fn has_pending(&self) -> bool {
+        self.pending > 0
+    }
+
+    /// Forward and backward of one batch of `(example, correction-click seed)`; the
+    /// gradients accumulate.
+    pub fn batch(
+        &mut self,
+        model: &Sam,
+        examples: Vec<(Example, u64)>,
+        config: &TrainConfig,
+    ) -> Result<BatchLoss> {
+        let images = examples.len();
+        let accumulation = config.train.grad_accumulation;
+        let scale = (images * accumulation) as f64;
+        let mut out = BatchLoss::default();
+        for share in data_parallel_step(model, &self.devices, examples, config, scale)? {
+            out.loss += share.loss * accumulation as f64;
+            for (total, part) in out.parts.iter_mut().zip(share.parts) {
+                *total += part;
+            }
+            let grads = if share.device == 0 {
+                share.grads
+            } else {
+                share.grads.to_device(&self.devices[0], model)
+            };
+            self.accumulator.accumulate(model, grads);
+        }
+        for part in &mut out.parts {
+            *part /= images as f64;
+        }
+        self.pending += 1;
+        Ok(out)
+    }
+
+    /// Whether the next [`Self::apply`] should run: the accumulation is complete, or
+    /// `last` (the epoch's last batch) says to flush it.
+    pub fn due(&self, config: &TrainConfig, last: bool) -> bool {
+        self.pending > 0 && (self.pending == config.train.grad_accumulation || last)
+    }
+
+    /// The accumulated gradients, clipped to `train.grad_clip_norm` over all parameters,
+    /// applied at learning rate `lr`.
+    pub fn apply(
+        &mut self,
+        model: Sam,
+        optim: &mut ModuleOptimizer,
+        lr: f64,
+        config: &TrainConfig,
+    ) -> Sam {
+        let mut grads = self.accumulator.grads();
+        clip_global_norm(&model, &mut grads, config.train.grad_clip_norm);
+        self.pending = 0;
+        optim.step(lr, model, grads)
+    }
+}
+
+/// One device's part of a batch: its gradients (on that device) and loss terms.
+struct ShareOutput {
+    device: usize,
+    grads: GradientsParams,
+    /// Its share of the batch loss (already divided by the batch size).
+    loss: f64,
+    /// Its focal, dice and IoU terms, each summed over its images.
+    parts: [f64; 3],
+}
+
+/// Forward and backward of a batch, its images shared round-robin over `devices`, each
+/// share on a replica of `model` in its own thread. The summed gradients equal one
+/// device's up to floating-point order: every share's loss is divided by the whole batch.
+fn data_parallel_step(
+    model: &Sam,
+    devices: &[Device],
+    examples: Vec<(Example, u64)>,
+    config: &TrainConfig,
+    scale: f64,
+) -> Result<Vec<ShareOutput>> {
+    let mut shares: Vec<Vec<(Example, u64)>> = (0..devices.len()).map(|_| Vec::new()).collect();
+    for (i, example) in examples.into_iter().enumerate() {
+        shares[i % devices.len()].push(example);
+    }
+    let run = |index: usize, share: Vec<(Example, u64)>| -> Result<Option<ShareOutput>> {
+        if share.is_empty() {
+            return Ok(None);
+        }
+        share_step(model, index, &devices[index], share, config, scale).map(Some)
+    };
+    let outputs: Vec<Result<Option<ShareOutput>>> = if devices.len() == 1 {
+        shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| run(i, s))
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .enumerate()
+                .map(|(i, share)| {
+                    let run = &run;
+                    scope.spawn(move || run(i, share))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(err!("the training worker of device {i} panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut out = Vec::new();
+    for output in outputs {
+        if let Some(share) = output? {
+            out.push(share);
+        }
+    }
+    Ok(out)
+}
+
+/// Forward and backward of one device's share of a batch on a replica of `model`.
+fn share_step(
+    model: &Sam,
+    index: usize,
+    device: &Device,
+    share: Vec<(Example, u64)>,
+    config: &TrainConfig,
+    scale: f64,
+) -> Result<ShareOutput> {
+    let replica = if index == 0 {
+        model.clone()
+    } else {
+        model.clone().fork(device)
+    };
+    // the dense positional encoding depends only on the (always frozen) gaussian matrix
+    let dense_pe = replica.prompt_encoder.get_dense_pe();
+    let mut total: Option<Tensor<1>> = None;
+    let mut parts = [0f64; 3];
+    for (example, seed) in share {
+        let example = if index == 0 {
+            example
+        } else {
+            example.moved_to(device)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let terms = example_loss(&replica, &dense_pe, &example, config, &mut rng)?;
+        parts[0] += terms.focal.into_scalar::<f32>() as f64;
+        parts[1] += terms.dice.into_scalar::<f32>() as f64;
+        parts[2] += terms.iou.into_scalar::<f32>() as f64;
+        total = Some(match total {
+            Some(acc) => acc + terms.total,
+            None => terms.total,
+        });
+    }
+    let loss = total.ok_or_else(|| err!("an empty share of a batch"))? / scale;
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    let grads = GradientsParams::from_grads(loss.backward(), &replica);
+    Ok(ShareOutput {
+        device: index,
+        grads,
+        loss: value,
+        parts,
+    })
+}
+
+/// The loss of one image's prompts, with `refine_clicks` correction rounds.
+pub fn example_loss(
+    model: &Sam,
+    dense_pe: &Tensor<4>,
+    example: &Example,
+    config: &TrainConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<LossTerms> {
+    let device = dense_pe.device();
+    let n = example.prompts.len();
+    let low_res = dense_pe.dims()[2] * 4;
+    let targets_low: Tensor<4> = Tensor::from_data(
+        TensorData::new(example.low_res.clone(), [n, 1, low_res, low_res]),
+        &device,
+    );
+    let targets_full = config.loss.full_size.then(|| {
+        let [h, w] = example.encoded.original_size;
+        let flat: Vec<f32> = example
+            .full
+            .iter()
+            .flat_map(|m| m.data.iter().map(|&v| v as f32))
+            .collect();
+        Tensor::<4>::from_data(TensorData::new(flat, [n, 1, h, w]), &device)
+    });
+    let mut batch = to_prompt_batch(&example.prompts);
+    let mut terms: Vec<LossTerms> = Vec::new();
+    let ambiguous = config.prompts.multimask.for_prompts(&example.prompts);
+    for round in 0..=config.prompts.refine_clicks {
+        // correction rounds add points and a mask input: never ambiguous
+        let multimask = ambiguous && round == 0;
+        let prompts = batch.to_prompts(example.encoded.original_size, model.img_size, &device);
+        let output = model
+            .decode_with_pe(example.encoded.embedding.clone(), dense_pe.clone(), prompts)
+            .select(multimask);
+        let round_terms = match &targets_full {
+            Some(targets) => {
+                let logits = model.postprocess_masks(
+                    output.masks.clone(),
+                    example.encoded.input_size,
+                    example.encoded.original_size,
+                );
+                sam_loss(
+                    logits,
+                    output.iou_predictions.clone(),
+                    targets.clone(),
+                    &config.loss,
+                )
+            }
+            None => sam_loss(
+                output.masks.clone(),
+                output.iou_predictions.clone(),
+                targets_low.clone(),
+                &config.loss,
+            ),
+        };
+        if round < config.prompts.refine_clicks {
+            let planes = MaskPlanes::read(
+                output.masks.clone().detach(),
+                output.iou_predictions.clone().detach(),
+            )?;
+            add_correction_clicks(&mut batch, &planes, example, model.img_size, rng);
+            batch.mask_input = Some(Tensor::from_data(
+                TensorData::new(best_planes(&planes), [n, 1, planes.dims[2], planes.dims[3]]),
+                &device,
+            ));
+        }
+        terms.push(round_terms);
+    }
+    Ok(mean_over_rounds(terms))
+}
+
+/// The best low-res logits of each prompt, the mask input of the next round.
+fn best_planes(planes: &MaskPlanes) -> Vec<f32> {
+    (0..planes.dims[0])
+        .flat_map(|i| planes.plane(i, planes.best(i)).iter().copied())
+        .collect()
+}
+
+/// Next round: a click from each prompt's error region (its best mask against the
+/// low-res target), in original-image pixels.
+fn add_correction_clicks(
+    batch: &mut PromptBatch,
+    planes: &MaskPlanes,
+    example: &Example,
+    img_size: usize,
+    rng: &mut ChaCha8Rng,
+) {
+    let [n, _, h, w] = planes.dims;
+    let scale = [
+        example.encoded.original_size[0] as f64 / example.encoded.input_size[0] as f64,
+        example.encoded.original_size[1] as f64 / example.encoded.input_size[1] as f64,
+    ];
+    if batch.points.is_empty() {
+        batch.points = vec![Vec::new(); n];
+    }
+    for i in 0..n {
+        let predicted = planes.binary(i, planes.best(i));
+        let target = BinaryMask {
+            width: w,
+            height: h,
+            data: example.low_res[i * h * w..(i + 1) * h * w]
+                .iter()
+                .map(|&v| v as u8)
+                .collect(),
+        };
+        let click = correction_click(&target, &predicted, rng).map(|(p, label)| {
+            // low-res pixel -> input frame -> original image
+            let step = img_size as f64 / w as f64;
+            (
+                [
+                    (p[0] + 0.5) * step * scale[1],
+                    (p[1] + 0.5) * step * scale[0],
+                ],
+                label,
+            )
+        });
+        batch.points[i].push(click.unwrap_or(([0.0, 0.0], -1)));
+    }
+}
+
+/// The mean of each term over the rounds; the actual IoU is the last round's.
+fn mean_over_rounds(terms: Vec<LossTerms>) -> LossTerms {
+    let rounds = terms.len() as f64;
+    let mean = |term: fn(&LossTerms) -> &Tensor<1>| {
+        terms
+            .iter()
+            .map(|t| term(t).clone())
+            .reduce(|a, b| a + b)
+            .expect("at least one round")
+            / rounds
+    };
+    LossTerms {
+        total: mean(|t| &t.total),
+        focal: mean(|t| &t.focal),
+        dice: mean(|t| &t.dice),
+        iou: mean(|t| &t.iou),
+        actual_iou: terms.last().expect("at least one round").actual_iou.clone(),
+    }
+}
