@@ -84,7 +84,7 @@ fn tiny_checkpoint() -> Vec<u8> {
 }
 
 fn loads_as_sam(path: &Path) -> samtune::error::Result<()> {
-    Checkpoint::open(path)?.config()?;
+    Checkpoint::open(path)?.architecture()?;
     Ok(())
 }
 

@@ -29,7 +29,7 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
     let path = dir.join("sam_vit_b_random.pth");
     let checkpoint = Checkpoint::open(&path).unwrap();
     assert_eq!(
-        checkpoint.config().unwrap().variant(),
+        checkpoint.architecture().unwrap().variant(),
         Some(SamVariant::VitB)
     );
     assert_eq!(

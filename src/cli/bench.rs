@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::open_device;
 use crate::data::prompts::{Multimask, ObjectPrompt, PromptConfig};
 use crate::device::DeviceSpec;
-use crate::model::image_encoder::ImageEncoderViTConfig;
-use crate::model::{DecoderSizes, Sam, SamConfig, SamVariant};
+use crate::model::{Architecture, Sam, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
 use crate::train::examples::Example;
 use crate::train::optim::adamw;
@@ -194,18 +193,15 @@ fn print_table(results: &[CaseResult], args: &BenchArgs) {
     }
 }
 
-fn config(args: &BenchArgs) -> SamConfig {
+fn architecture(args: &BenchArgs) -> Architecture {
     if args.tiny {
-        let encoder = ImageEncoderViTConfig::new()
-            .with_img_size(256)
-            .with_embed_dim(64)
-            .with_depth(2)
-            .with_num_heads(2)
-            .with_window_size(4)
-            .with_global_attn_indexes(vec![1]);
-        SamConfig::with_defaults(encoder, DecoderSizes::official())
+        let mut tiny = Architecture::default();
+        let e = &mut tiny.image_encoder;
+        (e.img_size, e.embed_dim, e.depth, e.num_heads, e.window_size) = (256, 64, 2, 2, 4);
+        e.global_attn_indexes = vec![1];
+        tiny
     } else {
-        args.variant.config()
+        args.variant.architecture()
     }
 }
 
@@ -266,7 +262,7 @@ fn random_boxes(n: usize, size: f64) -> Vec<[f64; 4]> {
 
 fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
     let device = open_device(args.device)?;
-    let config = config(args);
+    let config = architecture(args);
     let img = config.image_encoder.img_size;
     let grid = img / config.image_encoder.patch_size;
     match case {
@@ -363,7 +359,7 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
 
 /// Case 4: a decoder fine-tune over `ft_images` images x `ft_prompts` prompts for
 /// `ft_epochs` epochs, with embeddings computed once (the cache) and re-encoded every step.
-fn finetune_case(args: &BenchArgs, config: &SamConfig, device: &Device) -> Result<CaseResult> {
+fn finetune_case(args: &BenchArgs, config: &Architecture, device: &Device) -> Result<CaseResult> {
     let img = config.image_encoder.img_size;
     let mut trainer = BenchTrainer::new(config, args.ft_prompts, device);
     let encoder = trainer.model.valid();
@@ -426,7 +422,7 @@ struct BenchTrainer {
 }
 
 impl BenchTrainer {
-    fn new(sam_config: &SamConfig, n: usize, device: &Device) -> Self {
+    fn new(architecture: &Architecture, n: usize, device: &Device) -> Self {
         let autodiff = device.clone().autodiff();
         let config = TrainConfig {
             prompts: PromptConfig {
@@ -435,10 +431,10 @@ impl BenchTrainer {
             },
             ..TrainConfig::default()
         };
-        let model = freeze(sam_config.init(&autodiff), &config);
+        let model = freeze(architecture.init(&autodiff), &config);
         let optim = adamw(&model, &config.train);
-        let img = sam_config.image_encoder.img_size;
-        let low = sam_config.prompt_encoder.image_embedding_size[0] * 4;
+        let img = architecture.image_encoder.img_size;
+        let low = architecture.grid() * 4;
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         Self {
             model,
@@ -482,8 +478,8 @@ impl BenchTrainer {
 }
 
 /// Multiply-adds x2 of the image encoder forward (matmuls and convolutions).
-pub fn encoder_flops(config: &SamConfig) -> f64 {
-    let e = &config.image_encoder;
+pub fn encoder_flops(architecture: &Architecture) -> f64 {
+    let e = &architecture.image_encoder;
     let grid = (e.img_size / e.patch_size) as f64;
     let n = grid * grid;
     let d = e.embed_dim as f64;
@@ -500,7 +496,7 @@ pub fn encoder_flops(config: &SamConfig) -> f64 {
         };
         flops += groups * 2.0 * 2.0 * tokens * tokens * d;
     }
-    let out = e.out_chans as f64;
+    let out = architecture.decoder.prompt_embed_dim as f64;
     flops + 2.0 * n * d * out + 2.0 * n * out * out * 9.0 // neck
 }
 

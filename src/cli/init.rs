@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use clap::Args;
 
 use crate::model::architecture::resolve_architecture;
-use crate::weights::{describe, save_checkpoint};
+use crate::weights::save_checkpoint;
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -33,6 +33,6 @@ pub fn run(args: InitArgs) -> Result<()> {
         ("samtune_init_seed".to_string(), args.seed.to_string()),
     ]);
     save_checkpoint(&model, &config, &args.out, &metadata, &|_| true)?;
-    println!("{}\nwrote {}", describe(&config), args.out.display());
+    println!("{}\nwrote {}", config.describe(), args.out.display());
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::weights::{describe, Checkpoint};
+use crate::weights::Checkpoint;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -17,7 +17,7 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&args.checkpoint)?;
-    let config = checkpoint.config()?;
+    let config = checkpoint.architecture()?;
     let counts = checkpoint.parameter_counts();
     let mut dtypes: Vec<String> = checkpoint
         .dtypes()
@@ -33,7 +33,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             "path": args.checkpoint.display().to_string(),
             "format": checkpoint.format.to_string(),
             "variant": config.variant(),
-            "description": describe(&config),
+            "description": config.describe(),
             "config": config,
             "parameters": {
                 "image_encoder": counts.image_encoder,
@@ -51,7 +51,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let e = &config.image_encoder;
     println!("{}", args.checkpoint.display());
     println!("  format          {}", checkpoint.format);
-    println!("  variant         {}", describe(&config));
+    println!("  variant         {}", config.describe());
     println!(
         "  image encoder   {} px input, patch {}, embed {}, depth {}, heads {}, window {}, global blocks {:?}",
         e.img_size, e.patch_size, e.embed_dim, e.depth, e.num_heads, e.window_size, e.global_attn_indexes

@@ -15,7 +15,7 @@ use crate::fsutil::{save_png, write_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
 use crate::predict::{tensor_values, Predictor, PromptBatch};
-use crate::weights::{describe, load_sam, write_safetensors, RawTensor, VariantChoice};
+use crate::weights::{load_sam, write_safetensors, RawTensor, VariantChoice};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -182,7 +182,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         width: w,
         height: h,
         checkpoint: args.checkpoint.display().to_string(),
-        variant: describe(&config),
+        variant: config.describe(),
         multimask: args.multimask,
         boxes: args.boxes,
         points: args.points,

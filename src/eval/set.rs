@@ -14,7 +14,7 @@ use crate::data::prompts::PromptConfig;
 use crate::data::DataConfig;
 use crate::error::{bail, Context, Result};
 use crate::fsutil::{save_png, temp_path};
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 
 /// What `samtune eval` is asked to do.
@@ -36,7 +36,7 @@ pub struct SetEvaluation<'a> {
 /// size of the set (results stream to disk, only the drawn images stay in memory).
 pub fn evaluate_set(
     model: &Sam,
-    sam_config: &SamConfig,
+    architecture: &Architecture,
     job: &SetEvaluation,
 ) -> Result<EvalReport> {
     let split = job.data.open()?;
@@ -67,7 +67,7 @@ pub fn evaluate_set(
     let overlays = save_pictures(job.out, pictures)?;
     let report = EvalReport {
         checkpoint: job.checkpoint.display().to_string(),
-        model: crate::weights::describe(sam_config),
+        model: architecture.describe(),
         data: job.data.location().display().to_string(),
         prompts: job.prompts.describe(),
         images: prepared.len(),

@@ -21,7 +21,7 @@ use crate::data::prompts::PromptConfig;
 use crate::data::volumes::{read_pair, volume_pairs, volume_stem, write_slices, SliceAxis};
 use crate::error::{bail, Context, Result};
 use crate::fsutil::save_png;
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 use crate::predict::image::{load_rgb, IntensityScaling};
 
 /// One label of one volume.
@@ -252,7 +252,7 @@ pub struct VolumesEvaluation<'a> {
 /// writes the predicted label volumes, a picture per volume and the report.
 pub fn evaluate_volumes(
     model: &Sam,
-    sam_config: &SamConfig,
+    architecture: &Architecture,
     job: &VolumesEvaluation,
 ) -> Result<VolumeReport> {
     if job.tolerance_mm.is_nan() || job.tolerance_mm < 0.0 {
@@ -316,7 +316,7 @@ pub fn evaluate_volumes(
     let _ = std::fs::remove_dir(job.out.join(".slices"));
     let report = VolumeReport {
         checkpoint: job.checkpoint.display().to_string(),
-        model: crate::weights::describe(sam_config),
+        model: architecture.describe(),
         data: root.display().to_string(),
         axis: job.axis.name().to_string(),
         prompts: job.prompts.describe(),

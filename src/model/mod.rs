@@ -10,8 +10,9 @@ pub mod prompt_encoder;
 pub mod sam;
 pub mod transformer;
 
+pub use architecture::{Architecture, ArchitectureError};
 pub use image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 pub use mask_decoder::{DecoderOutput, MaskDecoder, MaskDecoderConfig};
 pub use prompt_encoder::{PointPrompts, PromptEncoder, PromptEncoderConfig};
-pub use sam::{DecoderSizes, Prompts, Sam, SamConfig, SamVariant};
+pub use sam::{Prompts, Sam, SamConfig, SamVariant};
 pub use transformer::{TwoWayTransformer, TwoWayTransformerConfig};

@@ -8,10 +8,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
+use super::architecture::Architecture;
 use super::image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 use super::mask_decoder::{DecoderOutput, MaskDecoder, MaskDecoderConfig};
 use super::prompt_encoder::{PointPrompts, PromptEncoder, PromptEncoderConfig};
-use super::transformer::TwoWayTransformerConfig;
 
 /// The three released checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -34,20 +34,19 @@ impl SamVariant {
     }
 
     /// `build_sam_vit_{b,l,h}`.
-    pub fn config(self) -> SamConfig {
+    pub fn architecture(self) -> Architecture {
         let (embed_dim, depth, num_heads, global) = match self {
             SamVariant::VitB => (768, 12, 12, vec![2, 5, 8, 11]),
             SamVariant::VitL => (1024, 24, 16, vec![5, 11, 17, 23]),
             SamVariant::VitH => (1280, 32, 16, vec![7, 15, 23, 31]),
         };
-        SamConfig::with_defaults(
-            ImageEncoderViTConfig::new()
-                .with_embed_dim(embed_dim)
-                .with_depth(depth)
-                .with_num_heads(num_heads)
-                .with_global_attn_indexes(global),
-            DecoderSizes::official(),
-        )
+        let mut architecture = Architecture::default();
+        let e = &mut architecture.image_encoder;
+        e.embed_dim = embed_dim;
+        e.depth = depth;
+        e.num_heads = num_heads;
+        e.global_attn_indexes = global;
+        architecture
     }
 }
 
@@ -72,34 +71,7 @@ impl FromStr for SamVariant {
     }
 }
 
-/// The prompt-encoder and decoder sizes that `build_sam.py` fixes (256-d prompts,
-/// 16 mask channels, a 2-layer 8-head transformer with MLP 2048, IoU head 3 x 256).
-#[derive(Config, Debug, PartialEq)]
-pub struct DecoderSizes {
-    #[config(default = 256)]
-    pub prompt_embed_dim: usize,
-    #[config(default = 16)]
-    pub mask_in_chans: usize,
-    #[config(default = 2)]
-    pub depth: usize,
-    #[config(default = 8)]
-    pub num_heads: usize,
-    #[config(default = 2048)]
-    pub mlp_dim: usize,
-    #[config(default = 3)]
-    pub num_multimask_outputs: usize,
-    #[config(default = 3)]
-    pub iou_head_depth: usize,
-    #[config(default = 256)]
-    pub iou_head_hidden_dim: usize,
-}
-
-impl DecoderSizes {
-    pub fn official() -> Self {
-        Self::new()
-    }
-}
-
+/// The module configurations of a SAM, made from the [`Architecture`] that describes it.
 #[derive(Config, Debug, PartialEq)]
 pub struct SamConfig {
     pub image_encoder: ImageEncoderViTConfig,
@@ -112,97 +84,6 @@ pub struct SamConfig {
 }
 
 impl SamConfig {
-    /// A consistent configuration around an encoder, as `_build_sam` assembles one: the
-    /// prompt dimension is the encoder's output channels, the grid its patch grid.
-    pub fn with_defaults(image_encoder: ImageEncoderViTConfig, decoder: DecoderSizes) -> Self {
-        let image_encoder = image_encoder.with_out_chans(decoder.prompt_embed_dim);
-        let grid = image_encoder.grid_size();
-        let prompt_encoder = PromptEncoderConfig::new()
-            .with_embed_dim(decoder.prompt_embed_dim)
-            .with_image_embedding_size([grid, grid])
-            .with_input_image_size([image_encoder.img_size, image_encoder.img_size])
-            .with_mask_in_chans(decoder.mask_in_chans);
-        let mask_decoder = MaskDecoderConfig::new()
-            .with_transformer_dim(decoder.prompt_embed_dim)
-            .with_transformer(
-                TwoWayTransformerConfig::new()
-                    .with_depth(decoder.depth)
-                    .with_embedding_dim(decoder.prompt_embed_dim)
-                    .with_num_heads(decoder.num_heads)
-                    .with_mlp_dim(decoder.mlp_dim),
-            )
-            .with_num_multimask_outputs(decoder.num_multimask_outputs)
-            .with_iou_head_depth(decoder.iou_head_depth)
-            .with_iou_head_hidden_dim(decoder.iou_head_hidden_dim);
-        Self::new(image_encoder, prompt_encoder, mask_decoder)
-    }
-
-    /// The official preset this configuration equals, if any.
-    pub fn variant(&self) -> Option<SamVariant> {
-        SamVariant::ALL.into_iter().find(|v| v.config() == *self)
-    }
-
-    /// A short name: `vit_b`, `vit_l`, `vit_h` or `custom`.
-    pub fn variant_name(&self) -> String {
-        self.variant()
-            .map(|v| v.name().to_string())
-            .unwrap_or_else(|| "custom".to_string())
-    }
-
-    /// Checks the sizes that must agree between the three parts.
-    pub fn validate(&self) -> Result<(), String> {
-        let enc = &self.image_encoder;
-        let dec = &self.mask_decoder;
-        let pe = &self.prompt_encoder;
-        let mut problems = Vec::new();
-        if !enc.img_size.is_multiple_of(enc.patch_size) {
-            problems.push(format!(
-                "img_size {} is not a multiple of patch_size {}",
-                enc.img_size, enc.patch_size
-            ));
-        }
-        if !enc.embed_dim.is_multiple_of(enc.num_heads) {
-            problems.push(format!(
-                "embed_dim {} is not divisible by num_heads {}",
-                enc.embed_dim, enc.num_heads
-            ));
-        }
-        if let Some(&i) = enc.global_attn_indexes.iter().find(|&&i| i >= enc.depth) {
-            problems.push(format!("global attention index {i} >= depth {}", enc.depth));
-        }
-        if pe.embed_dim != enc.out_chans || dec.transformer_dim != enc.out_chans {
-            problems.push(format!(
-                "encoder out_chans {}, prompt embed_dim {} and decoder transformer_dim {} must be equal",
-                enc.out_chans, pe.embed_dim, dec.transformer_dim
-            ));
-        }
-        let grid = enc.grid_size();
-        if pe.image_embedding_size != [grid, grid] {
-            problems.push(format!(
-                "prompt encoder image_embedding_size {:?} != encoder grid [{grid}, {grid}]",
-                pe.image_embedding_size
-            ));
-        }
-        if pe.input_image_size != [enc.img_size, enc.img_size] {
-            problems.push(format!(
-                "prompt encoder input_image_size {:?} != encoder img_size {}",
-                pe.input_image_size, enc.img_size
-            ));
-        }
-        let internal = dec.transformer_dim / dec.transformer.attention_downsample_rate.max(1);
-        if !internal.is_multiple_of(dec.transformer.num_heads) {
-            problems.push(format!(
-                "decoder num_heads {} must divide the cross-attention width {internal}",
-                dec.transformer.num_heads
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-
     pub fn init(&self, device: &Device) -> Sam {
         Sam {
             image_encoder: self.image_encoder.init(device),

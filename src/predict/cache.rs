@@ -15,7 +15,7 @@ use super::image::{load_rgb, IntensityScaling};
 use super::{tensor_values, EncodedImage, Predictor};
 use crate::error::{bail, Context, Result};
 use crate::fsutil::{file_sha256, hex};
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 use crate::weights::{write_safetensors, RawTensor};
 
 /// `[cache]` of a training config.
@@ -69,15 +69,15 @@ impl EmbeddingCache {
     pub fn open(
         root: &Path,
         checkpoint: &Path,
-        config: &SamConfig,
+        architecture: &Architecture,
         scaling: IntensityScaling,
     ) -> Result<Self> {
         let weights = file_sha256(checkpoint)?;
         let preprocessing = format!(
             "{CACHE_FORMAT};img_size={};mean={:?};std={:?};resize=pillow-bilinear;intensity={}",
-            config.image_encoder.img_size,
-            config.pixel_mean,
-            config.pixel_std,
+            architecture.image_encoder.img_size,
+            architecture.pixel_mean,
+            architecture.pixel_std,
             serde_json::to_string(&scaling)?
         );
         let key = format!(
@@ -224,7 +224,7 @@ mod tests {
         std::fs::write(&checkpoint, b"weights v1").unwrap();
         let image = dir.path().join("a.png");
         std::fs::write(&image, b"pixels v1").unwrap();
-        let config = crate::model::SamVariant::VitB.config();
+        let config = crate::model::SamVariant::VitB.architecture();
         let device = Device::default();
         let encodes = Cell::new(0);
         let get = |cache: &EmbeddingCache, value: f32| {

@@ -14,7 +14,7 @@ use super::optim::adamw;
 use crate::error::{bail, err, Context, Result};
 use crate::eval::metrics::Summary;
 use crate::fsutil::{temp_path, write_bytes_atomic};
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 use crate::weights::save_checkpoint;
 
 /// Metrics of one epoch.
@@ -171,7 +171,7 @@ pub fn save_resume(
 /// Checkpoints at the end of an epoch: `last`, `best` when improved, `decoder`, metadata.
 pub fn save_epoch(
     model: &Sam,
-    sam_config: &SamConfig,
+    architecture: &Architecture,
     config: &TrainConfig,
     state: &TrainState,
     dir: &Path,
@@ -184,7 +184,7 @@ pub fn save_epoch(
         config.model.checkpoint.display().to_string(),
     );
     let last = dir.join("last.safetensors");
-    save_checkpoint(model, sam_config, &last, &meta, &|_| true)?;
+    save_checkpoint(model, architecture, &last, &meta, &|_| true)?;
     if improved {
         let best = dir.join("best.safetensors");
         let tmp = temp_path(&best);
@@ -194,7 +194,7 @@ pub fn save_epoch(
     let prefixes = trained_prefixes(config.model.trainable);
     save_checkpoint(
         model,
-        sam_config,
+        architecture,
         &dir.join("decoder.safetensors"),
         &meta,
         &|k| prefixes.iter().any(|p| k.starts_with(p)),
@@ -202,8 +202,8 @@ pub fn save_epoch(
     let metadata = serde_json::json!({
         "base_checkpoint": config.model.checkpoint.display().to_string(),
         "base_checkpoint_sha256": state.base_checkpoint_sha256,
-        "variant": crate::weights::describe(sam_config),
-        "model_config": sam_config,
+        "variant": architecture.describe(),
+        "model_config": architecture,
         "train_config": config,
         "epoch": state.epoch,
         "best_epoch": state.best_epoch,

@@ -94,7 +94,7 @@ pub fn final_report(
     settings: &EvalSettings,
     device: &Device,
 ) -> Result<TrainReport> {
-    let (base, sam_config) = load_sam(&config.model.checkpoint, config.model.variant, device)?;
+    let (base, architecture) = load_sam(&config.model.checkpoint, config.model.variant, device)?;
     let best = dirs.checkpoints.join("best.safetensors");
     let (fine_tuned, _) = load_sam(&best, None, device)?;
     write_train_report(
@@ -107,7 +107,7 @@ pub fn final_report(
             run: config.name.clone(),
             base_checkpoint: config.model.checkpoint.display().to_string(),
             fine_tuned_checkpoint: best.display().to_string(),
-            model: crate::weights::describe(&sam_config),
+            model: architecture.describe(),
             trainable: config.model.trainable.name().to_string(),
             prompts: config.prompts.describe(),
             state,

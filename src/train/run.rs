@@ -26,7 +26,7 @@ use crate::error::{bail, Context, Result};
 use crate::eval::evaluate::{evaluate, flatten, EvalSettings, ImageEval};
 use crate::eval::metrics::{Aggregate, Summary};
 use crate::fsutil::{file_sha256, write_bytes_atomic};
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 use crate::predict::EmbeddingCache;
 use crate::weights::load_sam;
 
@@ -95,7 +95,7 @@ pub struct Run<'a> {
     pub log: RunLog,
     /// On the main autodiff device.
     model: Sam,
-    sam_config: SamConfig,
+    architecture: Architecture,
     optim: ModuleOptimizer,
     pub state: TrainState,
     pub data: RunData,
@@ -133,7 +133,7 @@ impl<'a> Run<'a> {
         let data = RunData::load(config, &mut log)?;
 
         let autodiff = device.clone().autodiff();
-        let (model, sam_config) =
+        let (model, architecture) =
             load_sam(&config.model.checkpoint, config.model.variant, &autodiff)?;
         let model = freeze(model, config);
         let base_sha = file_sha256(&config.model.checkpoint)?;
@@ -158,7 +158,7 @@ impl<'a> Run<'a> {
             Some(EmbeddingCache::open(
                 &config.cache.dir,
                 &config.model.checkpoint,
-                &sam_config,
+                &architecture,
                 config.data.intensity,
             )?)
         } else {
@@ -176,7 +176,7 @@ impl<'a> Run<'a> {
             dirs,
             log,
             model,
-            sam_config,
+            architecture,
             optim,
             state,
             data,
@@ -405,7 +405,7 @@ impl<'a> Run<'a> {
         }
         save_epoch(
             &valid,
-            &self.sam_config,
+            &self.architecture,
             self.config,
             &self.state,
             &self.dirs.checkpoints,

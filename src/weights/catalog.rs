@@ -102,7 +102,8 @@ mod tests {
         for c in &OFFICIAL_CHECKPOINTS {
             assert!(c.url().ends_with(c.file_name));
             assert!(c.file_name.contains(c.variant.name()));
-            let counts = crate::weights::ParameterCounts::from_config(&c.variant.config());
+            let counts =
+                crate::weights::ParameterCounts::from_architecture(&c.variant.architecture());
             assert_eq!(counts.total(), c.parameters, "{}", c.variant);
             assert_eq!(counts.mask_decoder, 4_058_340);
             assert_eq!(counts.prompt_encoder, 6_220);

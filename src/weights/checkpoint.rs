@@ -14,12 +14,15 @@ use burn::store::{
 };
 use burn::tensor::{DType, Device};
 
-use super::infer::{infer_config, ParameterCounts, ShapeMap};
+use super::infer::{infer_architecture, ParameterCounts, ShapeMap};
 use super::keymap::{module_to_official, official_to_module};
-use crate::model::{Sam, SamConfig, SamVariant};
+use crate::model::{Architecture, Sam, SamVariant};
 
-/// Metadata key under which samtune stores the model's [`SamConfig`] (JSON).
-pub const CONFIG_METADATA_KEY: &str = "samtune.config";
+/// Metadata key under which samtune stores the model's [`Architecture`] (JSON).
+pub const ARCHITECTURE_METADATA_KEY: &str = "samtune.architecture";
+/// Where samtune before the [`Architecture`] type kept the module configs (JSON); only
+/// the decoder's head count, which no shape shows, is read from it.
+const LEGACY_CONFIG_METADATA_KEY: &str = "samtune.config";
 /// The decoder head count of every official checkpoint (not visible in any shape).
 pub const OFFICIAL_DECODER_HEADS: usize = 8;
 const PATCH_EMBED_KEY: &str = "image_encoder.patch_embed.proj.weight";
@@ -340,33 +343,53 @@ impl Checkpoint {
     }
 
     /// The architecture: from samtune's metadata when present, else inferred from shapes.
-    pub fn config(&self) -> Result<SamConfig, WeightsError> {
+    pub fn architecture(&self) -> Result<Architecture, WeightsError> {
         let not_sam = |message: String| WeightsError::NotSam {
             path: self.path.clone(),
             message,
         };
-        if let Some(json) = self.metadata.get(CONFIG_METADATA_KEY) {
-            let config: SamConfig = serde_json::from_str(json)
-                .map_err(|e| not_sam(format!("invalid '{CONFIG_METADATA_KEY}' metadata: {e}")))?;
-            config.validate().map_err(not_sam)?;
-            return Ok(config);
+        if let Some(json) = self.metadata.get(ARCHITECTURE_METADATA_KEY) {
+            let architecture: Architecture = serde_json::from_str(json).map_err(|e| {
+                not_sam(format!(
+                    "invalid '{ARCHITECTURE_METADATA_KEY}' metadata: {e}"
+                ))
+            })?;
+            architecture.validate().map_err(|e| not_sam(e.0))?;
+            return Ok(architecture);
         }
-        infer_config(&self.shapes(), OFFICIAL_DECODER_HEADS).map_err(not_sam)
+        infer_architecture(&self.shapes(), self.decoder_heads()?).map_err(|e| not_sam(e.0))
     }
 
-    /// [`Self::config`], checked against an explicitly requested variant.
-    pub fn config_for(&self, requested: VariantChoice) -> Result<SamConfig, WeightsError> {
-        let config = self.config()?;
+    /// The decoder's head count: the legacy metadata's, else the official 8.
+    fn decoder_heads(&self) -> Result<usize, WeightsError> {
+        let Some(json) = self.metadata.get(LEGACY_CONFIG_METADATA_KEY) else {
+            return Ok(OFFICIAL_DECODER_HEADS);
+        };
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| v["mask_decoder"]["transformer"]["num_heads"].as_u64())
+            .map(|heads| heads as usize)
+            .ok_or_else(|| WeightsError::NotSam {
+                path: self.path.clone(),
+                message: format!(
+                    "invalid '{LEGACY_CONFIG_METADATA_KEY}' metadata: no decoder head count"
+                ),
+            })
+    }
+
+    /// [`Self::architecture`], checked against an explicitly requested variant.
+    pub fn architecture_for(&self, requested: VariantChoice) -> Result<Architecture, WeightsError> {
+        let architecture = self.architecture()?;
         if let Some(requested) = requested.preset() {
-            if config != requested.config() {
+            if architecture != requested.architecture() {
                 return Err(WeightsError::VariantMismatch {
                     path: self.path.clone(),
                     requested: requested.to_string(),
-                    detected: describe(&config),
+                    detected: architecture.describe(),
                 });
             }
         }
-        Ok(config)
+        Ok(architecture)
     }
 
     /// Loads every tensor into `model`; any missing, unexpected or mis-shaped tensor is
@@ -414,12 +437,12 @@ pub fn load_sam(
     path: impl AsRef<Path>,
     requested: impl Into<VariantChoice>,
     device: &Device,
-) -> Result<(Sam, SamConfig), WeightsError> {
+) -> Result<(Sam, Architecture), WeightsError> {
     let checkpoint = Checkpoint::open(path)?;
-    let config = checkpoint.config_for(requested.into())?;
-    let mut model = config.init(device);
+    let architecture = checkpoint.architecture_for(requested.into())?;
+    let mut model = architecture.init(device);
     checkpoint.load_into(&mut model)?;
-    Ok((model, config))
+    Ok((model, architecture))
 }
 
 /// The official state_dict keys and shapes of a model, from the parameters' lazy shapes:
@@ -466,20 +489,6 @@ impl burn::module::ModuleVisitor for LazyOfficialShapes {
         }
         self.shapes
             .insert(module_to_official(&names.join(".")), shape);
-    }
-}
-
-/// `vit_b` or a one-line description of a custom architecture.
-pub fn describe(config: &SamConfig) -> String {
-    match config.variant() {
-        Some(v) => v.to_string(),
-        None => {
-            let e = &config.image_encoder;
-            format!(
-                "a custom SAM (image {}, embed {}, depth {}, heads {}, global blocks {:?})",
-                e.img_size, e.embed_dim, e.depth, e.num_heads, e.global_attn_indexes
-            )
-        }
     }
 }
 
@@ -555,27 +564,15 @@ mod tests {
     #[test]
     fn lazy_expected_shapes_equal_the_exported_ones() {
         // the reference: what a materialised model exports under official names
-        let config = crate::model::SamVariant::VitB.config();
-        let lazy = expected_shapes(&config.init(&Device::default()));
-        let tiny = crate::model::architecture::ArchitectureSpec {
-            image_encoder: crate::model::architecture::EncoderSpec {
-                img_size: 64,
-                embed_dim: 32,
-                depth: 2,
-                num_heads: 2,
-                window_size: 2,
-                global_attn_indexes: vec![1],
-                ..Default::default()
-            },
-            decoder: crate::model::architecture::DecoderSpec {
-                prompt_embed_dim: 32,
-                mlp_dim: 64,
-                iou_head_hidden_dim: 32,
-                ..Default::default()
-            },
-        }
-        .to_config()
-        .unwrap();
+        let vit_b = crate::model::SamVariant::VitB.architecture();
+        let lazy = expected_shapes(&vit_b.init(&Device::default()));
+        let mut tiny = Architecture::default();
+        let e = &mut tiny.image_encoder;
+        (e.img_size, e.embed_dim, e.depth, e.num_heads, e.window_size) = (64, 32, 2, 2, 2);
+        e.global_attn_indexes = vec![1];
+        let d = &mut tiny.decoder;
+        (d.prompt_embed_dim, d.mlp_dim, d.iou_head_hidden_dim) = (32, 64, 32);
+        tiny.validate().unwrap();
         let model = tiny.init(&Device::default());
         let exported: ShapeMap = model
             .collect(

@@ -59,7 +59,7 @@ pub fn download_official(
 /// Checks that `path` is a checkpoint of `variant`'s architecture.
 pub fn verify_variant(path: &Path, variant: SamVariant) -> Result<()> {
     let checkpoint = Checkpoint::open(path)?;
-    checkpoint.config_for(variant.into())?;
+    checkpoint.architecture_for(variant.into())?;
     Ok(())
 }
 

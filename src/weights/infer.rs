@@ -2,55 +2,61 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{DecoderSizes, ImageEncoderViTConfig, SamConfig};
+use crate::model::architecture::{DecoderArchitecture, EncoderArchitecture};
+use crate::model::{Architecture, ArchitectureError};
 
 /// Official key -> shape.
 pub type ShapeMap = BTreeMap<String, Vec<usize>>;
 
-/// Infers the full [`SamConfig`] from official-named tensor shapes: encoder width and
+/// Infers the whole [`Architecture`] from official-named tensor shapes: encoder width and
 /// patch from `patch_embed`, depth from the block count, heads from the `rel_pos`
 /// width (the head dim), global blocks and window from the `rel_pos` lengths, image
 /// size from `pos_embed`, and the prompt/decoder sizes likewise.
 ///
 /// The decoder's head count leaves no trace in any shape; it is `decoder_heads`
 /// (8 in every official checkpoint, or what the file's samtune metadata says).
-pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig, String> {
-    let get = |key: &str| -> Result<&[usize], String> {
+pub fn infer_architecture(
+    shapes: &ShapeMap,
+    decoder_heads: usize,
+) -> Result<Architecture, ArchitectureError> {
+    let fail = |message: String| ArchitectureError(message);
+    let get = |key: &str| -> Result<&[usize], ArchitectureError> {
         shapes
             .get(key)
             .map(|s| s.as_slice())
-            .ok_or_else(|| format!("missing tensor '{key}'"))
+            .ok_or_else(|| fail(format!("missing tensor '{key}'")))
     };
-    let dim = |key: &str, axis: usize| -> Result<usize, String> {
+    let dim = |key: &str, axis: usize| -> Result<usize, ArchitectureError> {
         let shape = get(key)?;
-        shape
-            .get(axis)
-            .copied()
-            .ok_or_else(|| format!("tensor '{key}' has shape {shape:?}, expected rank > {axis}"))
+        shape.get(axis).copied().ok_or_else(|| {
+            fail(format!(
+                "tensor '{key}' has shape {shape:?}, expected rank > {axis}"
+            ))
+        })
     };
 
     let patch = get("image_encoder.patch_embed.proj.weight")?;
     let [embed_dim, in_chans, patch_size, _] = patch else {
-        return Err(format!(
+        return Err(fail(format!(
             "image_encoder.patch_embed.proj.weight has shape {patch:?}, expected [embed, chans, p, p]"
-        ));
+        )));
     };
     let (embed_dim, in_chans, patch_size) = (*embed_dim, *in_chans, *patch_size);
     let depth = count_indexed(shapes, "image_encoder.blocks.");
     if depth == 0 {
-        return Err("no image_encoder.blocks.* tensors".into());
+        return Err(fail("no image_encoder.blocks.* tensors".into()));
     }
     let use_rel_pos = shapes.contains_key("image_encoder.blocks.0.attn.rel_pos_h");
     if !use_rel_pos {
-        return Err(
+        return Err(fail(
             "the encoder has no rel_pos tables, so its head count cannot be inferred".into(),
-        );
+        ));
     }
     let head_dim = dim("image_encoder.blocks.0.attn.rel_pos_h", 1)?;
     if head_dim == 0 || embed_dim % head_dim != 0 {
-        return Err(format!(
+        return Err(fail(format!(
             "rel_pos width {head_dim} does not divide the embedding width {embed_dim}"
-        ));
+        )));
     }
     let num_heads = embed_dim / head_dim;
     let rel_lengths: Vec<usize> = (0..depth)
@@ -77,9 +83,9 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
         0 => 0,
         1 => window_lengths.first().copied().unwrap_or(1).div_ceil(2),
         _ => {
-            return Err(format!(
+            return Err(fail(format!(
                 "windowed blocks have different rel_pos lengths {window_lengths:?}"
-            ))
+            )))
         }
     };
     let mlp_dim = dim("image_encoder.blocks.0.mlp.lin1.weight", 0)?;
@@ -89,10 +95,10 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
     let mask_in_chans = dim("prompt_encoder.mask_downscaling.3.weight", 0)?;
     let transformer_dim = dim("mask_decoder.iou_token.weight", 1)?;
     if out_chans != prompt_embed_dim || transformer_dim != prompt_embed_dim {
-        return Err(format!(
+        return Err(fail(format!(
             "encoder output {out_chans}, prompt embedding {prompt_embed_dim} and decoder width \
              {transformer_dim} differ"
-        ));
+        )));
     }
     let decoder_depth = count_indexed(shapes, "mask_decoder.transformer.layers.");
     let decoder_mlp_dim = dim("mask_decoder.transformer.layers.0.mlp.lin1.weight", 0)?;
@@ -101,40 +107,44 @@ pub fn infer_config(shapes: &ShapeMap, decoder_heads: usize) -> Result<SamConfig
         0,
     )?;
     if cross_width == 0 || transformer_dim % cross_width != 0 {
-        return Err(format!(
+        return Err(fail(format!(
             "cross-attention width {cross_width} does not divide the decoder width {transformer_dim}"
-        ));
+        )));
     }
     let num_mask_tokens = dim("mask_decoder.mask_tokens.weight", 0)?;
     let iou_head_depth = count_indexed(shapes, "mask_decoder.iou_prediction_head.layers.");
     let iou_head_hidden_dim = dim("mask_decoder.iou_prediction_head.layers.0.weight", 0)?;
 
-    let encoder = ImageEncoderViTConfig::new()
-        .with_img_size(grid * patch_size)
-        .with_patch_size(patch_size)
-        .with_in_chans(in_chans)
-        .with_embed_dim(embed_dim)
-        .with_depth(depth)
-        .with_num_heads(num_heads)
-        .with_mlp_ratio(mlp_dim as f64 / embed_dim as f64)
-        .with_qkv_bias(shapes.contains_key("image_encoder.blocks.0.attn.qkv.bias"))
-        .with_use_abs_pos(use_abs_pos)
-        .with_use_rel_pos(use_rel_pos)
-        .with_window_size(window_size)
-        .with_global_attn_indexes(global_attn_indexes);
-    let decoder = DecoderSizes::new()
-        .with_prompt_embed_dim(prompt_embed_dim)
-        .with_mask_in_chans(mask_in_chans)
-        .with_depth(decoder_depth)
-        .with_num_heads(decoder_heads)
-        .with_mlp_dim(decoder_mlp_dim)
-        .with_num_multimask_outputs(num_mask_tokens.saturating_sub(1))
-        .with_iou_head_depth(iou_head_depth)
-        .with_iou_head_hidden_dim(iou_head_hidden_dim);
-    let mut config = SamConfig::with_defaults(encoder, decoder);
-    config.mask_decoder.transformer.attention_downsample_rate = transformer_dim / cross_width;
-    config.validate()?;
-    Ok(config)
+    let architecture = Architecture {
+        image_encoder: EncoderArchitecture {
+            img_size: grid * patch_size,
+            patch_size,
+            in_chans,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: mlp_dim as f64 / embed_dim as f64,
+            qkv_bias: shapes.contains_key("image_encoder.blocks.0.attn.qkv.bias"),
+            use_abs_pos,
+            use_rel_pos,
+            window_size,
+            global_attn_indexes,
+        },
+        decoder: DecoderArchitecture {
+            prompt_embed_dim,
+            mask_in_chans,
+            depth: decoder_depth,
+            num_heads: decoder_heads,
+            mlp_dim: decoder_mlp_dim,
+            attention_downsample_rate: transformer_dim / cross_width,
+            num_multimask_outputs: num_mask_tokens.saturating_sub(1),
+            iou_head_depth,
+            iou_head_hidden_dim,
+        },
+        ..Architecture::default()
+    };
+    architecture.validate()?;
+    Ok(architecture)
 }
 
 /// Number of distinct `N` in keys `{prefix}{N}.…`.
@@ -180,8 +190,8 @@ impl ParameterCounts {
 
     /// Counts for an architecture without allocating its weights: burn initialises
     /// parameters lazily and knows their shapes before.
-    pub fn from_config(config: &crate::model::SamConfig) -> Self {
-        let model = config.init(&burn::tensor::Device::default());
+    pub fn from_architecture(architecture: &Architecture) -> Self {
+        let model = architecture.init(&burn::tensor::Device::default());
         let mut counter = LazyShapeCounter::default();
         burn::module::Module::visit(&model, &mut counter);
         counter.counts

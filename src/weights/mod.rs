@@ -9,9 +9,7 @@ pub mod keymap;
 pub mod pth;
 pub mod save;
 
-pub use checkpoint::{
-    describe, load_sam, Checkpoint, CheckpointFormat, VariantChoice, WeightsError,
-};
-pub use infer::{infer_config, ParameterCounts};
+pub use checkpoint::{load_sam, Checkpoint, CheckpointFormat, VariantChoice, WeightsError};
+pub use infer::{infer_architecture, ParameterCounts};
 pub use pth::write_pth;
 pub use save::{pack_to_raw, save_checkpoint, write_safetensors, RawTensor};

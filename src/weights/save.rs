@@ -1,5 +1,5 @@
 //! Writing checkpoints under the official key names (safetensors or burnpack), with the
-//! model's [`SamConfig`] in the file metadata. Files are written atomically.
+//! model's [`Architecture`] in the file metadata. Files are written atomically.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,10 +10,10 @@ use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use burn::tensor::DType;
 use safetensors::Dtype;
 
-use super::checkpoint::CONFIG_METADATA_KEY;
+use super::checkpoint::ARCHITECTURE_METADATA_KEY;
 use super::keymap::module_to_official;
 use crate::fsutil::temp_path;
-use crate::model::{Sam, SamConfig};
+use crate::model::{Architecture, Sam};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaveFormat {
@@ -47,15 +47,15 @@ pub fn official_tensors(model: &Sam, keep: &dyn Fn(&str) -> bool) -> Vec<PackTen
 /// Saves `model` (the tensors `keep` selects) to `path`, format by extension.
 pub fn save_checkpoint(
     model: &Sam,
-    config: &SamConfig,
+    architecture: &Architecture,
     path: &Path,
     metadata: &BTreeMap<String, String>,
     keep: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
     let mut metadata = metadata.clone();
     metadata.insert(
-        CONFIG_METADATA_KEY.to_string(),
-        serde_json::to_string(config).context("serialising the model config")?,
+        ARCHITECTURE_METADATA_KEY.to_string(),
+        serde_json::to_string(architecture).context("serialising the model architecture")?,
     );
     let tensors = official_tensors(model, keep);
     match SaveFormat::from_path(path) {
