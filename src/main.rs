@@ -1,10 +1,3 @@
-use clap::Parser;
-
 fn main() {
-    samtune::alloc::tune_for_tensors();
-    let cli = samtune::cli::Cli::parse();
-    if let Err(err) = samtune::cli::run(cli) {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
-    }
+    std::process::exit(samtune::cli::main());
 }

@@ -1,16 +1,16 @@
 //! The `samtune` command line.
 
-pub mod annotate;
-pub mod bench;
-pub mod download;
-pub mod eval;
-pub mod eval_volumes;
-pub mod export;
-pub mod init;
-pub mod inspect;
-pub mod predict;
-pub mod train;
-pub mod variants;
+mod annotate;
+mod bench;
+mod download;
+mod eval;
+mod eval_volumes;
+mod export;
+mod init;
+mod inspect;
+mod predict;
+mod train;
+mod variants;
 
 use anyhow::Result;
 use burn::tensor::Device;
@@ -62,14 +62,29 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// The `samtune` program: tunes the allocator, parses the command line, runs the command;
+/// returns the exit status (1 on an error, which is printed with its causes).
+pub fn main() -> i32 {
+    crate::alloc::tune_for_tensors();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    }
+}
+
+/// Runs one command; `Ok` holds the exit status (130 for a run stopped by Ctrl-C).
+pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Train(args) => return train::run_train(args),
         Command::Predict(args) => predict::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Variants(args) => variants::run_variants(args),
         Command::Select(args) => variants::run_select(args),
         Command::Download(args) => download::run(args),
-        Command::Train(args) => train::run_train(args),
         Command::Embed(args) => train::run_embed(args),
         Command::SampleData(args) => train::run_sample_data(args),
         Command::Bench(args) => bench::run(args),
@@ -78,7 +93,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => init::run(args),
         Command::Eval(args) => eval::run(args),
         Command::EvalVolumes(args) => eval_volumes::run(args),
-    }
+    }?;
+    Ok(0)
 }
 
 /// Opens the device of a `--device` argument and says which one it is.

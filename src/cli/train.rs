@@ -26,17 +26,22 @@ pub struct TrainArgs {
     pub overrides: Vec<String>,
 }
 
-pub fn run_train(args: TrainArgs) -> Result<()> {
+/// The exit status shells expect after SIGINT: a stopped run is not a finished one, so
+/// `samtune train ... && next-step` does not carry on.
+const INTERRUPTED: i32 = 130;
+
+pub fn run_train(args: TrainArgs) -> Result<i32> {
     let config = TrainConfig::load(&args.config, &args.overrides)?;
     let interrupt = interrupt_flag()?;
     let outcome = train(&config, args.resume, &interrupt)?;
     let dir = outcome.run_dir.join("checkpoints");
     if outcome.interrupted {
+        let overrides: String = args.overrides.iter().map(|o| format!(" {o}")).collect();
         println!(
-            "interrupted: resume with `samtune train --config {} --resume`",
+            "interrupted: resume with `samtune train --config {}{overrides} --resume`",
             args.config.display()
         );
-        return Ok(());
+        return Ok(INTERRUPTED);
     }
     if let Some(report) = &outcome.report {
         println!(
@@ -54,7 +59,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             outcome.run_dir.join("report").join("report.html").display()
         );
     }
-    Ok(())
+    Ok(0)
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! Evaluation: metrics, seeded evaluation runs and reports.
 
-pub mod charts;
+pub(crate) mod charts;
 pub mod evaluate;
 pub mod metrics;
 pub mod report;

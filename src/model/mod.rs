@@ -4,7 +4,7 @@
 pub mod architecture;
 pub mod common;
 pub mod image_encoder;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod mask_decoder;
 pub mod prompt_encoder;
 pub mod sam;

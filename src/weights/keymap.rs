@@ -59,21 +59,6 @@ fn rename<'a>(key: &str, mut pairs: impl Iterator<Item = (&'a str, &'a str)>) ->
         .unwrap_or_else(|| key.to_string())
 }
 
-/// Regex remappings (pattern, replacement) for burn-store, in the given direction.
-pub fn remap_patterns(to_module: bool) -> Vec<(String, String)> {
-    SEQUENTIAL_RENAMES
-        .iter()
-        .map(|(official, module)| {
-            let (from, to) = if to_module {
-                (official, module)
-            } else {
-                (module, official)
-            };
-            (format!("^{}", regex::escape(from)), to.to_string())
-        })
-        .collect()
-}
-
 /// Tensors of the official state_dict that are buffers, not parameters: saved and
 /// loaded, but not counted by `sum(p.numel() for p in model.parameters())`.
 pub const BUFFERS: &[&str] = &["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"];

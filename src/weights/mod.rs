@@ -5,7 +5,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod download;
 pub mod infer;
-pub mod keymap;
+pub(crate) mod keymap;
 pub mod pth;
 pub mod save;
 
