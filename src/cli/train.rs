@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::dataset::Sample;
+use crate::fsutil::file_sha256;
 use crate::data::synthetic::{write_dataset, Domain};
 use crate::predict::{encode_image, EmbeddingCache};
 use crate::train::{train, TrainConfig};
@@ -94,17 +95,19 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let device = super::open_device(config.model.device)?;
     let (model, sam_config) = load_sam(&config.model.checkpoint, config.model.variant, &device)?;
     let cache = EmbeddingCache::open(
-        &config.cache.dir,
+        &config.cache,
         &config.model.checkpoint,
+        &file_sha256(&config.model.checkpoint)?,
         &sam_config,
         config.data.intensity,
     )?;
-    let split = config.data.open()?;
+    let split = config.data.open()?.split;
     let (shard, shards) = args.shard.unwrap_or((0, 1));
     let mine: Vec<&Sample> = split
         .train
         .iter()
         .chain(&split.val)
+        .chain(&split.test)
         .enumerate()
         .filter(|(i, _)| i % shards == shard)
         .map(|(_, p)| p)

@@ -1,25 +1,60 @@
-//! COCO instance annotations (`images`, `annotations`, `categories`), with category
-//! filtering. `samtune annotate` writes this format too.
+//! COCO instance annotations (`images`, `annotations`, `categories`) as a compact index:
+//! per image its file and size, per annotation its category, area, crowd flag and where
+//! its segmentation lies in the file. The file is parsed once, its segmentations kept as
+//! byte spans (not as JSON trees), and read back one object at a time when decoded.
+//! `samtune annotate` writes this format too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use crate::error::{bail, Context, Result};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::dataset::{Annotations, CocoObject, Sample};
+use super::dataset::{Annotations, Sample};
+use super::mask::{BinaryMask, Rle};
+use crate::error::{bail, Context, Error, Result};
 
-#[derive(Debug, Deserialize)]
-struct CocoFile {
-    images: Vec<CocoImage>,
-    #[serde(default)]
-    annotations: Vec<CocoAnnotation>,
-    #[serde(default)]
-    categories: Vec<CocoCategory>,
+/// An annotation file the index points into; a change to it after indexing is an error,
+/// not a silently different mask.
+#[derive(Debug)]
+pub struct CocoFile {
+    pub path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+/// Where a segmentation's JSON lies in its file.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    offset: u64,
+    len: u32,
+}
+
+/// One annotation, indexed.
+#[derive(Debug, Clone)]
+pub struct CocoObject {
+    pub annotation_id: u64,
+    pub category: Arc<str>,
+    /// Pixels, from the file's `area` (counted from the mask when the file has none).
+    pub area: f64,
+    pub iscrowd: bool,
+    segmentation: Span,
 }
 
 #[derive(Debug, Deserialize)]
-struct CocoImage {
+struct RawFile<'a> {
+    images: Vec<RawImage>,
+    #[serde(default, borrow)]
+    annotations: Vec<RawAnnotation<'a>>,
+    #[serde(default)]
+    categories: Vec<RawCategory>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawImage {
     id: u64,
     file_name: String,
     height: usize,
@@ -27,15 +62,20 @@ struct CocoImage {
 }
 
 #[derive(Debug, Deserialize)]
-struct CocoAnnotation {
+struct RawAnnotation<'a> {
     id: u64,
     image_id: u64,
     category_id: u64,
-    segmentation: serde_json::Value,
+    #[serde(borrow)]
+    segmentation: &'a RawValue,
+    #[serde(default)]
+    area: Option<f64>,
+    #[serde(default)]
+    iscrowd: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]
-struct CocoCategory {
+struct RawCategory {
     id: u64,
     name: String,
 }
@@ -49,26 +89,37 @@ pub fn load_coco(
 ) -> Result<Vec<Sample>> {
     let text = std::fs::read_to_string(annotations)
         .with_context(|| format!("reading {}", annotations.display()))?;
-    let file: CocoFile = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a COCO annotation file", annotations.display()))?;
-    let names: HashMap<u64, &str> = file
+    let file = Arc::new(CocoFile::stamp(annotations)?);
+    let raw: RawFile = serde_json::from_str(&text)
+        .map_err(|e| Error::file(annotations, format!("not a COCO annotation file: {e}")))?;
+    let names: HashMap<u64, Arc<str>> = raw
         .categories
         .iter()
-        .map(|c| (c.id, c.name.as_str()))
+        .map(|c| (c.id, Arc::from(c.name.as_str())))
         .collect();
     for wanted in categories {
-        if !names.values().any(|n| n == wanted) {
-            let known: Vec<&str> = names.values().copied().collect();
-            bail!(
-                "{}: no category '{wanted}' (categories: {known:?})",
-                annotations.display()
-            );
+        if !names.values().any(|n| &**n == wanted) {
+            let mut known: Vec<&str> = names.values().map(|n| &**n).collect();
+            known.sort();
+            return Err(Error::file(
+                annotations,
+                format!("no category '{wanted}' (categories: {known:?})"),
+            ));
         }
     }
-    let images: HashMap<u64, &CocoImage> = file.images.iter().map(|i| (i.id, i)).collect();
+    if let Some(image) = raw.images.iter().find(|i| !plausible_size(i.height, i.width)) {
+        return Err(Error::file(
+            annotations,
+            format!(
+                "image {} ({}) is declared {}x{}: each side must be 1..={MAX_SIDE} and the area at most {MAX_PIXELS} px",
+                image.id, image.file_name, image.width, image.height
+            ),
+        ));
+    }
+    let images: HashMap<u64, &RawImage> = raw.images.iter().map(|i| (i.id, i)).collect();
     let mut per_image: BTreeMap<u64, Vec<CocoObject>> = BTreeMap::new();
-    for ann in &file.annotations {
-        let category = names.get(&ann.category_id).copied().with_context(|| {
+    for ann in &raw.annotations {
+        let category = names.get(&ann.category_id).with_context(|| {
             format!(
                 "{}: annotation {} has unknown category_id {}",
                 annotations.display(),
@@ -76,21 +127,37 @@ pub fn load_coco(
                 ann.category_id
             )
         })?;
-        if !categories.is_empty() && !categories.iter().any(|c| c == category) {
+        if !categories.is_empty() && !categories.iter().any(|c| **c == **category) {
             continue;
         }
-        if !images.contains_key(&ann.image_id) {
+        let Some(image) = images.get(&ann.image_id) else {
             bail!(
                 "{}: annotation {} refers to unknown image_id {}",
                 annotations.display(),
                 ann.id,
                 ann.image_id
             );
-        }
+        };
+        let json = ann.segmentation.get();
+        let segmentation = Span {
+            offset: (json.as_ptr() as usize - text.as_ptr() as usize) as u64,
+            len: u32::try_from(json.len()).map_err(|_| {
+                Error::file(annotations, format!("annotation {}: segmentation over 4 GB", ann.id))
+            })?,
+        };
+        let area = match ann.area {
+            Some(area) if area > 0.0 => area,
+            // a file without areas (or with zeros): counted once, here
+            _ => decode_segmentation(json, image.height, image.width)
+                .with_context(|| format!("{}: annotation {}", annotations.display(), ann.id))?
+                .area() as f64,
+        };
         per_image.entry(ann.image_id).or_default().push(CocoObject {
             annotation_id: ann.id,
-            category: category.to_string(),
-            segmentation: ann.segmentation.clone(),
+            category: category.clone(),
+            area,
+            iscrowd: ann.iscrowd.unwrap_or(0) != 0,
+            segmentation,
         });
     }
     let samples: Vec<Sample> = per_image
@@ -99,9 +166,9 @@ pub fn load_coco(
             let image = images[&id];
             Sample {
                 image: images_dir.join(&image.file_name),
+                size: [image.height, image.width],
                 annotations: Annotations::Coco {
-                    width: image.width,
-                    height: image.height,
+                    file: file.clone(),
                     objects,
                 },
             }
@@ -115,4 +182,104 @@ pub fn load_coco(
         );
     }
     Ok(samples)
+}
+
+/// The largest image side and area samtune reads (a mask is a byte per pixel).
+pub const MAX_SIDE: usize = 1 << 17;
+pub const MAX_PIXELS: usize = 1 << 30;
+
+pub fn plausible_size(height: usize, width: usize) -> bool {
+    (1..=MAX_SIDE).contains(&height)
+        && (1..=MAX_SIDE).contains(&width)
+        && height * width <= MAX_PIXELS
+}
+
+impl CocoFile {
+    fn stamp(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+
+    /// The mask of `object` in an image of `[height, width]`, read from the file.
+    pub fn decode(&self, object: &CocoObject, size: [usize; 2]) -> Result<BinaryMask> {
+        let now = Self::stamp(&self.path)?;
+        if now.len != self.len || now.modified != self.modified {
+            return Err(Error::file(
+                &self.path,
+                "changed since it was indexed; start the run again to read the new annotations",
+            ));
+        }
+        let span = object.segmentation;
+        let mut file = std::fs::File::open(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let mut bytes = vec![0u8; span.len as usize];
+        file.seek(SeekFrom::Start(span.offset))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let json = std::str::from_utf8(&bytes)
+            .map_err(|_| Error::file(&self.path, "a segmentation is not UTF-8 text"))?;
+        decode_segmentation(json, size[0], size[1])
+    }
+}
+
+/// A COCO `segmentation` (its JSON text): a list of polygons, or an RLE with list or
+/// string counts.
+pub fn decode_segmentation(json: &str, height: usize, width: usize) -> Result<BinaryMask> {
+    let segmentation: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| crate::error::err!("invalid segmentation: {e}"))?;
+    match &segmentation {
+        serde_json::Value::Array(polygons) => {
+            let mut mask = BinaryMask::empty(width, height);
+            for polygon in polygons {
+                let xy: Vec<f64> = polygon
+                    .as_array()
+                    .and_then(|p| p.iter().map(|v| v.as_f64()).collect::<Option<Vec<_>>>())
+                    .context("a polygon must be a list of numbers [x0, y0, x1, y1, ...]")?;
+                if xy.len() < 6 || !xy.len().is_multiple_of(2) {
+                    bail!("a polygon needs at least 3 points (an even count of numbers), got {} numbers", xy.len());
+                }
+                // a little outside the image is common; far outside is a broken file (and
+                // tracing such an edge would take memory in proportion to its length)
+                let reach = 4.0 * height.max(width) as f64 + 16.0;
+                if let Some(v) = xy.iter().find(|v| !v.is_finite() || v.abs() > reach) {
+                    bail!("a polygon coordinate {v} lies far outside the {width}x{height} image");
+                }
+                mask.union(&Rle::from_polygon(&xy, height, width).decode()?);
+            }
+            Ok(mask)
+        }
+        serde_json::Value::Object(rle) => {
+            let size: Vec<usize> = rle
+                .get("size")
+                .and_then(|s| s.as_array())
+                .and_then(|s| {
+                    s.iter()
+                        .map(|v| v.as_u64().map(|v| v as usize))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .context("an RLE segmentation needs \"size\": [height, width]")?;
+            if size != [height, width] {
+                bail!("RLE size {size:?} differs from the image size [{height}, {width}]");
+            }
+            let rle = match rle.get("counts") {
+                Some(serde_json::Value::String(s)) => Rle::from_compressed(s, height, width)?,
+                Some(serde_json::Value::Array(counts)) => Rle {
+                    height,
+                    width,
+                    counts: counts
+                        .iter()
+                        .map(|c| c.as_u64().and_then(|c| u32::try_from(c).ok()))
+                        .collect::<Option<Vec<_>>>()
+                        .context("RLE counts must be non-negative integers")?,
+                },
+                _ => bail!("an RLE segmentation needs \"counts\" (a string or a list)"),
+            };
+            rle.decode()
+        }
+        _ => bail!("a segmentation must be a list of polygons or an RLE object"),
+    }
 }

@@ -1,93 +1,74 @@
-//! Labeled images: where they come from (folders or COCO JSON), how they are split, and
-//! their objects as binary masks.
+//! Labeled images as an index: per image its path, size and objects in their stored form
+//! (label values with their areas, COCO segmentations as spans of the annotation file).
+//! Indexing checks that masks fit their images and counts objects; masks are decoded only
+//! when a batch or an evaluation needs them, and dropped after it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use crate::error::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::mask::{BinaryMask, Rle};
+use super::coco::{CocoFile, CocoObject};
+use super::mask::BinaryMask;
+use crate::error::{bail, Context, Error, Result};
 
-/// One object of an image.
+/// One decoded object of an image.
 #[derive(Debug, Clone)]
 pub struct Object {
     pub mask: BinaryMask,
     pub category: Option<String>,
 }
 
-/// Where an image's objects are read from (decoded on demand, so that large sets do
-/// not sit in memory).
+/// A label value present in a label image, and how many pixels hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabelArea {
+    pub value: u16,
+    pub area: usize,
+}
+
+/// Where an image's objects are stored.
 #[derive(Debug, Clone)]
 pub enum Annotations {
     /// An instance-label image: each non-zero value is one object (a binary mask is the
     /// case of a single value).
-    LabelImage(PathBuf),
+    LabelImage { path: PathBuf, labels: Vec<LabelArea> },
     /// A semantic label image (e.g. a slice of a label volume): each non-zero value is one
     /// object whose category is the value's name (`label <value>` when unnamed).
     SemanticLabels {
         path: PathBuf,
-        names: std::sync::Arc<std::collections::BTreeMap<u16, String>>,
+        names: Arc<BTreeMap<u16, String>>,
+        labels: Vec<LabelArea>,
     },
-    /// COCO segmentations of one image.
+    /// COCO segmentations of one image, read from `file` when decoded.
     Coco {
-        width: usize,
-        height: usize,
+        file: Arc<CocoFile>,
         objects: Vec<CocoObject>,
     },
 }
 
-#[derive(Debug, Clone)]
-pub struct CocoObject {
-    pub annotation_id: u64,
-    pub category: String,
-    pub segmentation: serde_json::Value,
-}
-
+/// One labeled image, indexed.
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub image: PathBuf,
+    /// `[height, width]` of the image (from its header, or from the COCO file, which is
+    /// checked against the image when it is read).
+    pub size: [usize; 2],
     pub annotations: Annotations,
 }
 
-impl Sample {
-    /// The image's objects of at least `min_area` pixels, and how many were smaller.
-    pub fn objects(&self, min_area: usize) -> Result<(Vec<Object>, usize)> {
-        let all = match &self.annotations {
-            Annotations::LabelImage(path) => label_image_objects(path, None)?,
-            Annotations::SemanticLabels { path, names } => label_image_objects(path, Some(names))?,
-            Annotations::Coco {
-                width,
-                height,
-                objects,
-            } => objects
-                .iter()
-                .map(|o| {
-                    Ok(Object {
-                        mask: decode_segmentation(&o.segmentation, *height, *width).with_context(
-                            || {
-                                format!(
-                                    "annotation {} of image {}",
-                                    o.annotation_id,
-                                    self.image.display()
-                                )
-                            },
-                        )?,
-                        category: Some(o.category.clone()),
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        };
-        let total = all.len();
-        let kept: Vec<Object> = all
-            .into_iter()
-            .filter(|o| o.mask.area() >= min_area.max(1))
-            .collect();
-        let skipped = total - kept.len();
-        Ok((kept, skipped))
-    }
+/// Object masks built so far in this process (tests check that indexing builds none).
+static OBJECT_DECODES: AtomicUsize = AtomicUsize::new(0);
 
+#[cfg(test)]
+pub(crate) fn object_decodes() -> usize {
+    OBJECT_DECODES.load(Ordering::Relaxed)
+}
+
+impl Sample {
     /// A short name for reports: the image's file name.
     pub fn name(&self) -> String {
         self.image
@@ -95,114 +76,251 @@ impl Sample {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.image.display().to_string())
     }
-}
 
-/// Objects of a label image (8 or 16 bit, any channel count: the first), by increasing
-/// value; with `names`, each value is a category.
-fn label_image_objects(
-    path: &Path,
-    names: Option<&std::collections::BTreeMap<u16, String>>,
-) -> Result<Vec<Object>> {
-    let image = image::open(path).with_context(|| format!("reading mask {}", path.display()))?;
-    let labels = image.to_luma16();
-    let (w, h) = (labels.width() as usize, labels.height() as usize);
-    let mut values: Vec<u16> = labels.pixels().map(|p| p[0]).filter(|&v| v != 0).collect();
-    values.sort_unstable();
-    values.dedup();
-    Ok(values
-        .into_iter()
-        .map(|value| Object {
-            mask: BinaryMask::from_fn(w, h, |x, y| {
-                labels.get_pixel(x as u32, y as u32)[0] == value
-            }),
-            category: names.map(|n| {
-                n.get(&value)
-                    .cloned()
-                    .unwrap_or_else(|| format!("label {value}"))
-            }),
-        })
-        .collect())
-}
-
-/// A COCO `segmentation`: a list of polygons, or an RLE with list or string counts.
-pub fn decode_segmentation(
-    segmentation: &serde_json::Value,
-    height: usize,
-    width: usize,
-) -> Result<BinaryMask> {
-    match segmentation {
-        serde_json::Value::Array(polygons) => {
-            let mut mask = BinaryMask::empty(width, height);
-            for polygon in polygons {
-                let xy: Vec<f64> = polygon
-                    .as_array()
-                    .and_then(|p| p.iter().map(|v| v.as_f64()).collect::<Option<Vec<_>>>())
-                    .context("a polygon must be a list of numbers [x0, y0, x1, y1, ...]")?;
-                if xy.len() < 6 || !xy.len().is_multiple_of(2) {
-                    bail!("a polygon needs at least 3 points (an even count of numbers), got {} numbers", xy.len());
-                }
-                mask.union(&Rle::from_polygon(&xy, height, width).decode()?);
+    pub fn object_count(&self) -> usize {
+        match &self.annotations {
+            Annotations::LabelImage { labels, .. } | Annotations::SemanticLabels { labels, .. } => {
+                labels.len()
             }
-            Ok(mask)
+            Annotations::Coco { objects, .. } => objects.len(),
         }
-        serde_json::Value::Object(rle) => {
-            let size: Vec<usize> = rle
-                .get("size")
-                .and_then(|s| s.as_array())
-                .and_then(|s| {
-                    s.iter()
-                        .map(|v| v.as_u64().map(|v| v as usize))
-                        .collect::<Option<Vec<_>>>()
+    }
+
+    /// Checks the image as read (`[height, width]`) against the size the index holds.
+    pub fn check_image_size(&self, actual: [usize; 2]) -> Result<()> {
+        if actual == self.size {
+            return Ok(());
+        }
+        let source = match &self.annotations {
+            Annotations::LabelImage { path, .. } | Annotations::SemanticLabels { path, .. } => {
+                format!("the mask {}", path.display())
+            }
+            Annotations::Coco { file, .. } => format!("the COCO file {}", file.path.display()),
+        };
+        Err(Error::file(
+            &self.image,
+            format!(
+                "the image is {}x{} (width x height), but {source} is for {}x{}",
+                actual[1], actual[0], self.size[1], self.size[0]
+            ),
+        ))
+    }
+
+    /// Removes the objects smaller than `min_area` pixels (by their indexed area) and
+    /// returns how many there were.
+    pub fn retain_min_area(&mut self, min_area: usize) -> usize {
+        let before = self.object_count();
+        let min_area = min_area.max(1);
+        match &mut self.annotations {
+            Annotations::LabelImage { labels, .. } | Annotations::SemanticLabels { labels, .. } => {
+                labels.retain(|l| l.area >= min_area)
+            }
+            Annotations::Coco { objects, .. } => objects.retain(|o| o.area >= min_area as f64),
+        }
+        before - self.object_count()
+    }
+
+    /// Every object, decoded in index order.
+    pub fn decode_objects(&self) -> Result<Vec<Object>> {
+        self.decode_objects_at(&(0..self.object_count()).collect::<Vec<_>>())
+    }
+
+    /// The objects at `indices` (in index order), decoded and checked against the image
+    /// size.
+    pub fn decode_objects_at(&self, indices: &[usize]) -> Result<Vec<Object>> {
+        let objects = match &self.annotations {
+            Annotations::LabelImage { path, labels } => {
+                label_objects(path, labels, indices, self.size, None)?
+            }
+            Annotations::SemanticLabels {
+                path,
+                names,
+                labels,
+            } => label_objects(path, labels, indices, self.size, Some(names))?,
+            Annotations::Coco { file, objects } => indices
+                .iter()
+                .map(|&i| {
+                    let object = &objects[i];
+                    Ok(Object {
+                        mask: file.decode(object, self.size).with_context(|| {
+                            format!(
+                                "annotation {} of image {}",
+                                object.annotation_id,
+                                self.image.display()
+                            )
+                        })?,
+                        category: Some(object.category.to_string()),
+                    })
                 })
-                .context("an RLE segmentation needs \"size\": [height, width]")?;
-            if size != [height, width] {
-                bail!("RLE size {size:?} differs from the image size [{height}, {width}]");
-            }
-            let rle = match rle.get("counts") {
-                Some(serde_json::Value::String(s)) => Rle::from_compressed(s, height, width)?,
-                Some(serde_json::Value::Array(counts)) => Rle {
-                    height,
-                    width,
-                    counts: counts
-                        .iter()
-                        .map(|c| c.as_u64().and_then(|c| u32::try_from(c).ok()))
-                        .collect::<Option<Vec<_>>>()
-                        .context("RLE counts must be non-negative integers")?,
-                },
-                _ => bail!("an RLE segmentation needs \"counts\" (a string or a list)"),
-            };
-            rle.decode()
-        }
-        _ => bail!("a segmentation must be a list of polygons or an RLE object"),
+                .collect::<Result<Vec<_>>>()?,
+        };
+        OBJECT_DECODES.fetch_add(objects.len(), Ordering::Relaxed);
+        Ok(objects)
+    }
+
+    /// The image's objects of at least `min_area` pixels, decoded, and how many were
+    /// smaller.
+    pub fn objects(&self, min_area: usize) -> Result<(Vec<Object>, usize)> {
+        let mut kept = self.clone();
+        let skipped = kept.retain_min_area(min_area);
+        Ok((kept.decode_objects()?, skipped))
     }
 }
 
-/// Train and validation samples.
+/// The one check that a mask and its image line up.
+pub fn check_same_size(
+    mask: &Path,
+    mask_size: [usize; 2],
+    image: &Path,
+    image_size: [usize; 2],
+) -> Result<()> {
+    if mask_size != image_size {
+        return Err(Error::file(
+            mask,
+            format!(
+                "the mask is {}x{} (width x height) but its image {} is {}x{}",
+                mask_size[1],
+                mask_size[0],
+                image.display(),
+                image_size[1],
+                image_size[0]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[height, width]` of an image file, from its header.
+pub fn image_size(path: &Path) -> Result<[usize; 2]> {
+    let (w, h) =
+        image::image_dimensions(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok([h as usize, w as usize])
+}
+
+/// A label image's values: 8 or 16 bit, any channel count (the first), `[height, width]`.
+pub fn read_labels(path: &Path) -> Result<(Vec<u16>, [usize; 2])> {
+    let image = image::open(path).with_context(|| format!("reading mask {}", path.display()))?;
+    let labels = image.to_luma16();
+    let size = [labels.height() as usize, labels.width() as usize];
+    Ok((labels.into_raw(), size))
+}
+
+/// The non-zero values of `labels` and their pixel counts, by increasing value.
+pub fn count_labels(labels: &[u16]) -> Vec<LabelArea> {
+    let mut counts: BTreeMap<u16, usize> = BTreeMap::new();
+    for &v in labels.iter().filter(|&&v| v != 0) {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|(value, area)| LabelArea { value, area })
+        .collect()
+}
+
+/// The objects of a label image at `indices` of `labels`; with `names`, each value is a
+/// category.
+fn label_objects(
+    path: &Path,
+    labels: &[LabelArea],
+    indices: &[usize],
+    image_size: [usize; 2],
+    names: Option<&Arc<BTreeMap<u16, String>>>,
+) -> Result<Vec<Object>> {
+    if indices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (values, size) = read_labels(path)?;
+    let [h, w] = size;
+    if size != image_size {
+        return Err(Error::file(
+            path,
+            format!(
+                "the mask is {w}x{h} (width x height) now, its image {}x{} (was it replaced during the run?)",
+                image_size[1], image_size[0]
+            ),
+        ));
+    }
+    indices
+        .iter()
+        .map(|&i| {
+            let value = labels[i].value;
+            let mask = BinaryMask {
+                width: w,
+                height: h,
+                data: values.iter().map(|&v| (v == value) as u8).collect(),
+            };
+            if mask.area() != labels[i].area {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "label {value} covers {} px, the index says {} (was the mask changed during the run?)",
+                        mask.area(),
+                        labels[i].area
+                    ),
+                ));
+            }
+            Ok(Object {
+                mask,
+                category: names.map(|n| {
+                    n.get(&value)
+                        .cloned()
+                        .unwrap_or_else(|| format!("label {value}"))
+                }),
+            })
+        })
+        .collect()
+}
+
+/// Train, validation and test samples.
 #[derive(Debug, Clone, Default)]
 pub struct Split {
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
+    pub test: Vec<Sample>,
 }
 
 /// Splits `samples` by `val_ratio` with a seeded shuffle (sorted first, so the split
 /// depends only on the file names and the seed). At least one validation sample when
 /// there are two or more samples and the ratio is positive.
-pub fn seeded_split(mut samples: Vec<Sample>, val_ratio: f64, seed: u64) -> Split {
-    samples.sort_by(|a, b| a.image.cmp(&b.image));
+pub fn seeded_split(samples: Vec<Sample>, val_ratio: f64, seed: u64) -> Split {
+    let (train, val) = split_off(samples, val_ratio, seed);
+    Split {
+        train,
+        val,
+        test: Vec::new(),
+    }
+}
+
+/// `(kept, held out)`: a seeded `ratio` of `samples` held out (see [`seeded_split`]).
+pub fn split_off<T: HasPath>(mut samples: Vec<T>, ratio: f64, seed: u64) -> (Vec<T>, Vec<T>) {
+    samples.sort_by(|a, b| a.path().cmp(b.path()));
     samples.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let n = samples.len();
-    let mut n_val = (n as f64 * val_ratio).round() as usize;
-    if val_ratio > 0.0 && n >= 2 {
-        n_val = n_val.clamp(1, n - 1);
+    let mut n_out = (n as f64 * ratio).round() as usize;
+    if ratio > 0.0 && n >= 2 {
+        n_out = n_out.clamp(1, n - 1);
     }
-    let val = samples.split_off(n - n_val.min(n));
-    let mut split = Split {
-        train: samples,
-        val,
-    };
-    split.train.sort_by(|a, b| a.image.cmp(&b.image));
-    split.val.sort_by(|a, b| a.image.cmp(&b.image));
-    split
+    let mut out = samples.split_off(n - n_out.min(n));
+    samples.sort_by(|a, b| a.path().cmp(b.path()));
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    (samples, out)
+}
+
+/// What a split is ordered by.
+pub trait HasPath {
+    fn path(&self) -> &Path;
+}
+
+impl HasPath for Sample {
+    fn path(&self) -> &Path {
+        &self.image
+    }
+}
+
+impl HasPath for (PathBuf, PathBuf) {
+    fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 /// Image file extensions samtune reads.
@@ -214,29 +332,57 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// A sample with its objects decoded (objects below the minimum area removed).
+/// What filtering an index left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Filtered {
+    /// Objects below `min_area` pixels.
+    pub small_objects: usize,
+    /// Images left without any object.
+    pub empty_images: usize,
+}
+
+impl Filtered {
+    pub fn add(self, other: Filtered) -> Filtered {
+        Filtered {
+            small_objects: self.small_objects + other.small_objects,
+            empty_images: self.empty_images + other.empty_images,
+        }
+    }
+}
+
+/// Drops objects below `min_area` pixels and the images left without objects.
+pub fn filter_samples(samples: &mut Vec<Sample>, min_area: usize) -> Filtered {
+    let mut filtered = Filtered::default();
+    for sample in samples.iter_mut() {
+        filtered.small_objects += sample.retain_min_area(min_area);
+    }
+    let before = samples.len();
+    samples.retain(|s| s.object_count() > 0);
+    filtered.empty_images = before - samples.len();
+    filtered
+}
+
+/// A sample with its objects decoded, for the code that holds one image at a time.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub sample: Sample,
     pub objects: Vec<Object>,
 }
 
-/// Decodes the objects of `samples`; images left without objects are dropped. Returns the
-/// prepared samples, the number of objects skipped as too small and of images dropped.
-pub fn prepare(samples: &[Sample], min_area: usize) -> Result<(Vec<Prepared>, usize, usize)> {
-    let mut prepared = Vec::with_capacity(samples.len());
-    let (mut skipped, mut dropped) = (0, 0);
-    for sample in samples {
-        let (objects, small) = sample.objects(min_area)?;
-        skipped += small;
-        if objects.is_empty() {
-            dropped += 1;
-            continue;
-        }
-        prepared.push(Prepared {
+impl Prepared {
+    /// Decodes every (indexed) object of `sample`.
+    pub fn decode(sample: &Sample) -> Result<Self> {
+        Ok(Self {
+            objects: sample.decode_objects()?,
             sample: sample.clone(),
-            objects,
-        });
+        })
     }
-    Ok((prepared, skipped, dropped))
+}
+
+/// Fails unless `samples` holds at least one image with objects.
+pub fn require_objects(samples: &[Sample], what: &str, min_area: usize) -> Result<()> {
+    if samples.is_empty() {
+        bail!("no {what} images with objects of at least {min_area} px");
+    }
+    Ok(())
 }

@@ -1,12 +1,20 @@
 //! Folder datasets: `images/` and `masks/` with matching file stems, optionally under
-//! `train/` and `val/`.
+//! `train/` and `val/`. Indexing reads each image's header and each mask once, to check
+//! that they line up and to count its label values; the counts are kept in
+//! `.samtune-index.json` beside the folders (when writable), so the next run reads no mask.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::error::{bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
-use super::dataset::{is_image, seeded_split, Annotations, Sample, Split};
+use super::dataset::{
+    check_same_size, count_labels, image_size, is_image, read_labels, seeded_split, Annotations,
+    LabelArea, Sample, Split,
+};
+use crate::error::{bail, Context, Result};
+use crate::fsutil::{write_bytes_atomic, FileStamp};
 
 /// Reads `root/{train,val}/{images,masks}` when `root/train` exists, else `root/{images,masks}`
 /// split by `val_ratio` with `seed`.
@@ -21,23 +29,24 @@ pub fn load_folder(root: &Path, val_ratio: f64, seed: u64) -> Result<Split> {
         } else {
             Vec::new()
         };
-        return Ok(Split { train, val });
+        return Ok(Split {
+            train,
+            val,
+            test: Vec::new(),
+        });
     }
     Ok(seeded_split(pairs(root)?, val_ratio, seed))
 }
 
-/// The samples of one `images/` + `masks/` pair of folders.
-fn pairs(dir: &Path) -> Result<Vec<Sample>> {
+/// The samples of one `images/` + `masks/` pair of folders, indexed.
+pub fn pairs(dir: &Path) -> Result<Vec<Sample>> {
     let images = by_stem(&dir.join("images"))?;
     let masks = by_stem(&dir.join("masks"))?;
-    let mut samples = Vec::new();
+    let mut matched = Vec::new();
     let mut unmatched = Vec::new();
     for (stem, image) in &images {
         match masks.get(stem) {
-            Some(mask) => samples.push(Sample {
-                image: image.clone(),
-                annotations: Annotations::LabelImage(mask.clone()),
-            }),
+            Some(mask) => matched.push((image.clone(), mask.clone())),
             None => unmatched.push(image.display().to_string()),
         }
     }
@@ -55,10 +64,110 @@ fn pairs(dir: &Path) -> Result<Vec<Sample>> {
                 .join(", ")
         );
     }
-    if samples.is_empty() {
+    if matched.is_empty() {
         bail!("no images in {}", dir.join("images").display());
     }
+    let mut cache = LabelIndex::read(dir);
+    let indexed: Vec<(Sample, Option<(String, MaskEntry)>)> = matched
+        .par_iter()
+        .map(|(image, mask)| index_pair(image, mask, &cache))
+        .collect::<Result<_>>()?;
+    let mut samples = Vec::with_capacity(indexed.len());
+    let mut changed = false;
+    for (sample, new_entry) in indexed {
+        if let Some((name, entry)) = new_entry {
+            cache.masks.insert(name, entry);
+            changed = true;
+        }
+        samples.push(sample);
+    }
+    if changed {
+        cache.write(dir);
+    }
     Ok(samples)
+}
+
+/// One image and its mask: their sizes checked, the mask's labels counted (or taken from
+/// the index file when the mask is unchanged). The new index entry, when one was made.
+fn index_pair(
+    image: &Path,
+    mask: &Path,
+    cache: &LabelIndex,
+) -> Result<(Sample, Option<(String, MaskEntry)>)> {
+    let size = image_size(image)?;
+    let name = file_name(mask);
+    let stamp = FileStamp::of(mask)?;
+    let (entry, new) = match cache.masks.get(&name) {
+        Some(entry) if entry.stamp == stamp => (entry.clone(), false),
+        _ => {
+            let (values, mask_size) = read_labels(mask)?;
+            let entry = MaskEntry {
+                stamp,
+                size: mask_size,
+                labels: count_labels(&values),
+            };
+            (entry, true)
+        }
+    };
+    check_same_size(mask, entry.size, image, size)?;
+    let sample = Sample {
+        image: image.to_path_buf(),
+        size,
+        annotations: Annotations::LabelImage {
+            path: mask.to_path_buf(),
+            labels: entry.labels.clone(),
+        },
+    };
+    Ok((sample, new.then_some((name, entry))))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MaskEntry {
+    stamp: FileStamp,
+    /// `[height, width]`
+    size: [usize; 2],
+    labels: Vec<LabelArea>,
+}
+
+/// `.samtune-index.json`: the label counts of a folder's masks.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LabelIndex {
+    version: u32,
+    masks: BTreeMap<String, MaskEntry>,
+}
+
+const INDEX_FILE: &str = ".samtune-index.json";
+const INDEX_VERSION: u32 = 1;
+
+impl LabelIndex {
+    /// The folder's index file; empty when there is none or it is of another version.
+    fn read(dir: &Path) -> Self {
+        std::fs::read(dir.join(INDEX_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<LabelIndex>(&bytes).ok())
+            .filter(|index| index.version == INDEX_VERSION)
+            .unwrap_or_default()
+    }
+
+    /// Best effort: a read-only dataset is indexed again next time.
+    fn write(&self, dir: &Path) {
+        let index = LabelIndex {
+            version: INDEX_VERSION,
+            masks: self.masks.clone(),
+        };
+        let written = serde_json::to_vec(&index)
+            .map_err(crate::error::Error::from)
+            .and_then(|bytes| write_bytes_atomic(&dir.join(INDEX_FILE), &bytes));
+        if let Err(e) = written {
+            eprintln!("note: the mask index is not kept ({e}); the next run counts the labels again");
+        }
+    }
 }
 
 fn by_stem(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {

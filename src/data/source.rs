@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::{seeded_split, Split};
+use super::dataset::{filter_samples, seeded_split, split_off, Filtered, Sample, Split};
 use super::volumes::{load_volumes, SliceAxis, SliceSettings};
 use super::{coco, folder};
 use crate::error::{check_setting, Error, Result};
@@ -29,6 +29,26 @@ pub struct DataConfig {
     pub max_objects_per_image: usize,
     /// How 16-bit or float images become 8-bit (NIfTI: per volume).
     pub intensity: IntensityScaling,
+    /// A held-out test set, evaluated once at the end of a run with the best checkpoint.
+    pub test: Option<TestSplit>,
+}
+
+/// `data.test`: a fraction of the training images (NIfTI: volumes), or a dataset of its
+/// own: a COCO file (`.json`, images from `data.images`) or a folder in the dataset's
+/// format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TestSplit {
+    Ratio(f64),
+    Path(PathBuf),
+}
+
+/// An opened dataset: its samples (indexed, small objects and empty images left out)
+/// and what was left out.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub split: Split,
+    pub filtered: Filtered,
 }
 
 /// A dataset format and its keys.
@@ -70,6 +90,7 @@ impl Default for DataConfig {
             min_area: 16,
             max_objects_per_image: 8,
             intensity: IntensityScaling::Auto,
+            test: None,
         }
     }
 }
@@ -119,6 +140,14 @@ impl DataConfig {
             self.max_objects_per_image >= 1,
             ">= 1",
         )?;
+        if let Some(TestSplit::Ratio(ratio)) = self.test {
+            check_setting(
+                "data.test",
+                ratio,
+                (0.0..1.0).contains(&ratio) && ratio + self.val_ratio < 1.0,
+                "in [0, 1), with data.val_ratio + data.test below 1",
+            )?;
+        }
         if let DataSource::Nifti { slice_fraction, .. } = self.source {
             check_setting(
                 "data.slice_fraction",
@@ -140,8 +169,63 @@ impl DataConfig {
         }
     }
 
-    /// The train and validation samples (indexed, objects not decoded).
-    pub fn open(&self) -> Result<Split> {
+    /// The train, validation and test samples, indexed (no mask decoded), without the
+    /// objects below `min_area` and the images left without objects.
+    pub fn open(&self) -> Result<Dataset> {
+        let mut split = self.index()?;
+        let mut filtered = Filtered::default();
+        for part in [&mut split.train, &mut split.val, &mut split.test] {
+            filtered = filtered.add(filter_samples(part, self.min_area));
+        }
+        Ok(Dataset { split, filtered })
+    }
+
+    /// The samples with their train/validation/test parts.
+    fn index(&self) -> Result<Split> {
+        let mut split = self.index_train_val()?;
+        match &self.test {
+            None => {}
+            Some(TestSplit::Ratio(ratio)) if !matches!(self.source, DataSource::Nifti { .. }) => {
+                // a seed of its own, so that adding a test set keeps the validation set
+                let (train, test) = split_off(
+                    std::mem::take(&mut split.train),
+                    *ratio,
+                    self.split_seed ^ TEST_SEED,
+                );
+                split.train = train;
+                split.test = test;
+            }
+            Some(TestSplit::Ratio(_)) => {} // NIfTI: split by volume, in index_train_val
+            Some(TestSplit::Path(path)) => split.test = self.index_test_path(path)?,
+        }
+        Ok(split)
+    }
+
+    /// A test set of its own: a COCO file or a folder in the dataset's format.
+    fn index_test_path(&self, path: &Path) -> Result<Vec<Sample>> {
+        if path.extension().is_some_and(|e| e == "json") {
+            let (images, categories) = match &self.source {
+                DataSource::Coco {
+                    annotations,
+                    images,
+                    categories,
+                    ..
+                } => (coco_images(annotations, images), categories.clone()),
+                _ => (coco_images(path, &None), Vec::new()),
+            };
+            return coco::load_coco(path, &images, &categories);
+        }
+        let test = DataConfig {
+            source: self.source.clone().at(path),
+            val_ratio: 0.0,
+            test: None,
+            ..self.clone()
+        };
+        let split = test.index_train_val()?;
+        Ok(split.train.into_iter().chain(split.val).collect())
+    }
+
+    fn index_train_val(&self) -> Result<Split> {
         match &self.source {
             DataSource::Folder { path } => {
                 folder::load_folder(path, self.val_ratio, self.split_seed)
@@ -152,18 +236,14 @@ impl DataConfig {
                 val_annotations,
                 categories,
             } => {
-                let images = images.clone().unwrap_or_else(|| {
-                    annotations
-                        .parent()
-                        .unwrap_or(Path::new("."))
-                        .join("images")
-                });
+                let images = coco_images(annotations, images);
                 let train = coco::load_coco(annotations, &images, categories)?;
                 Ok(match val_annotations {
                     None => seeded_split(train, self.val_ratio, self.split_seed),
                     Some(val) => Split {
                         train,
                         val: coco::load_coco(val, &images, categories)?,
+                        test: Vec::new(),
                     },
                 })
             }
@@ -181,8 +261,56 @@ impl DataConfig {
                     label_names: Arc::new(label_names.clone()),
                     seed: self.split_seed,
                 };
-                load_volumes(path, self.val_ratio, self.split_seed, &settings, slice_dir)
+                let test_ratio = match self.test {
+                    Some(TestSplit::Ratio(r)) => r,
+                    _ => 0.0,
+                };
+                load_volumes(
+                    path,
+                    [self.val_ratio, test_ratio],
+                    self.split_seed,
+                    &settings,
+                    slice_dir,
+                )
             }
+        }
+    }
+}
+
+/// Mixed into the split seed for the test split.
+pub const TEST_SEED: u64 = 0x7e57_5e7;
+
+/// A COCO file's image folder: `data.images`, else `images/` beside the file.
+fn coco_images(annotations: &Path, images: &Option<PathBuf>) -> PathBuf {
+    images.clone().unwrap_or_else(|| {
+        annotations
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("images")
+    })
+}
+
+impl DataSource {
+    /// A dataset of the same kind at `path`: a NIfTI folder with the same slicing, else a
+    /// folder of images and masks.
+    fn at(self, path: &Path) -> DataSource {
+        match self {
+            DataSource::Nifti {
+                slice_axis,
+                slice_fraction,
+                label_names,
+                slice_dir,
+                ..
+            } => DataSource::Nifti {
+                path: path.to_path_buf(),
+                slice_axis,
+                slice_fraction,
+                label_names,
+                slice_dir,
+            },
+            _ => DataSource::Folder {
+                path: path.to_path_buf(),
+            },
         }
     }
 }
@@ -240,6 +368,8 @@ struct FlatDataConfig {
     label_names: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     slice_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    test: Option<TestSplit>,
 }
 
 impl TryFrom<FlatDataConfig> for DataConfig {
@@ -321,6 +451,7 @@ impl TryFrom<FlatDataConfig> for DataConfig {
                 .max_objects_per_image
                 .unwrap_or(defaults.max_objects_per_image),
             intensity: flat.intensity.unwrap_or(defaults.intensity),
+            test: flat.test,
         })
     }
 }
@@ -348,6 +479,7 @@ impl From<DataConfig> for FlatDataConfig {
             min_area: Some(c.min_area),
             max_objects_per_image: Some(c.max_objects_per_image),
             intensity: Some(c.intensity),
+            test: c.test,
             ..FlatDataConfig::default()
         };
         match c.source {

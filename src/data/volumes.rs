@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::dataset::{seeded_split, Annotations, Sample, Split};
+use super::dataset::{count_labels, split_off, Annotations, LabelArea, Sample, Split};
 use super::nifti::{read_nifti, Volume};
 use crate::fsutil::save_png;
 use crate::predict::image::{to_bytes, IntensityScaling};
@@ -151,12 +151,31 @@ pub fn windowed(volume: &Volume, intensity: IntensityScaling) -> Vec<u8> {
     to_bytes(&values, scaling.bounds(&values, 1.0))
 }
 
-/// One slice of a sliced volume: its position and the two PNG files.
+/// One slice of a sliced volume: its position, the two PNG files, the slice's size and
+/// the label values in it.
 #[derive(Debug, Clone)]
 pub struct SliceFiles {
     pub position: usize,
     pub image: PathBuf,
     pub labels: PathBuf,
+    /// `[height, width]`
+    pub size: [usize; 2],
+    pub label_areas: Vec<LabelArea>,
+}
+
+impl SliceFiles {
+    /// The slice as a 2D sample whose label values are categories.
+    pub fn sample(&self, names: &Arc<BTreeMap<u16, String>>) -> Sample {
+        Sample {
+            image: self.image.clone(),
+            size: self.size,
+            annotations: Annotations::SemanticLabels {
+                path: self.labels.clone(),
+                names: names.clone(),
+                labels: self.label_areas.clone(),
+            },
+        }
+    }
 }
 
 /// Writes the slices of a volume pair at `positions` (or every slice with foreground)
@@ -189,21 +208,20 @@ pub fn write_slices(
         let name = format!("{stem}_{}{position:04}.png", axis.name());
         let image_path = dir.join("images").join(&name);
         let label_path = dir.join("masks").join(&name);
+        let (w, h, label_pixels) = labels.slice(a, position);
+        let label_values: Vec<u16> = label_pixels.iter().map(|&v| v as u16).collect();
+        let label_areas = count_labels(&label_values);
         if !(image_path.is_file() && label_path.is_file()) {
-            let (w, h, pixels) = as_volume.slice(a, position);
+            let (_, _, pixels) = as_volume.slice(a, position);
             let gray = GrayImage::from_raw(
                 w as u32,
                 h as u32,
                 pixels.iter().map(|&v| v as u8).collect(),
             )
             .context("slice buffer size")?;
-            let (_, _, label_pixels) = labels.slice(a, position);
-            let label_image: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_raw(
-                w as u32,
-                h as u32,
-                label_pixels.iter().map(|&v| v as u16).collect(),
-            )
-            .context("slice buffer size")?;
+            let label_image: ImageBuffer<Luma<u16>, Vec<u16>> =
+                ImageBuffer::from_raw(w as u32, h as u32, label_values)
+                    .context("slice buffer size")?;
             save_png(&label_path, &label_image)?;
             save_png(&image_path, &gray)?;
         }
@@ -211,6 +229,8 @@ pub fn write_slices(
             position,
             image: image_path,
             labels: label_path,
+            size: [h, w],
+            label_areas,
         });
     }
     Ok(out)
@@ -257,11 +277,12 @@ fn slice_folder(
 }
 
 /// The 2D samples of a NIfTI dataset: `root/{train,val}/{images,labels}` when `root/train`
-/// exists, else `root/{images,labels}` split by volume with `val_ratio` and `seed` (slices
-/// of one scan never land on both sides).
+/// exists, else `root/{images,labels}` split by volume with `[val, test]` ratios and `seed`
+/// (slices of one scan never land on two sides); a test ratio takes volumes from the
+/// training side.
 pub fn load_volumes(
     root: &Path,
-    val_ratio: f64,
+    [val_ratio, test_ratio]: [f64; 2],
     seed: u64,
     settings: &SliceSettings,
     slice_root: &Path,
@@ -277,26 +298,13 @@ pub fn load_volumes(
         };
         (volume_pairs(&root.join("train"))?, val)
     } else {
-        // split the volumes, not the slices: a stand-in sample per volume
-        let pairs = volume_pairs(root)?;
-        let stand_ins: Vec<Sample> = pairs
-            .iter()
-            .map(|(image, labels)| Sample {
-                image: image.clone(),
-                annotations: Annotations::LabelImage(labels.clone()),
-            })
-            .collect();
-        let split = seeded_split(stand_ins, val_ratio, seed);
-        let back = |samples: Vec<Sample>| -> Vec<(PathBuf, PathBuf)> {
-            samples
-                .into_iter()
-                .map(|s| match s.annotations {
-                    Annotations::LabelImage(l) => (s.image, l),
-                    _ => unreachable!("stand-ins are label images"),
-                })
-                .collect()
-        };
-        (back(split.train), back(split.val))
+        // split the volumes, not the slices
+        split_off(volume_pairs(root)?, val_ratio, seed)
+    };
+    let (train_pairs, test_pairs) = if test_ratio > 0.0 {
+        split_off(train_pairs, test_ratio, seed ^ super::source::TEST_SEED)
+    } else {
+        (train_pairs, Vec::new())
     };
     let slices = |pairs: &[(PathBuf, PathBuf)], keep_fraction: f64| -> Result<Vec<Sample>> {
         let mut samples = Vec::new();
@@ -319,20 +327,15 @@ pub fn load_volumes(
                 files.truncate(((files.len() as f64) * keep_fraction).ceil() as usize);
                 files.sort_by_key(|f| f.position);
             }
-            samples.extend(files.into_iter().map(|f| Sample {
-                image: f.image,
-                annotations: Annotations::SemanticLabels {
-                    path: f.labels,
-                    names: settings.label_names.clone(),
-                },
-            }));
+            samples.extend(files.iter().map(|f| f.sample(&settings.label_names)));
         }
         Ok(samples)
     };
     Ok(Split {
         train: slices(&train_pairs, settings.fraction)?,
-        // validation keeps every slice with foreground
+        // validation and test keep every slice with foreground
         val: slices(&val_pairs, 1.0)?,
+        test: slices(&test_pairs, 1.0)?,
     })
 }
 
@@ -402,7 +405,7 @@ mod tests {
             scan(&data, stem);
         }
         let slices = dir.path().join("slices");
-        let split = load_volumes(&data, 0.34, 0, &settings(), &slices).unwrap();
+        let split = load_volumes(&data, [0.34, 0.0], 0, &settings(), &slices).unwrap();
         assert_eq!(
             split.train.len(),
             4,
@@ -440,7 +443,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         scan(dir.path(), "a");
         std::fs::remove_file(dir.path().join("labels/a.nii.gz")).unwrap();
-        let e = load_volumes(dir.path(), 0.0, 0, &settings(), &dir.path().join("s"))
+        let e = load_volumes(dir.path(), [0.0, 0.0], 0, &settings(), &dir.path().join("s"))
             .unwrap_err()
             .to_string();
         assert!(e.contains("has no label volume a.nii"), "{e}");
@@ -456,7 +459,7 @@ mod tests {
         .unwrap();
         let e = format!(
             "{:#}",
-            load_volumes(dir.path(), 0.0, 0, &settings(), &dir.path().join("s")).unwrap_err()
+            load_volumes(dir.path(), [0.0, 0.0], 0, &settings(), &dir.path().join("s")).unwrap_err()
         );
         assert!(e.contains("[6, 5, 4] voxels"), "{e}");
     }

@@ -1,30 +1,33 @@
-//! Predict every object of a labeled set with fixed, seeded prompts and score it.
+//! Predict every object of a labeled set with fixed, seeded prompts and score it, one
+//! image at a time: an image's masks are decoded when it is evaluated and dropped after.
 
-use crate::error::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::metrics::{iou_and_dice, ObjectResult};
-use crate::data::dataset::Prepared;
+use crate::data::dataset::{Object, Sample};
 use crate::data::prompts::{
     sample_kind, sample_prompt, to_prompt_batch, ObjectPrompt, PromptConfig,
 };
+use crate::error::Result;
 use crate::model::Sam;
 use crate::predict::image::IntensityScaling;
 use crate::predict::{encode_image, BinaryMask, EmbeddingCache, Predictor};
 
-/// One image's results, and its predicted masks when asked for.
+/// One image evaluated: each object's result, and (for pictures) its prompts, its ground
+/// truth and the predicted masks; the caller keeps what it needs.
 pub struct ImageEval {
     pub results: Vec<ObjectResult>,
     pub prompts: Vec<ObjectPrompt>,
+    pub objects: Vec<Object>,
     pub predicted: Vec<BinaryMask>,
 }
 
 /// The prompts an image's objects get in evaluation: drawn from `config` with an RNG
 /// seeded by `seed` and the image's index, so every epoch and checkpoint sees the same.
 pub fn evaluation_prompts(
-    prepared: &Prepared,
+    objects: &[Object],
     index: usize,
     config: &PromptConfig,
     seed: u64,
@@ -38,8 +41,7 @@ pub fn evaluation_prompts(
         ..config.clone()
     };
     let kind = sample_kind(config, &mut rng);
-    prepared
-        .objects
+    objects
         .iter()
         .map(|o| sample_prompt(&o.mask, kind, &no_jitter, &mut rng))
         .collect()
@@ -53,100 +55,98 @@ pub struct EvalSettings<'a> {
     pub prompts: &'a PromptConfig,
     /// Seeds the prompts, per image index.
     pub seed: u64,
-    /// Keep the predicted masks (for overlays).
-    pub keep_masks: bool,
     pub progress: bool,
 }
 
-/// Object results of all images.
-pub fn flatten(evals: &[ImageEval]) -> Vec<ObjectResult> {
-    evals
-        .iter()
-        .flat_map(|e| e.results.iter().cloned())
-        .collect()
-}
-
-/// Evaluates `model` (a non-autodiff copy) on `samples`, collecting every image's results.
+/// Every object's result on `samples` (nothing else is kept).
 pub fn evaluate(
     model: &Sam,
-    samples: &[Prepared],
+    samples: &[Sample],
     settings: &EvalSettings,
-) -> Result<Vec<ImageEval>> {
-    let mut out = Vec::with_capacity(samples.len());
+) -> Result<Vec<ObjectResult>> {
+    let mut out = Vec::new();
     evaluate_each(model, samples, settings, |_, eval| {
-        out.push(eval);
+        out.extend(eval.results);
         Ok(())
     })?;
     Ok(out)
 }
 
 /// Evaluates `model` (a non-autodiff copy) on `samples`, handing each image's results to
-/// `sink` as they come, so memory stays flat however many images there are. With several
-/// masks per prompt, the one with the highest predicted IoU is scored, as SAM's users pick it.
+/// `sink` as they come, so memory stays flat however many images there are.
 pub fn evaluate_each(
     model: &Sam,
-    samples: &[Prepared],
+    samples: &[Sample],
     settings: &EvalSettings,
     mut sink: impl FnMut(usize, ImageEval) -> Result<()>,
 ) -> Result<()> {
-    let EvalSettings {
-        cache,
-        intensity,
-        prompts,
-        seed,
-        keep_masks,
-        progress,
-    } = *settings;
-    let device = model.prompt_encoder.get_dense_pe().device();
     let predictor = Predictor::new(model);
-    let bar = if progress {
+    let bar = if settings.progress {
         ProgressBar::new(samples.len() as u64)
     } else {
         ProgressBar::hidden()
     };
     bar.set_style(
         ProgressStyle::with_template("eval {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
-            .expect("valid template"),
+            .expect("a valid template"),
     );
-    for (index, prepared) in samples.iter().enumerate() {
-        let object_prompts = evaluation_prompts(prepared, index, prompts, seed);
-        let encoded = encode_image(model, &prepared.sample.image, cache, intensity, &device)?;
-        let planes = predictor
-            .predict(
-                &encoded,
-                &to_prompt_batch(&object_prompts),
-                prompts.multimask.for_prompts(&object_prompts),
-            )?
-            .planes()?;
-        let mut results = Vec::new();
-        let mut predicted: Vec<BinaryMask> = Vec::new();
-        for (i, object) in prepared.objects.iter().enumerate() {
-            let best = planes.best(i);
-            let mask = planes.binary(i, best);
-            let (iou, dice) = iou_and_dice(&mask, &object.mask);
-            results.push(ObjectResult {
-                image: prepared.sample.name(),
-                object: i,
-                category: object.category.clone(),
-                area: object.mask.area(),
-                iou,
-                dice,
-                predicted_iou: planes.predicted_iou(i, best) as f64,
-            });
-            if keep_masks {
-                predicted.push(mask);
-            }
-        }
-        sink(
-            index,
-            ImageEval {
-                results,
-                prompts: object_prompts,
-                predicted,
-            },
-        )?;
+    for (index, sample) in samples.iter().enumerate() {
+        sink(index, evaluate_image(&predictor, sample, index, settings)?)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// One image (the `index`-th of its set, which seeds its prompts): every object predicted
+/// and scored. With several masks per prompt, the one with the highest predicted IoU is
+/// scored, as SAM's users pick it.
+pub fn evaluate_image(
+    predictor: &Predictor,
+    sample: &Sample,
+    index: usize,
+    settings: &EvalSettings,
+) -> Result<ImageEval> {
+    let model = predictor.model();
+    let device = predictor.device();
+    let objects = sample.decode_objects()?;
+    let prompts = evaluation_prompts(&objects, index, settings.prompts, settings.seed);
+    let encoded = encode_image(
+        model,
+        &sample.image,
+        settings.cache,
+        settings.intensity,
+        &device,
+    )?;
+    sample.check_image_size(encoded.original_size)?;
+    let planes = predictor
+        .predict(
+            &encoded,
+            &to_prompt_batch(&prompts),
+            settings.prompts.multimask.for_prompts(&prompts),
+        )?
+        .planes()?;
+    let mut results = Vec::with_capacity(objects.len());
+    let mut predicted = Vec::with_capacity(objects.len());
+    for (i, object) in objects.iter().enumerate() {
+        let best = planes.best(i);
+        let mask = planes.binary(i, best);
+        let (iou, dice) = iou_and_dice(&mask, &object.mask);
+        results.push(ObjectResult {
+            image: sample.name(),
+            object: i,
+            category: object.category.clone(),
+            area: object.mask.area(),
+            iou,
+            dice,
+            predicted_iou: planes.predicted_iou(i, best) as f64,
+        });
+        predicted.push(mask);
+    }
+    Ok(ImageEval {
+        results,
+        prompts,
+        objects,
+        predicted,
+    })
 }

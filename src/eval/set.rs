@@ -9,7 +9,7 @@ use image::RgbImage;
 use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
 use super::metrics::{Aggregate, ObjectResult};
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, EvalReport};
-use crate::data::dataset::{prepare, Prepared};
+use crate::data::dataset::Sample;
 use crate::data::prompts::PromptConfig;
 use crate::data::DataConfig;
 use crate::error::{bail, Context, Result};
@@ -39,14 +39,14 @@ pub fn evaluate_set(
     architecture: &Architecture,
     job: &SetEvaluation,
 ) -> Result<EvalReport> {
-    let split = job.data.open()?;
+    let dataset = job.data.open()?;
+    let split = dataset.split;
     let samples = if split.val.is_empty() {
         split.train
     } else {
         split.val
     };
-    let (prepared, skipped, dropped) = prepare(&samples, job.data.min_area)?;
-    if prepared.is_empty() {
+    if samples.is_empty() {
         bail!(
             "{}: no objects of at least {} px to evaluate",
             job.data.location().display(),
@@ -60,19 +60,18 @@ pub fn evaluate_set(
         intensity: job.data.intensity,
         prompts: &job.prompts,
         seed: job.seed,
-        keep_masks: job.overlays > 0,
         progress: true,
     };
-    let (results, pictures) = stream_results(model, &prepared, &settings, job)?;
+    let (results, pictures) = stream_results(model, &samples, &settings, job)?;
     let overlays = save_pictures(job.out, pictures)?;
     let report = EvalReport {
         checkpoint: job.checkpoint.display().to_string(),
         model: architecture.describe(),
         data: job.data.location().display().to_string(),
         prompts: job.prompts.describe(),
-        images: prepared.len(),
-        images_without_objects: dropped,
-        objects_below_min_area: skipped,
+        images: samples.len(),
+        images_without_objects: dataset.filtered.empty_images,
+        objects_below_min_area: dataset.filtered.small_objects,
         min_area: job.data.min_area,
         aggregate: Aggregate::of(&results),
         overlays,
@@ -115,7 +114,7 @@ impl Pictures {
 /// place once complete) and keeping the pictures that may be drawn.
 fn stream_results(
     model: &Sam,
-    prepared: &[Prepared],
+    samples: &[Sample],
     settings: &EvalSettings,
     job: &SetEvaluation,
 ) -> Result<(Vec<ObjectResult>, Pictures)> {
@@ -126,7 +125,7 @@ fn stream_results(
     );
     let mut results: Vec<ObjectResult> = Vec::new();
     let mut pictures = Pictures::default();
-    let streamed = evaluate_each(model, prepared, settings, |index, eval: ImageEval| {
+    let streamed = evaluate_each(model, samples, settings, |index, eval: ImageEval| {
         for r in &eval.results {
             writeln!(jsonl, "{}", serde_json::to_string(r)?)
                 .with_context(|| format!("writing {}", tmp.display()))?;
@@ -134,11 +133,11 @@ fn stream_results(
         let score =
             eval.results.iter().map(|r| r.iou).sum::<f64>() / eval.results.len().max(1) as f64;
         if job.overlays > 0 && pictures.qualifies(score, job.overlays) {
-            let sample = &prepared[index];
-            let image = load_rgb(&sample.sample.image, settings.intensity)?;
+            let sample = &samples[index];
+            let image = load_rgb(&sample.image, settings.intensity)?;
             let picture =
-                comparison_overlay(&image, &sample.objects, &eval.predicted, &eval.prompts);
-            pictures.add(score, sample.sample.name(), picture, job.overlays);
+                comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
+            pictures.add(score, sample.name(), picture, job.overlays);
         }
         results.extend(eval.results);
         Ok(())

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::evaluate::{evaluate_each, EvalSettings};
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, Report};
 use super::surface::{normalized_surface_distance, overlap, Mask3};
-use crate::data::dataset::{prepare, Annotations, Sample};
+use crate::data::dataset::Sample;
 use crate::data::nifti::{write_nifti, Volume, VoxelType};
 use crate::data::prompts::PromptConfig;
 use crate::data::volumes::{read_pair, volume_pairs, volume_stem, write_slices, SliceAxis};
@@ -103,18 +103,11 @@ pub fn evaluate_volume(
         None,
         work_dir,
     )?;
+    // every object kept, so a slice's objects are its label values in order
     let samples: Vec<Sample> = slices
         .iter()
-        .map(|s| Sample {
-            image: s.image.clone(),
-            annotations: Annotations::SemanticLabels {
-                path: s.labels.clone(),
-                names: settings.label_names.clone(),
-            },
-        })
+        .map(|s| s.sample(&settings.label_names))
         .collect();
-    // every object kept (min area 1), so a slice's objects are its label values in order
-    let (prepared, _, _) = prepare(&samples, 1)?;
     let values: Vec<u16> = {
         let mut v: Vec<u16> = label_volume
             .data
@@ -140,23 +133,12 @@ pub fn evaluate_volume(
         })
         .map(|(i, _)| i);
     let mut picture = None;
-    let eval_settings = EvalSettings {
-        keep_masks: true,
-        ..settings.eval
-    };
-    evaluate_each(model, &prepared, &eval_settings, |index, eval| {
+    evaluate_each(model, &samples, &settings.eval, |index, eval| {
         let position = slices[index].position;
-        let (_, _, slice_labels) = label_volume.slice(axis, position);
-        let mut present: Vec<u16> = slice_labels
-            .iter()
-            .map(|&l| l as u16)
-            .filter(|&l| l != 0)
-            .collect();
-        present.sort_unstable();
-        present.dedup();
-        for (value, mask) in present.iter().zip(&eval.predicted) {
+        let present = slices[index].label_areas.iter().map(|l| l.value);
+        for (value, mask) in present.zip(&eval.predicted) {
             let target = predicted
-                .get_mut(value)
+                .get_mut(&value)
                 .context("a slice label missing from its volume")?;
             for (i, &m) in mask.data.iter().enumerate() {
                 if m != 0 {
@@ -165,15 +147,10 @@ pub fn evaluate_volume(
             }
         }
         if Some(index) == densest {
-            let image = load_rgb(&prepared[index].sample.image, IntensityScaling::Auto)?;
+            let image = load_rgb(&samples[index].image, IntensityScaling::Auto)?;
             picture = Some((
                 position,
-                comparison_overlay(
-                    &image,
-                    &prepared[index].objects,
-                    &eval.predicted,
-                    &eval.prompts,
-                ),
+                comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts),
             ));
         }
         Ok(())
@@ -274,7 +251,6 @@ pub fn evaluate_volumes(
             intensity: IntensityScaling::Auto,
             prompts: &job.prompts,
             seed: job.seed,
-            keep_masks: true,
             progress: false,
         },
     };

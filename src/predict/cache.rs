@@ -3,9 +3,10 @@
 //! content hash, under a folder keyed by the checkpoint's content hash and the
 //! preprocessing, so a change of any of them is a miss.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -13,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::image::{load_rgb, IntensityScaling};
 use super::{tensor_values, EncodedImage, Predictor};
-use crate::error::{bail, Context, Result};
-use crate::fsutil::{file_sha256, hex};
+use crate::error::{bail, err, Context, Result};
+use crate::fsutil::{file_sha256, hex, FileStamp};
 use crate::model::{Architecture, Sam};
 use crate::weights::{write_safetensors, RawTensor};
 
@@ -26,6 +27,9 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Shared by runs: entries are keyed by image, checkpoint and preprocessing.
     pub dir: PathBuf,
+    /// How entries are stored: `f32` (exact), or `f16` / `bf16` (half the disk and read
+    /// bandwidth; embeddings are rounded once, when written).
+    pub dtype: CacheDtype,
 }
 
 impl Default for CacheConfig {
@@ -33,8 +37,62 @@ impl Default for CacheConfig {
         Self {
             enabled: true,
             dir: "cache/embeddings".into(),
+            dtype: CacheDtype::F32,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl CacheDtype {
+    fn safetensors(self) -> safetensors::Dtype {
+        match self {
+            CacheDtype::F32 => safetensors::Dtype::F32,
+            CacheDtype::F16 => safetensors::Dtype::F16,
+            CacheDtype::Bf16 => safetensors::Dtype::BF16,
+        }
+    }
+
+    /// `values` as little-endian bytes of this type.
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            CacheDtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            CacheDtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            CacheDtype::Bf16 => values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+/// Decodes little-endian `bytes` of a safetensors float type to f32.
+fn decode_floats(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        safetensors::Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => bail!("unexpected embedding type {other:?}"),
+    })
 }
 
 /// Encodes the image at `path` (through the cache when given).
@@ -60,37 +118,45 @@ const CACHE_FORMAT: &str = "samtune-embedding-v1";
 
 pub struct EmbeddingCache {
     dir: PathBuf,
+    dtype: CacheDtype,
     hits: AtomicUsize,
     misses: AtomicUsize,
+    /// Each image's content hash, computed once per run (again only when its size or
+    /// modification time changes).
+    hashes: Mutex<HashMap<PathBuf, (FileStamp, String)>>,
 }
 
 impl EmbeddingCache {
-    /// The cache for `checkpoint` (hashed) with `config` and `scaling` under `root`.
+    /// The cache for `checkpoint` (whose content hash the caller has) with
+    /// `architecture`'s preprocessing and `scaling`, under `config.dir`.
     pub fn open(
-        root: &Path,
+        config: &CacheConfig,
         checkpoint: &Path,
+        checkpoint_sha256: &str,
         architecture: &Architecture,
         scaling: IntensityScaling,
     ) -> Result<Self> {
-        let weights = file_sha256(checkpoint)?;
-        let preprocessing = format!(
+        let mut preprocessing = format!(
             "{CACHE_FORMAT};img_size={};mean={:?};std={:?};resize=pillow-bilinear;intensity={}",
             architecture.image_encoder.img_size,
             architecture.pixel_mean,
             architecture.pixel_std,
             serde_json::to_string(&scaling)?
         );
+        if config.dtype != CacheDtype::F32 {
+            preprocessing.push_str(&format!(";dtype={:?}", config.dtype));
+        }
         let key = format!(
             "{}-{}",
-            &weights[..16],
+            &checkpoint_sha256[..16.min(checkpoint_sha256.len())],
             &hex(&Sha256::digest(preprocessing.as_bytes()))[..8]
         );
-        let dir = root.join(key);
+        let dir = config.dir.join(key);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating cache folder {}", dir.display()))?;
         let manifest = serde_json::json!({
             "checkpoint": checkpoint.display().to_string(),
-            "checkpoint_sha256": weights,
+            "checkpoint_sha256": checkpoint_sha256,
             "preprocessing": preprocessing,
         });
         crate::fsutil::write_bytes_atomic(
@@ -99,8 +165,10 @@ impl EmbeddingCache {
         )?;
         Ok(Self {
             dir,
+            dtype: config.dtype,
             hits: AtomicUsize::new(0),
             misses: AtomicUsize::new(0),
+            hashes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -120,7 +188,26 @@ impl EmbeddingCache {
     pub fn entry_path(&self, image: &Path) -> Result<PathBuf> {
         Ok(self
             .dir
-            .join(format!("{}.safetensors", &file_sha256(image)?[..32])))
+            .join(format!("{}.safetensors", &self.content_hash(image)?[..32])))
+    }
+
+    fn content_hash(&self, image: &Path) -> Result<String> {
+        let stamp = FileStamp::of(image)?;
+        let known = self
+            .hashes
+            .lock()
+            .map_err(|_| err!("the embedding cache's hash table was poisoned"))?
+            .get(image)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, hash)| hash.clone());
+        if let Some(hash) = known {
+            return Ok(hash);
+        }
+        let hash = file_sha256(image)?;
+        if let Ok(mut hashes) = self.hashes.lock() {
+            hashes.insert(image.to_path_buf(), (stamp, hash.clone()));
+        }
+        Ok(hash)
     }
 
     /// The cached embedding of `image`, or `encode()`'s result, stored for next time.
@@ -147,12 +234,12 @@ impl EmbeddingCache {
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let encoded = encode()?;
-        write_entry(&entry, &encoded)?;
+        write_entry(&entry, &encoded, self.dtype)?;
         Ok(encoded)
     }
 }
 
-fn write_entry(path: &Path, encoded: &EncodedImage) -> Result<()> {
+fn write_entry(path: &Path, encoded: &EncodedImage, dtype: CacheDtype) -> Result<()> {
     let [_, c, h, w] = encoded.embedding.dims();
     let values = tensor_values(encoded.embedding.clone())?;
     let mut metadata = BTreeMap::new();
@@ -164,11 +251,13 @@ fn write_entry(path: &Path, encoded: &EncodedImage) -> Result<()> {
         "input_size".into(),
         serde_json::to_string(&encoded.input_size)?,
     );
-    write_safetensors(
-        path,
-        &[RawTensor::f32("embedding", vec![c, h, w], &values)],
-        metadata,
-    )
+    let tensor = RawTensor {
+        name: "embedding".into(),
+        dtype: dtype.safetensors(),
+        shape: vec![c, h, w],
+        data: dtype.encode(&values),
+    };
+    write_safetensors(path, &[tensor], metadata)
 }
 
 fn read_entry(path: &Path, device: &Device) -> Result<EncodedImage> {
@@ -182,14 +271,10 @@ fn read_entry(path: &Path, device: &Device) -> Result<EncodedImage> {
     let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
     let view = tensors.tensor("embedding")?;
     let shape = view.shape().to_vec();
-    if shape.len() != 3 || view.dtype() != safetensors::Dtype::F32 {
-        bail!("unexpected embedding {:?} {:?}", view.dtype(), shape);
+    if shape.len() != 3 {
+        bail!("unexpected embedding shape {shape:?}");
     }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let values = decode_floats(view.dtype(), view.data())?;
     Ok(EncodedImage {
         embedding: Tensor::from_data(
             TensorData::new(values, [1, shape[0], shape[1], shape[2]]),
@@ -224,7 +309,7 @@ mod tests {
         std::fs::write(&checkpoint, b"weights v1").unwrap();
         let image = dir.path().join("a.png");
         std::fs::write(&image, b"pixels v1").unwrap();
-        let config = crate::model::SamVariant::VitB.architecture();
+        let architecture = crate::model::SamVariant::VitB.architecture();
         let device = Device::default();
         let encodes = Cell::new(0);
         let get = |cache: &EmbeddingCache, value: f32| {
@@ -235,8 +320,15 @@ mod tests {
                 })
                 .unwrap()
         };
-        let cache =
-            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Auto).unwrap();
+        let open = |scaling| {
+            let sha = file_sha256(&checkpoint).unwrap();
+            let config = CacheConfig {
+                dir: dir.path().to_path_buf(),
+                ..CacheConfig::default()
+            };
+            EmbeddingCache::open(&config, &checkpoint, &sha, &architecture, scaling).unwrap()
+        };
+        let cache = open(IntensityScaling::Auto);
         get(&cache, 1.0);
         let again = get(&cache, 2.0);
         assert_eq!(
@@ -256,18 +348,19 @@ mod tests {
             vec![1.0; 8]
         );
 
+        // file times tick at the kernel's coarse clock (a few ms): a rewrite within one
+        // tick, at the same size, would look unchanged
+        std::thread::sleep(std::time::Duration::from_millis(30));
         std::fs::write(&image, b"pixels v2").unwrap();
         get(&cache, 3.0);
         assert_eq!(encodes.get(), 2, "changed image content is a miss");
 
-        let other =
-            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Full).unwrap();
+        let other = open(IntensityScaling::Full);
         get(&other, 4.0);
         assert_eq!(encodes.get(), 3, "other preprocessing is a miss");
 
         std::fs::write(&checkpoint, b"weights v2").unwrap();
-        let retrained =
-            EmbeddingCache::open(dir.path(), &checkpoint, &config, IntensityScaling::Auto).unwrap();
+        let retrained = open(IntensityScaling::Auto);
         assert_ne!(retrained.dir(), cache.dir());
         get(&retrained, 5.0);
         assert_eq!(encodes.get(), 4, "other weights are a miss");
@@ -276,5 +369,56 @@ mod tests {
         std::fs::write(retrained.entry_path(&image).unwrap(), b"garbage").unwrap();
         get(&retrained, 6.0);
         assert_eq!(encodes.get(), 5);
+    }
+
+    #[test]
+    fn half_precision_entries_read_back_rounded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("a.png");
+        std::fs::write(&image, b"pixels").unwrap();
+        let architecture = crate::model::SamVariant::VitB.architecture();
+        let device = Device::default();
+        let values: Vec<f32> = (0..8).map(|i| 0.1 + i as f32 / 3.0).collect();
+        for (dtype, round) in [
+            (CacheDtype::F32, (|v| v) as fn(f32) -> f32),
+            (CacheDtype::F16, |v| half::f16::from_f32(v).to_f32()),
+            (CacheDtype::Bf16, |v| half::bf16::from_f32(v).to_f32()),
+        ] {
+            let config = CacheConfig {
+                dir: dir.path().to_path_buf(),
+                dtype,
+                ..CacheConfig::default()
+            };
+            let cache = EmbeddingCache::open(
+                &config,
+                &image,
+                "0123456789abcdef0123",
+                &architecture,
+                IntensityScaling::Auto,
+            )
+            .unwrap();
+            let encode = || {
+                Ok(EncodedImage {
+                    embedding: Tensor::from_data(
+                        TensorData::new(values.clone(), [1, 2, 2, 2]),
+                        &device,
+                    ),
+                    original_size: [3, 4],
+                    input_size: [6, 8],
+                })
+            };
+            cache.get_or_encode(&image, &device, encode).unwrap();
+            let read = cache
+                .get_or_encode(&image, &device, || panic!("a hit"))
+                .unwrap();
+            let read = tensor_values(read.embedding).unwrap();
+            let expected: Vec<f32> = values.iter().map(|&v| round(v)).collect();
+            assert_eq!(read, expected, "{dtype:?}");
+            if dtype != CacheDtype::F32 {
+                assert_ne!(read, values, "{dtype:?} entries are rounded");
+                let entry = std::fs::metadata(cache.entry_path(&image).unwrap()).unwrap();
+                assert!(entry.len() < 8 * 4 + 200, "{dtype:?}: {} bytes", entry.len());
+            }
+        }
     }
 }

@@ -211,6 +211,11 @@ impl<'a> Predictor<'a> {
         self.model
     }
 
+    /// The device the model is on.
+    pub fn device(&self) -> Device {
+        self.dense_pe.device()
+    }
+
     /// Resized, normalised and padded encoder input `[1, 3, S, S]`, and the resized size.
     pub fn preprocess(&self, image: &RgbImage) -> (Tensor<4>, [usize; 2]) {
         let resized = resize_longest_side(image, self.model.img_size);

@@ -28,6 +28,9 @@ pub struct EpochRecord {
     pub lr: f64,
     pub val: Summary,
     pub seconds: f64,
+    /// Of `seconds`, the time the steps waited for their data.
+    #[serde(default)]
+    pub data_wait_seconds: f64,
 }
 
 /// What `--resume` restores besides the weights and the optimizer.

@@ -154,6 +154,13 @@ pub struct OptimConfig {
     /// Stop (resumably) after this many epochs in one invocation, e.g. to fit a cluster
     /// job's time limit; continue with `--resume` (0: no limit).
     pub stop_after_epochs: usize,
+    /// At most this many batches an epoch (a fixed budget between validations on a large
+    /// set; 0: the whole training set).
+    pub batches_per_epoch: usize,
+    /// Batches drawn ahead on a background thread (images read, masks decoded, targets
+    /// built, cached embeddings read) while the current one trains; 0 draws each batch
+    /// when it is needed. The examples are the same either way.
+    pub prefetch_batches: usize,
     pub seed: u64,
 }
 
@@ -195,6 +202,12 @@ impl OptimConfig {
             check_setting(key, value, unit(value), "in [0, 1]")?;
         }
         check_setting(
+            "train.prefetch_batches",
+            self.prefetch_batches,
+            self.prefetch_batches <= 64,
+            "in [0, 64]",
+        )?;
+        check_setting(
             "train.grad_clip_norm",
             self.grad_clip_norm,
             self.grad_clip_norm >= 0.0 && self.grad_clip_norm.is_finite(),
@@ -219,6 +232,8 @@ impl Default for OptimConfig {
             images_per_batch: 2,
             patience: 0,
             stop_after_epochs: 0,
+            batches_per_epoch: 0,
+            prefetch_batches: 2,
             seed: 42,
         }
     }

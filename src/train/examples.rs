@@ -1,16 +1,27 @@
-//! Training examples: an image's embedding, the prompts drawn for some of its objects,
-//! and the targets they are trained against.
+//! Training examples, drawn from the index when a batch needs them: an image's embedding
+//! (from the cache or the frozen encoder), the prompts drawn for some of its objects, and
+//! the targets they are trained against. Each example's randomness comes from its own
+//! seed (run seed, epoch, position in the epoch), so the examples do not depend on how, or
+//! how far ahead, they are built: a background thread draws the next batches while the
+//! current one trains.
+
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
+use image::RgbImage;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use crate::data::dataset::Prepared;
+use crate::data::dataset::Sample;
 use crate::data::prompts::{sample_kind, sample_prompt, ObjectPrompt};
-use crate::error::Result;
+use crate::error::{err, Result};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
+use crate::predict::transforms::preprocess_shape;
 use crate::predict::{encode_image, BinaryMask, EmbeddingCache, EncodedImage, Predictor};
 
 /// One image's training example: its embedding, prompts and targets.
@@ -33,6 +44,122 @@ impl Example {
             },
             ..self
         }
+    }
+}
+
+/// What an example's image becomes before the step: an embedding when the encoder is
+/// frozen, else the image itself (the step encodes it, in the graph).
+pub enum Pixels {
+    Embedded(EncodedImage),
+    Image(RgbImage),
+}
+
+/// An example as drawn (on any thread), before its image enters the training graph.
+pub struct Drawn {
+    pixels: Pixels,
+    prompts: Vec<ObjectPrompt>,
+    low_res: Vec<f32>,
+    full: Vec<BinaryMask>,
+    /// Seeds the correction clicks of the step.
+    click_seed: u64,
+}
+
+impl Drawn {
+    /// The example on `model`'s (autodiff) device, and its correction-click seed.
+    pub fn into_example(self, model: &Sam) -> (Example, u64) {
+        let encoded = match self.pixels {
+            Pixels::Embedded(encoded) => EncodedImage {
+                embedding: encoded.embedding.autodiff(),
+                ..encoded
+            },
+            Pixels::Image(image) => Predictor::new(model).encode(&image),
+        };
+        let example = Example {
+            encoded,
+            prompts: self.prompts,
+            low_res: self.low_res,
+            full: self.full,
+        };
+        (example, self.click_seed)
+    }
+}
+
+/// The seed of the example at `position` of epoch `epoch` (SplitMix64 of the three).
+pub fn example_seed(seed: u64, epoch: usize, position: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add((epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add((position as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Everything drawing an example needs; shared by the threads that draw.
+pub struct ExampleBuilder<'a> {
+    /// The frozen encoder (the model without autodiff), when the encoder does not train.
+    pub frozen: Option<&'a Sam>,
+    pub cache: Option<&'a EmbeddingCache>,
+    pub config: &'a TrainConfig,
+    /// The main device, without autodiff.
+    pub device: &'a Device,
+    pub img_size: usize,
+    /// Side of the decoder's low-resolution masks (4x the embedding grid).
+    pub low_res_side: usize,
+}
+
+impl ExampleBuilder<'_> {
+    /// Draws an example from `sample`: up to `data.max_objects_per_image` of its objects
+    /// (only those are decoded), one prompt kind for all of them.
+    pub fn draw(&self, sample: &Sample, seed: u64) -> Result<Drawn> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut chosen: Vec<usize> = (0..sample.object_count()).collect();
+        chosen.shuffle(&mut rng);
+        chosen.truncate(self.config.data.max_objects_per_image.max(1));
+        chosen.sort_unstable();
+        let objects = sample.decode_objects_at(&chosen)?;
+        let pixels = self.pixels(sample)?;
+        let input_size = preprocess_shape(sample.size, self.img_size);
+        let kind = sample_kind(&self.config.prompts, &mut rng);
+        let prompts = objects
+            .iter()
+            .map(|o| sample_prompt(&o.mask, kind, &self.config.prompts, &mut rng))
+            .collect();
+        let low_res = objects
+            .iter()
+            .flat_map(|o| low_res_target(&o.mask, input_size, self.img_size, self.low_res_side))
+            .collect();
+        let full = if self.config.loss.full_size {
+            objects.into_iter().map(|o| o.mask).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Drawn {
+            pixels,
+            prompts,
+            low_res,
+            full,
+            click_seed: rng.random(),
+        })
+    }
+
+    /// The embedding (through the cache) or the image, checked against the indexed size.
+    fn pixels(&self, sample: &Sample) -> Result<Pixels> {
+        let intensity = self.config.data.intensity;
+        let (pixels, size) = match self.frozen {
+            Some(frozen) => {
+                let encoded =
+                    encode_image(frozen, &sample.image, self.cache, intensity, self.device)?;
+                let size = encoded.original_size;
+                (Pixels::Embedded(encoded), size)
+            }
+            None => {
+                let image = load_rgb(&sample.image, intensity)?;
+                let size = [image.height() as usize, image.width() as usize];
+                (Pixels::Image(image), size)
+            }
+        };
+        sample.check_image_size(size)?;
+        Ok(pixels)
     }
 }
 
@@ -66,62 +193,85 @@ pub fn low_res_target(
     out
 }
 
-/// Draws an example from `prepared`: up to `data.max_objects_per_image` objects, one
-/// prompt kind for all of them. The embedding comes from the frozen encoder (`frozen`,
-/// through the cache) or, when the encoder trains, from `model` itself.
-pub fn make_example(
-    model: &Sam,
-    frozen: Option<&Sam>,
-    prepared: &Prepared,
-    cache: Option<&EmbeddingCache>,
-    config: &TrainConfig,
-    rng: &mut ChaCha8Rng,
-    device: &Device,
-) -> Result<Example> {
-    let intensity = config.data.intensity;
-    let encoded = match frozen {
-        Some(frozen) => {
-            let encoded = encode_image(frozen, &prepared.sample.image, cache, intensity, device)?;
-            EncodedImage {
-                embedding: encoded.embedding.autodiff(),
-                ..encoded
+/// One batch to draw: `(sample index, example seed)` of each image.
+pub type BatchPlan = Vec<(usize, u64)>;
+
+/// The batches of an epoch, drawn `depth` batches ahead on a background thread (or, with
+/// depth 0, in the caller's thread when asked for: the serial path, with the same
+/// examples).
+pub struct BatchStream<'scope> {
+    source: Source<'scope>,
+    /// Time the caller spent waiting for a batch.
+    pub waited: Duration,
+}
+
+enum Source<'scope> {
+    Inline {
+        plans: std::vec::IntoIter<BatchPlan>,
+        draw: Box<dyn Fn(BatchPlan) -> Result<Vec<Drawn>> + 'scope>,
+    },
+    Ahead {
+        batches: Receiver<Result<Vec<Drawn>>>,
+        worker: Option<ScopedJoinHandle<'scope, ()>>,
+    },
+}
+
+impl<'scope> BatchStream<'scope> {
+    pub fn start<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        builder: &'scope ExampleBuilder<'env>,
+        samples: &'scope [Sample],
+        plans: Vec<BatchPlan>,
+        depth: usize,
+    ) -> Self {
+        let draw = move |plan: BatchPlan| -> Result<Vec<Drawn>> {
+            plan.iter()
+                .map(|&(index, seed)| builder.draw(&samples[index], seed))
+                .collect()
+        };
+        let source = if depth == 0 {
+            Source::Inline {
+                plans: plans.into_iter(),
+                draw: Box::new(draw),
             }
+        } else {
+            let (send, batches) = sync_channel(depth);
+            let worker = scope.spawn(move || {
+                for plan in plans {
+                    let batch = draw(plan);
+                    let failed = batch.is_err();
+                    // the receiver is gone when the epoch stopped early
+                    if send.send(batch).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            Source::Ahead {
+                batches,
+                worker: Some(worker),
+            }
+        };
+        Self {
+            source,
+            waited: Duration::ZERO,
         }
-        None => Predictor::new(model).encode(&load_rgb(&prepared.sample.image, intensity)?),
-    };
-    let mut chosen: Vec<usize> = (0..prepared.objects.len()).collect();
-    chosen.shuffle(rng);
-    chosen.truncate(config.data.max_objects_per_image.max(1));
-    chosen.sort_unstable();
-    let kind = sample_kind(&config.prompts, rng);
-    let prompts = chosen
-        .iter()
-        .map(|&i| sample_prompt(&prepared.objects[i].mask, kind, &config.prompts, rng))
-        .collect();
-    let low_res_side = model.prompt_encoder.image_embedding_size[0] * 4;
-    let low_res = chosen
-        .iter()
-        .flat_map(|&i| {
-            low_res_target(
-                &prepared.objects[i].mask,
-                encoded.input_size,
-                model.img_size,
-                low_res_side,
-            )
-        })
-        .collect();
-    let full = if config.loss.full_size {
-        chosen
-            .iter()
-            .map(|&i| prepared.objects[i].mask.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Example {
-        encoded,
-        prompts,
-        low_res,
-        full,
-    })
+    }
+
+    /// The next batch; `None` after the last.
+    pub fn next_batch(&mut self) -> Option<Result<Vec<Drawn>>> {
+        let started = Instant::now();
+        let batch = match &mut self.source {
+            Source::Inline { plans, draw } => plans.next().map(draw),
+            Source::Ahead { batches, worker } => match batches.recv() {
+                Ok(batch) => Some(batch),
+                // every batch sent: the worker has ended, normally or not
+                Err(_) => match worker.take().map(|w| w.join()) {
+                    Some(Err(_)) => Some(Err(err!("the example drawing thread panicked"))),
+                    _ => None,
+                },
+            },
+        };
+        self.waited += started.elapsed();
+        batch
+    }
 }

@@ -5,12 +5,10 @@ use std::path::Path;
 
 use tensorboard_rs::summary_writer::SummaryWriter;
 
+use image::RgbImage;
+
 use super::checkpoints::EpochRecord;
-use crate::data::dataset::Prepared;
 use crate::error::{Context, Result};
-use crate::eval::evaluate::ImageEval;
-use crate::eval::report::comparison_overlay;
-use crate::predict::image::{load_rgb, IntensityScaling};
 
 /// `train.log` and the run's TensorBoard event file.
 pub struct RunLog {
@@ -63,11 +61,12 @@ impl RunLog {
             ("val/miou", val.mean_iou),
             ("val/dice", val.mean_dice),
             ("val/iou_prediction_error", val.iou_prediction_error),
+            ("train/data_wait_seconds", record.data_wait_seconds),
         ] {
             self.tensorboard.add_scalar(tag, value as f32, record.epoch);
         }
         self.line(&format!(
-            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}), lr {:.2e}, val mIoU {:.4}, Dice {:.4}, {:.1}s",
+            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}), lr {:.2e}, val mIoU {:.4}, Dice {:.4}, {:.1}s (data wait {:.2}s)",
             record.epoch,
             record.train_loss,
             record.train_focal,
@@ -76,39 +75,22 @@ impl RunLog {
             record.lr,
             val.mean_iou,
             val.mean_dice,
-            record.seconds
+            record.seconds,
+            record.data_wait_seconds
         ));
     }
 
-    /// The first `count` validation images drawn with this epoch's predictions.
-    pub fn overlays(
-        &mut self,
-        samples: &[Prepared],
-        evals: &[ImageEval],
-        count: usize,
-        intensity: IntensityScaling,
-        epoch: usize,
-    ) -> Result<()> {
-        for (prepared, eval) in samples.iter().zip(evals).take(count) {
-            let image = load_rgb(&prepared.sample.image, intensity)?;
-            let overlay =
-                comparison_overlay(&image, &prepared.objects, &eval.predicted, &eval.prompts);
-            let (w, h) = (overlay.width() as usize, overlay.height() as usize);
-            // TensorBoard images are [C, H, W]; tensorboard-rs wants the raw bytes channel-first
-            let mut chw = vec![0u8; 3 * w * h];
-            for (i, p) in overlay.pixels().enumerate() {
-                for c in 0..3 {
-                    chw[c * w * h + i] = p[c];
-                }
+    /// A validation image drawn with this epoch's predictions.
+    pub fn overlay(&mut self, name: &str, picture: &RgbImage, epoch: usize) {
+        let (w, h) = (picture.width() as usize, picture.height() as usize);
+        // TensorBoard images are [C, H, W]; tensorboard-rs wants the raw bytes channel-first
+        let mut chw = vec![0u8; 3 * w * h];
+        for (i, p) in picture.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * w * h + i] = p[c];
             }
-            self.tensorboard.add_image(
-                &format!("val/{}", prepared.sample.name()),
-                &chw,
-                &[3, h, w],
-                epoch,
-            );
         }
-        self.tensorboard.flush();
-        Ok(())
+        self.tensorboard
+            .add_image(&format!("val/{name}"), &chw, &[3, h, w], epoch);
     }
 }

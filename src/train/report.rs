@@ -12,9 +12,10 @@ use burn::tensor::Device;
 
 use super::checkpoints::{RunDirs, TrainState};
 use super::config::TrainConfig;
-use crate::data::dataset::Prepared;
+use super::run::RunData;
+use crate::data::dataset::Sample;
 use crate::eval::charts::{Chart, Reference, Series};
-use crate::eval::evaluate::{evaluate_each, EvalSettings};
+use crate::eval::evaluate::{evaluate, evaluate_image, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
 use crate::eval::report::{
     comparison_overlay, enlarge_for_viewing, escape, write_report, Report, EMPTY_CASES, STYLE,
@@ -22,6 +23,7 @@ use crate::eval::report::{
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
+use crate::predict::Predictor;
 use crate::weights::load_sam;
 
 /// Images drawn in each group (most improved, weakest after fine-tuning).
@@ -51,12 +53,28 @@ pub struct TrainReport {
     pub fine_tuned: Aggregate,
     pub most_improved: Vec<SideBySide>,
     pub weakest: Vec<SideBySide>,
+    /// The held-out test set, evaluated once with the best checkpoint; `None` without
+    /// `data.test`, when the best epoch was chosen on the validation set reported above.
+    pub test: Option<TestReport>,
     /// The curves as SVG (also `loss.svg`, `val_iou.svg`).
     #[serde(skip)]
     pub loss_chart: String,
     #[serde(skip)]
     pub iou_chart: String,
 }
+
+/// Both models on the test set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub images: usize,
+    pub zero_shot: Aggregate,
+    pub fine_tuned: Aggregate,
+}
+
+/// What the report says when there is no test set.
+pub const NO_TEST_SET: &str = "No test set (data.test): the best epoch was chosen on this \
+validation set, so the fine-tuned score above is optimistic for new images. Set data.test to \
+a fraction or a held-out dataset to measure it.";
 
 impl Report for TrainReport {
     fn markdown(&self) -> String {
@@ -83,25 +101,40 @@ pub struct RunInfo<'a> {
     pub trainable: String,
     pub prompts: String,
     pub state: &'a TrainState,
+    pub test: Option<TestReport>,
 }
 
-/// The end-of-run report: the base and the best checkpoint on the validation set.
+/// The end-of-run report: the base and the best checkpoint on the validation set, and
+/// on the test set when there is one.
 pub fn final_report(
     config: &TrainConfig,
     dirs: &RunDirs,
     state: &TrainState,
-    val_set: &[Prepared],
+    data: &RunData,
     settings: &EvalSettings,
     device: &Device,
 ) -> Result<TrainReport> {
     let (base, architecture) = load_sam(&config.model.checkpoint, config.model.variant, device)?;
     let best = dirs.checkpoints.join("best.safetensors");
     let (fine_tuned, _) = load_sam(&best, None, device)?;
+    let models = Models {
+        base: &base,
+        fine_tuned: &fine_tuned,
+    };
+    let test = (!data.test.is_empty())
+        .then(|| -> Result<TestReport> {
+            let (zero, tuned) = models.score(&data.test, settings)?;
+            Ok(TestReport {
+                images: data.test.len(),
+                zero_shot: Aggregate::of(&zero),
+                fine_tuned: Aggregate::of(&tuned),
+            })
+        })
+        .transpose()?;
     write_train_report(
         &dirs.report(),
-        &base,
-        &fine_tuned,
-        val_set,
+        &models,
+        &data.val,
         settings,
         RunInfo {
             run: config.name.clone(),
@@ -111,8 +144,53 @@ pub fn final_report(
             trainable: config.model.trainable.name().to_string(),
             prompts: config.prompts.describe(),
             state,
+            test,
         },
     )
+}
+
+/// The base (zero-shot) and the fine-tuned model.
+pub struct Models<'a> {
+    pub base: &'a Sam,
+    pub fine_tuned: &'a Sam,
+}
+
+impl Models<'_> {
+    /// Every object's result with each model.
+    fn score(
+        &self,
+        samples: &[Sample],
+        settings: &EvalSettings,
+    ) -> Result<(Vec<ObjectResult>, Vec<ObjectResult>)> {
+        Ok((
+            evaluate(self.base, samples, settings)?,
+            evaluate(self.fine_tuned, samples, settings)?,
+        ))
+    }
+
+    /// The images at `indices` of `samples` drawn with both models, side by side.
+    fn draw(
+        &self,
+        samples: &[Sample],
+        indices: &[usize],
+        settings: &EvalSettings,
+    ) -> Result<Vec<RgbImage>> {
+        let draw = |model: &Sam, index: usize| -> Result<RgbImage> {
+            let sample = &samples[index];
+            let eval = evaluate_image(&Predictor::new(model), sample, index, settings)?;
+            let image = load_rgb(&sample.image, settings.intensity)?;
+            Ok(comparison_overlay(
+                &image,
+                &eval.objects,
+                &eval.predicted,
+                &eval.prompts,
+            ))
+        };
+        indices
+            .iter()
+            .map(|&i| Ok(beside(&draw(self.base, i)?, &draw(self.fine_tuned, i)?)))
+            .collect()
+    }
 }
 
 /// `report/validation.json`: the best epoch's per-object validation results and their
@@ -155,83 +233,28 @@ fn image_scores(results: &[ObjectResult]) -> Vec<f64> {
 }
 
 /// Evaluates both models on `val_set` (embeddings shared through `settings.cache` when the
-/// encoder was frozen), draws the chosen images both ways, and writes `report.json`,
-/// `report.md`, `report.html` and the pictures into `dir`. Masks are kept only for the
-/// images drawn, so memory stays flat with the size of the validation set.
+/// encoder was frozen), draws the most improved and the weakest images both ways, and
+/// writes `report.{json,md,html}`, the curves and the pictures into `dir`. Only the drawn
+/// images are evaluated a second time, for their masks: memory stays flat with the size
+/// of the validation set.
 pub fn write_train_report(
     dir: &Path,
-    base: &Sam,
-    fine_tuned: &Sam,
-    val_set: &[Prepared],
+    models: &Models,
+    val_set: &[Sample],
     settings: &EvalSettings,
     info: RunInfo,
 ) -> Result<TrainReport> {
     std::fs::create_dir_all(dir.join("compare"))
         .with_context(|| format!("creating {}", dir.join("compare").display()))?;
-    let scoring = EvalSettings {
-        keep_masks: false,
-        progress: true,
-        ..*settings
-    };
-    let run = |model: &Sam, settings: &EvalSettings| -> Result<Vec<ObjectResult>> {
-        let mut results = Vec::new();
-        evaluate_each(model, val_set, settings, |_, eval| {
-            results.extend(eval.results);
-            Ok(())
-        })?;
-        Ok(results)
-    };
-    let zero_results = run(base, &scoring)?;
-    let tuned_results = run(fine_tuned, &scoring)?;
+    let (zero_results, tuned_results) = models.score(val_set, settings)?;
     let zero_scores = image_scores(&zero_results);
     let tuned_scores = image_scores(&tuned_results);
-
-    let mut by_gain: Vec<usize> = (0..val_set.len()).collect();
-    by_gain.sort_by(|&a, &b| {
-        (tuned_scores[b] - zero_scores[b]).total_cmp(&(tuned_scores[a] - zero_scores[a]))
-    });
-    let most_improved: Vec<usize> = by_gain.into_iter().take(PICTURES_PER_GROUP).collect();
-    let mut by_score: Vec<usize> = (0..val_set.len())
-        .filter(|i| !most_improved.contains(i))
-        .collect();
-    by_score.sort_by(|&a, &b| tuned_scores[a].total_cmp(&tuned_scores[b]));
-    let weakest: Vec<usize> = by_score.into_iter().take(PICTURES_PER_GROUP).collect();
-
-    // a second pass keeps the masks of the drawn images only
-    let drawing = EvalSettings {
-        keep_masks: true,
-        progress: false,
-        ..*settings
-    };
-    let drawn = |model: &Sam| -> Result<Vec<(usize, RgbImage)>> {
-        let mut pictures = Vec::new();
-        evaluate_each(model, val_set, &drawing, |index, eval| {
-            if most_improved.contains(&index) || weakest.contains(&index) {
-                let prepared = &val_set[index];
-                let image = load_rgb(&prepared.sample.image, settings.intensity)?;
-                pictures.push((
-                    index,
-                    comparison_overlay(&image, &prepared.objects, &eval.predicted, &eval.prompts),
-                ));
-            }
-            Ok(())
-        })?;
-        Ok(pictures)
-    };
-    let zero_pictures = drawn(base)?;
-    let tuned_pictures = drawn(fine_tuned)?;
+    let (most_improved, weakest) = pictured(&zero_scores, &tuned_scores);
     let side_by_side = |indices: &[usize], group: &str| -> Result<Vec<SideBySide>> {
+        let pictures = models.draw(val_set, indices, settings)?;
         let mut out = Vec::new();
-        for (rank, &index) in indices.iter().enumerate() {
-            let find = |pictures: &[(usize, RgbImage)]| {
-                pictures
-                    .iter()
-                    .find(|(i, _)| *i == index)
-                    .map(|(_, p)| p.clone())
-                    .context("a drawn image is missing")
-            };
-            let picture = beside(&find(&zero_pictures)?, &find(&tuned_pictures)?);
-            let name = val_set[index].sample.name();
+        for (rank, (&index, picture)) in indices.iter().zip(pictures).enumerate() {
+            let name = val_set[index].name();
             let file = format!(
                 "compare/{group}_{}_{}.png",
                 rank + 1,
@@ -263,6 +286,7 @@ pub fn write_train_report(
         fine_tuned: Aggregate::of(&tuned_results),
         most_improved: side_by_side(&most_improved, "improved")?,
         weakest: side_by_side(&weakest, "weakest")?,
+        test: info.test,
         loss_chart,
         iou_chart,
     };
@@ -270,6 +294,21 @@ pub fn write_train_report(
     write_bytes_atomic(&dir.join("val_iou.svg"), report.iou_chart.as_bytes())?;
     write_report(dir, &report)?;
     Ok(report)
+}
+
+/// The images to draw: the most improved, then the weakest of the others.
+fn pictured(zero_scores: &[f64], tuned_scores: &[f64]) -> (Vec<usize>, Vec<usize>) {
+    let mut by_gain: Vec<usize> = (0..zero_scores.len()).collect();
+    by_gain.sort_by(|&a, &b| {
+        (tuned_scores[b] - zero_scores[b]).total_cmp(&(tuned_scores[a] - zero_scores[a]))
+    });
+    let most_improved: Vec<usize> = by_gain.into_iter().take(PICTURES_PER_GROUP).collect();
+    let mut by_score: Vec<usize> = (0..zero_scores.len())
+        .filter(|i| !most_improved.contains(i))
+        .collect();
+    by_score.sort_by(|&a, &b| tuned_scores[a].total_cmp(&tuned_scores[b]));
+    let weakest = by_score.into_iter().take(PICTURES_PER_GROUP).collect();
+    (most_improved, weakest)
 }
 
 /// Two pictures next to each other with a white gap, enlarged when small.
@@ -414,6 +453,18 @@ fn markdown(report: &TrainReport) -> String {
             signed(tuned - zero)
         ));
     }
+    md.push_str(&format!("\n{}\n", test_section_text(report)));
+    if let Some(test) = &report.test {
+        md.push_str(&format!(
+            "\n| test set | zero-shot | fine-tuned | difference |\n|---|---:|---:|---:|\n| mean IoU | {:.4} | {:.4} | {} |\n| mean Dice | {:.4} | {:.4} | {} |\n",
+            test.zero_shot.overall.mean_iou,
+            test.fine_tuned.overall.mean_iou,
+            signed(test.fine_tuned.overall.mean_iou - test.zero_shot.overall.mean_iou),
+            test.zero_shot.overall.mean_dice,
+            test.fine_tuned.overall.mean_dice,
+            signed(test.fine_tuned.overall.mean_dice - test.zero_shot.overall.mean_dice),
+        ));
+    }
     md.push_str(&format!(
         "\n{EMPTY_CASES}\n\nCurves: `loss.svg`, `val_iou.svg`. Pictures (left zero-shot, right \
          fine-tuned; prediction filled, ground truth outlined in white):\n\n"
@@ -425,6 +476,21 @@ fn markdown(report: &TrainReport) -> String {
         ));
     }
     md
+}
+
+/// What the test set says, or that there is none.
+fn test_section_text(report: &TrainReport) -> String {
+    match &report.test {
+        Some(test) => format!(
+            "Test set: {} images ({} objects), never used to choose the epoch: mIoU {:.4} -> {:.4} ({}).",
+            test.images,
+            test.fine_tuned.overall.objects,
+            test.zero_shot.overall.mean_iou,
+            test.fine_tuned.overall.mean_iou,
+            signed(test.fine_tuned.overall.mean_iou - test.zero_shot.overall.mean_iou)
+        ),
+        None => NO_TEST_SET.to_string(),
+    }
 }
 
 fn figures(items: &[SideBySide]) -> String {
@@ -471,7 +537,7 @@ fn html(report: &TrainReport) -> String {
          <p>validation: {images} images, {objects} objects &middot; prompts: {prompts}</p>\
          <p><span class=\"big\">mIoU {zero_iou:.3} &rarr; {tuned_iou:.3}</span> <span class=\"big {cls}\">({gain})</span></p>\
          <table><tr><th>metric</th><th>zero-shot</th><th>fine-tuned</th><th>difference</th></tr>{table}</table>\
-         <p>{EMPTY_CASES}</p><h2>Training curves</h2>{loss_chart}{iou_chart}\
+         <p><b>{test}</b></p><p>{EMPTY_CASES}</p><h2>Training curves</h2>{loss_chart}{iou_chart}\
          <h2>Zero-shot (left) vs fine-tuned (right)</h2>\
          <p>Prediction filled in colour, ground truth outlined in white, prompts in yellow (boxes) and green/red (points).</p>\
          <h3>Most improved</h3>{improved}<h3>Weakest after fine-tuning</h3>{weakest}</body></html>",
@@ -489,6 +555,7 @@ fn html(report: &TrainReport) -> String {
         tuned_iou = report.fine_tuned.overall.mean_iou,
         cls = if report.gain() > 0.0 { "up" } else { "down" },
         gain = signed(report.gain()),
+        test = escape(&test_section_text(report)),
         improved = figures(&report.most_improved),
         weakest = figures(&report.weakest),
     )
@@ -542,6 +609,7 @@ mod tests {
                 fine_tuned_iou: 0.75,
             }],
             weakest: Vec::new(),
+            test: None,
             loss_chart: String::new(),
             iou_chart: String::new(),
         };
@@ -566,6 +634,7 @@ mod tests {
                         iou_prediction_error: 0.1,
                     },
                     seconds: 1.0,
+                    data_wait_seconds: 0.0,
                 })
                 .collect(),
             step_losses: vec![(1, 1.2), (2, 0.9), (3, 0.6), (4, 0.5)],

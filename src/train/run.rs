@@ -1,71 +1,84 @@
-//! A training run in progress: its folders and log, the model and optimizer, the data,
-//! the embedding cache and the loop state, with one method per phase of `train()`.
+//! A training run in progress: its folders and log, the model and optimizer, the indexed
+//! data, the embedding cache and the loop state, with one method per phase of `train()`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoints::{load_resume, save_epoch, save_resume, EpochRecord, RunDirs, TrainState};
-use super::config::TrainConfig;
-use super::examples::make_example;
+use super::checkpoints::{
+    load_resume, save_epoch, save_resume, EpochRecord, RunDirs, TrainState,
+};
+use super::config::{TrainConfig, Trainable};
+use super::examples::{example_seed, BatchPlan, BatchStream, ExampleBuilder};
 use super::log::RunLog;
 use super::optim::adamw;
 use super::report::{final_report, write_val_report, TrainReport};
 use super::schedule::lr_at;
 use super::step::{BatchLoss, Stepper};
-use crate::data::dataset::{prepare, Prepared};
+use crate::data::dataset::Sample;
 use crate::device::ChosenDevice;
 use crate::error::{bail, Context, Result};
-use crate::eval::evaluate::{evaluate, flatten, EvalSettings, ImageEval};
-use crate::eval::metrics::{Aggregate, Summary};
+use crate::eval::evaluate::{evaluate_each, EvalSettings};
+use crate::eval::metrics::{Aggregate, ObjectResult};
+use crate::eval::report::comparison_overlay;
 use crate::fsutil::{file_sha256, write_bytes_atomic};
 use crate::model::{Architecture, Sam};
+use crate::predict::image::load_rgb;
 use crate::predict::EmbeddingCache;
 use crate::weights::load_sam;
 
-/// The train and validation images with their objects decoded.
+/// The indexed train, validation and test images (no mask decoded).
 pub struct RunData {
-    pub train: Vec<Prepared>,
-    pub val: Vec<Prepared>,
+    pub train: Vec<Sample>,
+    pub val: Vec<Sample>,
+    pub test: Vec<Sample>,
 }
 
 impl RunData {
-    /// Reads the dataset of `config`; images without objects are left out (and said).
+    /// Indexes the dataset of `config`; small objects and images without objects are
+    /// left out, and said.
     pub fn load(config: &TrainConfig, log: &mut RunLog) -> Result<Self> {
         let d = &config.data;
-        let split = d.open()?;
-        let (train, skipped_train, dropped_train) = prepare(&split.train, d.min_area)?;
-        let (val, skipped_val, dropped_val) = prepare(&split.val, d.min_area)?;
-        if train.is_empty() {
+        let dataset = d.open()?;
+        let split = dataset.split;
+        if split.train.is_empty() {
             bail!(
                 "no training images with objects of at least {} px",
                 d.min_area
             );
         }
-        if dropped_train + dropped_val > 0 {
-            eprintln!(
-                "{} image(s) without objects left out",
-                dropped_train + dropped_val
-            );
-        }
-        let objects = |s: &[Prepared]| s.iter().map(|p| p.objects.len()).sum::<usize>();
+        let objects = |s: &[Sample]| s.iter().map(Sample::object_count).sum::<usize>();
+        let test = if split.test.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {} test images ({} objects)",
+                split.test.len(),
+                objects(&split.test)
+            )
+        };
         log.line(&format!(
-            "data: {} train images ({} objects), {} val images ({} objects); {} objects below {} px skipped",
-            train.len(),
-            objects(&train),
-            val.len(),
-            objects(&val),
-            skipped_train + skipped_val,
-            d.min_area
+            "data: {} train images ({} objects), {} val images ({} objects){test}; {} objects below {} px skipped, {} images without objects left out",
+            split.train.len(),
+            objects(&split.train),
+            split.val.len(),
+            objects(&split.val),
+            dataset.filtered.small_objects,
+            d.min_area,
+            dataset.filtered.empty_images,
         ));
-        Ok(Self { train, val })
+        Ok(Self {
+            train: split.train,
+            val: split.val,
+            test: split.test,
+        })
     }
 }
 
@@ -86,7 +99,24 @@ struct EpochTraining {
     sums: [f64; 4],
     batches: usize,
     lr: f64,
+    /// Time the steps waited for their data.
+    waited: Duration,
     interrupted: bool,
+}
+
+impl EpochTraining {
+    fn record(&mut self, batch: BatchLoss) {
+        self.sums[0] += batch.loss;
+        for k in 0..3 {
+            self.sums[k + 1] += batch.parts[k];
+        }
+        self.batches += 1;
+    }
+
+    /// The share of the epoch's training time spent waiting for data.
+    fn wait_share(&self) -> f64 {
+        self.waited.as_secs_f64() / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
 }
 
 pub struct Run<'a> {
@@ -109,7 +139,7 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// Creates (or, with `resume`, reopens) the run folder, reads the data, loads the
+    /// Creates (or, with `resume`, reopens) the run folder, indexes the data, loads the
     /// model and, on resume, the saved weights, optimizer and loop state.
     pub fn start(
         config: &'a TrainConfig,
@@ -145,19 +175,20 @@ impl<'a> Run<'a> {
             ));
             (model, optim, state)
         } else {
+            let optim = adamw(&model, &config.train);
             let state = TrainState {
-                base_checkpoint_sha256: base_sha,
+                base_checkpoint_sha256: base_sha.clone(),
                 ..TrainState::default()
             };
-            let optim = adamw(&model, &config.train);
             (model, optim, state)
         };
         let trainable = config.model.trainable;
         let frozen = trainable.encoder_frozen().then(|| model.valid());
         let cache = if config.cache.enabled && trainable.encoder_frozen() {
             Some(EmbeddingCache::open(
-                &config.cache.dir,
+                &config.cache,
                 &config.model.checkpoint,
+                &base_sha,
                 &architecture,
                 config.data.intensity,
             )?)
@@ -187,13 +218,12 @@ impl<'a> Run<'a> {
         })
     }
 
-    fn eval_settings(&self, keep_masks: bool, progress: bool) -> EvalSettings<'_> {
+    fn eval_settings(&self, progress: bool) -> EvalSettings<'_> {
         EvalSettings {
             cache: self.cache.as_ref(),
             intensity: self.config.data.intensity,
             prompts: &self.config.prompts,
             seed: self.config.train.seed,
-            keep_masks,
             progress,
         }
     }
@@ -206,12 +236,12 @@ impl<'a> Run<'a> {
         {
             return Ok(());
         }
-        let evals = evaluate(
+        let results = crate::eval::evaluate::evaluate(
             &self.model.valid(),
             &self.data.val,
-            &self.eval_settings(false, true),
+            &self.eval_settings(true),
         )?;
-        let summary = Aggregate::of(&flatten(&evals)).overall;
+        let summary = Aggregate::of(&results).overall;
         self.log.line(&format!(
             "zero-shot val: mIoU {:.4}, Dice {:.4}",
             summary.mean_iou, summary.mean_dice
@@ -223,11 +253,17 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Batches in an epoch: all of the training set, or `train.batches_per_epoch`.
     fn batches_per_epoch(&self) -> usize {
-        self.data
+        let all = self
+            .data
             .train
             .len()
-            .div_ceil(self.config.train.images_per_batch)
+            .div_ceil(self.config.train.images_per_batch);
+        match self.config.train.batches_per_epoch {
+            0 => all,
+            limit => limit.min(all),
+        }
     }
 
     fn total_steps(&self) -> usize {
@@ -286,87 +322,115 @@ impl<'a> Run<'a> {
         Ok(Ending::Finished)
     }
 
-    /// The batches of the current epoch, in a seeded order, each an optimizer step (or a
-    /// share of one with gradient accumulation). Ctrl-C stops after the next step.
-    fn train_epoch(&mut self, interrupt: &AtomicBool) -> Result<EpochTraining> {
-        let config = self.config;
+    /// The epoch's batches: a seeded order of the training images, each example with a
+    /// seed of its own.
+    fn epoch_plans(&self) -> Vec<BatchPlan> {
         let epoch = self.state.epoch;
-        let started = Instant::now();
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            config
-                .train
-                .seed
-                .wrapping_add(1_000_003 * (epoch as u64 + 1)),
-        );
+        let seed = self.config.train.seed;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1_000_003 * (epoch as u64 + 1)));
         let mut order: Vec<usize> = (0..self.data.train.len()).collect();
         order.shuffle(&mut rng);
-        let batches_per_epoch = self.batches_per_epoch();
-        let bar = epoch_bar(batches_per_epoch, epoch, config.train.epochs);
+        let images = self.config.train.images_per_batch;
+        order
+            .iter()
+            .enumerate()
+            .map(|(position, &index)| (index, example_seed(seed, epoch, position)))
+            .collect::<Vec<_>>()
+            .chunks(images)
+            .take(self.batches_per_epoch())
+            .map(<[_]>::to_vec)
+            .collect()
+    }
+
+    /// The batches of the current epoch, drawn ahead on a background thread, each an
+    /// optimizer step (or a share of one with gradient accumulation). Ctrl-C stops after
+    /// the next step.
+    fn train_epoch(&mut self, interrupt: &AtomicBool) -> Result<EpochTraining> {
+        let plans = self.epoch_plans();
+        let batches = plans.len();
+        let bar = epoch_bar(batches, self.state.epoch, self.config.train.epochs);
         let mut out = EpochTraining {
-            started,
+            started: Instant::now(),
             sums: [0.0; 4],
             batches: 0,
             lr: self.lr(),
+            waited: Duration::ZERO,
             interrupted: false,
         };
-        for (batch_index, chunk) in order.chunks(config.train.images_per_batch).enumerate() {
-            // examples are drawn here, in image order, so that the data and the random
-            // stream do not depend on how many devices share the batch
-            let mut examples = Vec::with_capacity(chunk.len());
-            for &index in chunk {
-                let example = make_example(
-                    &self.model,
-                    self.frozen.as_ref(),
-                    &self.data.train[index],
-                    self.cache.as_ref(),
-                    config,
-                    &mut rng,
-                    &self.device,
-                )?;
-                examples.push((example, rng.random::<u64>()));
+        let total_steps = self.total_steps();
+        let Self {
+            config,
+            dirs,
+            log,
+            model,
+            optim,
+            state,
+            data,
+            frozen,
+            cache,
+            device,
+            stepper,
+            ..
+        } = self;
+        let config: &TrainConfig = config;
+        let builder = ExampleBuilder {
+            frozen: frozen.as_ref(),
+            cache: cache.as_ref(),
+            config,
+            device,
+            img_size: model.img_size,
+            low_res_side: model.prompt_encoder.image_embedding_size[0] * 4,
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let mut stream = BatchStream::start(
+                scope,
+                &builder,
+                &data.train,
+                plans,
+                config.train.prefetch_batches,
+            );
+            let mut batch_index = 0;
+            while let Some(drawn) = stream.next_batch() {
+                let examples = drawn?
+                    .into_iter()
+                    .map(|d| d.into_example(model))
+                    .collect();
+                let batch = stepper.batch(model, examples, config)?;
+                if !batch.loss.is_finite() {
+                    bail!(
+                        "epoch {} batch {}: the loss is {} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
+                        state.epoch + 1,
+                        batch_index + 1,
+                        batch.loss,
+                        dirs.checkpoints.display()
+                    );
+                }
+                batch_index += 1;
+                if stepper.due(config, batch_index == batches) {
+                    let t = &config.train;
+                    out.lr = lr_at(state.step, total_steps, t.lr, t.warmup_fraction, t.min_lr_ratio);
+                    *model = stepper.apply(model.clone(), optim, out.lr, config);
+                    state.step += 1;
+                }
+                out.record(batch);
+                out.waited = stream.waited;
+                log.step(state.step, batch.loss, batch.parts, out.lr);
+                state.step_losses.push((state.step, batch.loss as f32));
+                bar.set_message(format!(
+                    "loss {:.4}, data wait {:.0}%",
+                    out.sums[0] / out.batches as f64,
+                    100.0 * out.wait_share()
+                ));
+                bar.inc(1);
+                if interrupt.load(Ordering::SeqCst) && !stepper.has_pending() {
+                    out.interrupted = true;
+                    break;
+                }
             }
-            let batch = self.stepper.batch(&self.model, examples, config)?;
-            if !batch.loss.is_finite() {
-                bail!(
-                    "epoch {} batch {}: the loss is {} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
-                    epoch + 1,
-                    batch_index + 1,
-                    batch.loss,
-                    self.dirs.checkpoints.display()
-                );
-            }
-            if self
-                .stepper
-                .due(config, batch_index + 1 == batches_per_epoch)
-            {
-                out.lr = self.lr();
-                let model = self.model.clone();
-                self.model = self.stepper.apply(model, &mut self.optim, out.lr, config);
-                self.state.step += 1;
-            }
-            self.record_batch(&mut out, batch);
-            bar.set_message(format!("loss {:.4}", out.sums[0] / out.batches as f64));
-            bar.inc(1);
-            if interrupt.load(Ordering::SeqCst) && !self.stepper.has_pending() {
-                out.interrupted = true;
-                break;
-            }
-        }
+            Ok(())
+        })?;
         bar.finish_and_clear();
         Ok(out)
-    }
-
-    fn record_batch(&mut self, epoch: &mut EpochTraining, batch: BatchLoss) {
-        epoch.sums[0] += batch.loss;
-        for k in 0..3 {
-            epoch.sums[k + 1] += batch.parts[k];
-        }
-        epoch.batches += 1;
-        self.log
-            .step(self.state.step, batch.loss, batch.parts, epoch.lr);
-        self.state
-            .step_losses
-            .push((self.state.step, batch.loss as f32));
     }
 
     /// Validation, the epoch's record, checkpoints and resume state.
@@ -374,7 +438,8 @@ impl<'a> Run<'a> {
         let epoch = self.state.epoch;
         let n = training.batches.max(1) as f64;
         let valid = self.model.valid();
-        let (val, evals) = self.validate(&valid)?;
+        let results = self.validate(&valid, epoch + 1)?;
+        let val = Aggregate::of(&results).overall;
         let record = EpochRecord {
             epoch: epoch + 1,
             train_loss: training.sums[0] / n,
@@ -384,15 +449,9 @@ impl<'a> Run<'a> {
             lr: training.lr,
             val: val.clone(),
             seconds: training.started.elapsed().as_secs_f64(),
+            data_wait_seconds: training.waited.as_secs_f64(),
         };
         self.log.epoch(&record);
-        self.log.overlays(
-            &self.data.val,
-            &evals,
-            self.config.report.overlays_per_epoch,
-            self.config.data.intensity,
-            epoch + 1,
-        )?;
         self.state.history.push(record);
         self.state.epoch += 1;
         let improved = self.state.best_miou.is_none_or(|b| val.mean_iou > b);
@@ -412,18 +471,40 @@ impl<'a> Run<'a> {
             improved,
         )?;
         if improved {
-            write_val_report(&self.dirs.report(), &self.state, &flatten(&evals))?;
+            write_val_report(&self.dirs.report(), &self.state, &results)?;
         }
         self.save_resume()
     }
 
-    /// The current model on the validation set (masks kept for the overlays).
-    fn validate(&self, valid: &Sam) -> Result<(Summary, Vec<ImageEval>)> {
+    /// The current model on the validation set; the first images are drawn to
+    /// TensorBoard as they pass.
+    fn validate(&mut self, valid: &Sam, epoch: usize) -> Result<Vec<ObjectResult>> {
         if self.data.val.is_empty() {
-            return Ok((Summary::default(), Vec::new()));
+            return Ok(Vec::new());
         }
-        let evals = evaluate(valid, &self.data.val, &self.eval_settings(true, false))?;
-        Ok((Aggregate::of(&flatten(&evals)).overall, evals))
+        let settings = EvalSettings {
+            cache: self.cache.as_ref(),
+            intensity: self.config.data.intensity,
+            prompts: &self.config.prompts,
+            seed: self.config.train.seed,
+            progress: false,
+        };
+        let overlays = self.config.report.overlays_per_epoch;
+        let log = &mut self.log;
+        let mut results = Vec::new();
+        evaluate_each(valid, &self.data.val, &settings, |index, eval| {
+            if index < overlays {
+                let sample = &self.data.val[index];
+                let image = load_rgb(&sample.image, settings.intensity)?;
+                let picture =
+                    comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
+                log.overlay(&sample.name(), &picture, epoch);
+            }
+            results.extend(eval.results);
+            Ok(())
+        })?;
+        log.tensorboard.flush();
+        Ok(results)
     }
 
     fn save_resume(&self) -> Result<()> {
@@ -449,8 +530,8 @@ impl<'a> Run<'a> {
                 self.config,
                 &self.dirs,
                 &self.state,
-                &self.data.val,
-                &self.eval_settings(false, false),
+                &self.data,
+                &self.eval_settings(true),
                 &self.device,
             )?;
             self.log.line(&format!(
@@ -460,6 +541,12 @@ impl<'a> Run<'a> {
                 report.gain(),
                 self.dirs.report().join("report.html").display()
             ));
+            if let Some(test) = &report.test {
+                self.log.line(&format!(
+                    "test ({} images, best checkpoint, evaluated once): mIoU zero-shot {:.4} -> fine-tuned {:.4}",
+                    test.images, test.zero_shot.overall.mean_iou, test.fine_tuned.overall.mean_iou
+                ));
+            }
             Some(report)
         };
         if let Some(cache) = &self.cache {
@@ -480,13 +567,10 @@ pub fn freeze(mut model: Sam, config: &TrainConfig) -> Sam {
     if trainable.encoder_frozen() {
         model.image_encoder = model.image_encoder.freeze();
     }
-    if trainable == super::config::Trainable::Decoder {
+    if trainable == Trainable::Decoder {
         model.prompt_encoder = model.prompt_encoder.freeze();
     }
-    let pe = &mut model
-        .prompt_encoder
-        .pe_layer
-        .positional_encoding_gaussian_matrix;
+    let pe = &mut model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix;
     *pe = pe.clone().set_require_grad(false);
     model
 }
