@@ -277,3 +277,70 @@ fn data_parallel_training_matches_one_device() {
     );
     assert!((la - lb).abs() < 1e-4 * la.abs().max(1.0), "{la} vs {lb}");
 }
+
+/// Every tensor of `a` equals `b`'s, bit for bit, and the two hold the same tensors.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (tensors(a), tensors(b));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&a),
+        names(&b),
+        "the two checkpoints hold other tensors"
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs");
+    }
+}
+
+#[test]
+fn batches_drawn_ahead_train_the_same_weights_as_drawn_in_place() {
+    // the background thread draws examples from per-example seeds: the same examples,
+    // so the same weights, bit for bit (correction clicks on, so their seeds count too)
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let shared = ["prompts.refine_clicks=1", "train.images_per_batch=3"];
+    let serial = config_with(
+        dir.path(),
+        "serial",
+        2,
+        &[shared[0], shared[1], "train.prefetch_batches=0"],
+    );
+    let ahead = config_with(
+        dir.path(),
+        "ahead",
+        2,
+        &[shared[0], shared[1], "train.prefetch_batches=3"],
+    );
+    train(&serial, false, &AtomicBool::new(false)).unwrap();
+    let outcome = train(&ahead, false, &AtomicBool::new(false)).unwrap();
+    assert_same_tensors(
+        &run_dir(dir.path(), "serial").join("last.safetensors"),
+        &run_dir(dir.path(), "ahead").join("last.safetensors"),
+    );
+    let log = std::fs::read_to_string(dir.path().join("runs/ahead/train.log")).unwrap();
+    assert!(log.contains("data wait"), "{log}");
+    // no data.test: the report says the best epoch was chosen on the set it reports
+    let report = outcome.report.unwrap();
+    assert!(report.test.is_none());
+    let md = std::fs::read_to_string(dir.path().join("runs/ahead/report/report.md")).unwrap();
+    assert!(md.contains("No test set"), "{md}");
+}
+
+#[test]
+fn a_test_split_is_held_out_and_evaluated_once_with_the_best_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let config = config_with(dir.path(), "tested", 1, &["data.test=0.25"]);
+    let outcome = train(&config, false, &AtomicBool::new(false)).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("runs/tested/train.log")).unwrap();
+    // 12 images: 3 for validation, then 2 of the other 9 for the test (rounded)
+    assert!(
+        log.contains("7 train images") && log.contains("2 test images"),
+        "{log}"
+    );
+    let test = outcome.report.unwrap().test.expect("a test report");
+    assert_eq!(test.images, 2);
+    assert!(test.fine_tuned.overall.objects > 0);
+    let md = std::fs::read_to_string(dir.path().join("runs/tested/report/report.md")).unwrap();
+    assert!(md.contains("Test set: 2 images"), "{md}");
+}

@@ -9,8 +9,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::data::dataset::Sample;
-use crate::fsutil::file_sha256;
 use crate::data::synthetic::{write_dataset, Domain};
+use crate::fsutil::file_sha256;
 use crate::predict::{encode_image, EmbeddingCache};
 use crate::train::{train, TrainConfig};
 use crate::weights::load_sam;

@@ -107,7 +107,11 @@ pub fn load_coco(
             ));
         }
     }
-    if let Some(image) = raw.images.iter().find(|i| !plausible_size(i.height, i.width)) {
+    if let Some(image) = raw
+        .images
+        .iter()
+        .find(|i| !plausible_size(i.height, i.width))
+    {
         return Err(Error::file(
             annotations,
             format!(
@@ -142,7 +146,10 @@ pub fn load_coco(
         let segmentation = Span {
             offset: (json.as_ptr() as usize - text.as_ptr() as usize) as u64,
             len: u32::try_from(json.len()).map_err(|_| {
-                Error::file(annotations, format!("annotation {}: segmentation over 4 GB", ann.id))
+                Error::file(
+                    annotations,
+                    format!("annotation {}: segmentation over 4 GB", ann.id),
+                )
             })?,
         };
         let area = match ann.area {
@@ -196,7 +203,8 @@ pub fn plausible_size(height: usize, width: usize) -> bool {
 
 impl CocoFile {
     fn stamp(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
         Ok(Self {
             path: path.to_path_buf(),
             len: meta.len(),
@@ -281,5 +289,83 @@ pub fn decode_segmentation(json: &str, height: usize, width: usize) -> Result<Bi
             rle.decode()
         }
         _ => bail!("a segmentation must be a list of polygons or an RLE object"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 20x10 image with a polygon (area from the file), a crowd RLE (area 0: counted)
+    /// and a compressed RLE.
+    fn file(dir: &Path) -> PathBuf {
+        image::RgbImage::new(20, 10)
+            .save(dir.join("a.png"))
+            .unwrap();
+        let square = Rle::encode(&BinaryMask::from_fn(20, 10, |x, y| x < 4 && y < 4));
+        let json = serde_json::json!({
+            "images": [{"id": 7, "file_name": "a.png", "height": 10, "width": 20}],
+            "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "crowd"}],
+            "annotations": [
+                {"id": 1, "image_id": 7, "category_id": 1, "area": 12.5, "iscrowd": 0,
+                 "segmentation": [[2.0, 2.0, 8.0, 2.0, 8.0, 6.0, 2.0, 6.0]]},
+                {"id": 2, "image_id": 7, "category_id": 2, "area": 0, "iscrowd": 1,
+                 "segmentation": {"size": [10, 20], "counts": square.counts}},
+                {"id": 3, "image_id": 7, "category_id": 1,
+                 "segmentation": {"size": [10, 20], "counts": square.to_compressed()}},
+            ],
+        });
+        let path = dir.join("ann.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_index_keeps_spans_areas_and_crowds_and_decodes_each_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path());
+        let samples = load_coco(&path, dir.path(), &[]).unwrap();
+        assert_eq!(samples.len(), 1);
+        let Annotations::Coco { objects, .. } = &samples[0].annotations else {
+            panic!("a COCO sample")
+        };
+        let areas: Vec<f64> = objects.iter().map(|o| o.area).collect();
+        assert_eq!(
+            areas,
+            [12.5, 16.0, 16.0],
+            "the file's area, else the mask's"
+        );
+        let crowds: Vec<bool> = objects.iter().map(|o| o.iscrowd).collect();
+        assert_eq!(crowds, [false, true, false]);
+        let masks = samples[0].decode_objects().unwrap();
+        assert_eq!(masks[0].mask.area(), 6 * 4);
+        assert_eq!(masks[1].mask, masks[2].mask, "list and string counts");
+        assert_eq!(masks[1].category.as_deref(), Some("crowd"));
+    }
+
+    #[test]
+    fn an_annotation_file_changed_after_indexing_is_an_error_not_another_mask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(dir.path());
+        let samples = load_coco(&path, dir.path(), &[]).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push(' ');
+        std::fs::write(&path, text).unwrap();
+        let err = samples[0].decode_objects().unwrap_err().to_string();
+        assert!(err.contains("changed since it was indexed"), "{err}");
+    }
+
+    #[test]
+    fn declared_sizes_that_cannot_be_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = r#"{"images": [{"id": 1, "file_name": "a.png", "height": 4000000000, "width": 4000000000}],
+                      "annotations": [], "categories": []}"#;
+        let path = dir.path().join("huge.json");
+        std::fs::write(&path, json).unwrap();
+        let err = load_coco(&path, dir.path(), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("huge.json") && err.contains("declared"),
+            "{err}"
+        );
     }
 }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rand::seq::SliceRandom;
@@ -14,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::coco::{CocoFile, CocoObject};
 use super::mask::BinaryMask;
-use crate::error::{bail, Context, Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// One decoded object of an image.
 #[derive(Debug, Clone)]
@@ -35,7 +34,10 @@ pub struct LabelArea {
 pub enum Annotations {
     /// An instance-label image: each non-zero value is one object (a binary mask is the
     /// case of a single value).
-    LabelImage { path: PathBuf, labels: Vec<LabelArea> },
+    LabelImage {
+        path: PathBuf,
+        labels: Vec<LabelArea>,
+    },
     /// A semantic label image (e.g. a slice of a label volume): each non-zero value is one
     /// object whose category is the value's name (`label <value>` when unnamed).
     SemanticLabels {
@@ -60,12 +62,10 @@ pub struct Sample {
     pub annotations: Annotations,
 }
 
-/// Object masks built so far in this process (tests check that indexing builds none).
-static OBJECT_DECODES: AtomicUsize = AtomicUsize::new(0);
-
 #[cfg(test)]
-pub(crate) fn object_decodes() -> usize {
-    OBJECT_DECODES.load(Ordering::Relaxed)
+thread_local! {
+    /// Object masks built by this thread (tests check that indexing builds none).
+    pub(crate) static OBJECT_DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Sample {
@@ -154,7 +154,8 @@ impl Sample {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
-        OBJECT_DECODES.fetch_add(objects.len(), Ordering::Relaxed);
+        #[cfg(test)]
+        OBJECT_DECODES.with(|n| n.set(n.get() + objects.len()));
         Ok(objects)
     }
 
@@ -341,8 +342,10 @@ pub struct Filtered {
     pub empty_images: usize,
 }
 
-impl Filtered {
-    pub fn add(self, other: Filtered) -> Filtered {
+impl std::ops::Add for Filtered {
+    type Output = Filtered;
+
+    fn add(self, other: Filtered) -> Filtered {
         Filtered {
             small_objects: self.small_objects + other.small_objects,
             empty_images: self.empty_images + other.empty_images,
@@ -362,27 +365,58 @@ pub fn filter_samples(samples: &mut Vec<Sample>, min_area: usize) -> Filtered {
     filtered
 }
 
-/// A sample with its objects decoded, for the code that holds one image at a time.
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    pub sample: Sample,
-    pub objects: Vec<Object>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::{write_dataset, Domain};
 
-impl Prepared {
-    /// Decodes every (indexed) object of `sample`.
-    pub fn decode(sample: &Sample) -> Result<Self> {
-        Ok(Self {
-            objects: sample.decode_objects()?,
-            sample: sample.clone(),
-        })
+    fn decodes() -> usize {
+        OBJECT_DECODES.with(|n| n.get())
     }
-}
 
-/// Fails unless `samples` holds at least one image with objects.
-pub fn require_objects(samples: &[Sample], what: &str, min_area: usize) -> Result<()> {
-    if samples.is_empty() {
-        bail!("no {what} images with objects of at least {min_area} px");
+    #[test]
+    fn indexing_decodes_no_mask_and_batches_decode_only_what_they_use() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dataset(dir.path(), Domain::Source, 4, 48, 3).unwrap();
+        let before = decodes();
+        let split = crate::data::folder::load_folder(dir.path(), 0.0, 0).unwrap();
+        assert_eq!(decodes(), before, "indexing built object masks");
+        let sample = &split.train[0];
+        let n = sample.object_count();
+        assert!(n >= 2, "{n} objects");
+        let one = sample.decode_objects_at(&[1]).unwrap();
+        assert_eq!(decodes(), before + 1);
+        let LabelArea { area, .. } = match &sample.annotations {
+            Annotations::LabelImage { labels, .. } => labels[1],
+            _ => unreachable!("a folder dataset"),
+        };
+        assert_eq!(one[0].mask.area(), area, "the indexed area is the mask's");
+        // the second index reads the counts back instead of the masks
+        let index_file = dir.path().join(".samtune-index.json");
+        assert!(index_file.is_file());
+        let again = crate::data::folder::load_folder(dir.path(), 0.0, 0).unwrap();
+        assert_eq!(again.train[0].object_count(), n);
     }
-    Ok(())
+
+    #[test]
+    fn a_mask_of_another_size_than_its_image_is_an_error_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        write_dataset(dir.path(), Domain::Source, 2, 48, 3).unwrap();
+        let mask = std::fs::read_dir(dir.path().join("masks"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        image::GrayImage::new(40, 48).save(&mask).unwrap();
+        let err = crate::data::folder::load_folder(dir.path(), 0.0, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&mask.display().to_string())
+                && err.contains("40x48")
+                && err.contains("48x48"),
+            "{err}"
+        );
+    }
 }

@@ -165,7 +165,9 @@ impl LabelIndex {
             .map_err(crate::error::Error::from)
             .and_then(|bytes| write_bytes_atomic(&dir.join(INDEX_FILE), &bytes));
         if let Err(e) = written {
-            eprintln!("note: the mask index is not kept ({e}); the next run counts the labels again");
+            eprintln!(
+                "note: the mask index is not kept ({e}); the next run counts the labels again"
+            );
         }
     }
 }

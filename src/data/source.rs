@@ -175,7 +175,7 @@ impl DataConfig {
         let mut split = self.index()?;
         let mut filtered = Filtered::default();
         for part in [&mut split.train, &mut split.val, &mut split.test] {
-            filtered = filtered.add(filter_samples(part, self.min_area));
+            filtered = filtered + filter_samples(part, self.min_area);
         }
         Ok(Dataset { split, filtered })
     }
@@ -278,7 +278,7 @@ impl DataConfig {
 }
 
 /// Mixed into the split seed for the test split.
-pub const TEST_SEED: u64 = 0x7e57_5e7;
+pub const TEST_SEED: u64 = 0x07e5_75e7;
 
 /// A COCO file's image folder: `data.images`, else `images/` beside the file.
 fn coco_images(annotations: &Path, images: &Option<PathBuf>) -> PathBuf {

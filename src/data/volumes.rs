@@ -443,9 +443,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         scan(dir.path(), "a");
         std::fs::remove_file(dir.path().join("labels/a.nii.gz")).unwrap();
-        let e = load_volumes(dir.path(), [0.0, 0.0], 0, &settings(), &dir.path().join("s"))
-            .unwrap_err()
-            .to_string();
+        let e = load_volumes(
+            dir.path(),
+            [0.0, 0.0],
+            0,
+            &settings(),
+            &dir.path().join("s"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("has no label volume a.nii"), "{e}");
         write_nifti(
             &dir.path().join("labels/a.nii.gz"),
@@ -459,7 +465,14 @@ mod tests {
         .unwrap();
         let e = format!(
             "{:#}",
-            load_volumes(dir.path(), [0.0, 0.0], 0, &settings(), &dir.path().join("s")).unwrap_err()
+            load_volumes(
+                dir.path(),
+                [0.0, 0.0],
+                0,
+                &settings(),
+                &dir.path().join("s")
+            )
+            .unwrap_err()
         );
         assert!(e.contains("[6, 5, 4] voxels"), "{e}");
     }

@@ -135,8 +135,7 @@ fn stream_results(
         if job.overlays > 0 && pictures.qualifies(score, job.overlays) {
             let sample = &samples[index];
             let image = load_rgb(&sample.image, settings.intensity)?;
-            let picture =
-                comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
+            let picture = comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
             pictures.add(score, sample.name(), picture, job.overlays);
         }
         results.extend(eval.results);

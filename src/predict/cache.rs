@@ -417,7 +417,11 @@ mod tests {
             if dtype != CacheDtype::F32 {
                 assert_ne!(read, values, "{dtype:?} entries are rounded");
                 let entry = std::fs::metadata(cache.entry_path(&image).unwrap()).unwrap();
-                assert!(entry.len() < 8 * 4 + 200, "{dtype:?}: {} bytes", entry.len());
+                assert!(
+                    entry.len() < 8 * 4 + 200,
+                    "{dtype:?}: {} bytes",
+                    entry.len()
+                );
             }
         }
     }

@@ -50,7 +50,7 @@ impl Example {
 /// What an example's image becomes before the step: an embedding when the encoder is
 /// frozen, else the image itself (the step encodes it, in the graph).
 pub enum Pixels {
-    Embedded(EncodedImage),
+    Embedded(Box<EncodedImage>),
     Image(RgbImage),
 }
 
@@ -70,7 +70,7 @@ impl Drawn {
         let encoded = match self.pixels {
             Pixels::Embedded(encoded) => EncodedImage {
                 embedding: encoded.embedding.autodiff(),
-                ..encoded
+                ..*encoded
             },
             Pixels::Image(image) => Predictor::new(model).encode(&image),
         };
@@ -150,7 +150,7 @@ impl ExampleBuilder<'_> {
                 let encoded =
                     encode_image(frozen, &sample.image, self.cache, intensity, self.device)?;
                 let size = encoded.original_size;
-                (Pixels::Embedded(encoded), size)
+                (Pixels::Embedded(Box::new(encoded)), size)
             }
             None => {
                 let image = load_rgb(&sample.image, intensity)?;

@@ -12,9 +12,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoints::{
-    load_resume, save_epoch, save_resume, EpochRecord, RunDirs, TrainState,
-};
+use super::checkpoints::{load_resume, save_epoch, save_resume, EpochRecord, RunDirs, TrainState};
 use super::config::{TrainConfig, Trainable};
 use super::examples::{example_seed, BatchPlan, BatchStream, ExampleBuilder};
 use super::log::RunLog;
@@ -391,10 +389,7 @@ impl<'a> Run<'a> {
             );
             let mut batch_index = 0;
             while let Some(drawn) = stream.next_batch() {
-                let examples = drawn?
-                    .into_iter()
-                    .map(|d| d.into_example(model))
-                    .collect();
+                let examples = drawn?.into_iter().map(|d| d.into_example(model)).collect();
                 let batch = stepper.batch(model, examples, config)?;
                 if !batch.loss.is_finite() {
                     bail!(
@@ -408,7 +403,13 @@ impl<'a> Run<'a> {
                 batch_index += 1;
                 if stepper.due(config, batch_index == batches) {
                     let t = &config.train;
-                    out.lr = lr_at(state.step, total_steps, t.lr, t.warmup_fraction, t.min_lr_ratio);
+                    out.lr = lr_at(
+                        state.step,
+                        total_steps,
+                        t.lr,
+                        t.warmup_fraction,
+                        t.min_lr_ratio,
+                    );
                     *model = stepper.apply(model.clone(), optim, out.lr, config);
                     state.step += 1;
                 }
@@ -570,7 +571,10 @@ pub fn freeze(mut model: Sam, config: &TrainConfig) -> Sam {
     if trainable == Trainable::Decoder {
         model.prompt_encoder = model.prompt_encoder.freeze();
     }
-    let pe = &mut model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix;
+    let pe = &mut model
+        .prompt_encoder
+        .pe_layer
+        .positional_encoding_gaussian_matrix;
     *pe = pe.clone().set_require_grad(false);
     model
 }
