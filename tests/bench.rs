@@ -46,3 +46,45 @@ fn bench_runs_every_case_and_prints_the_table() {
     }
     assert!(results[0]["flops"].as_f64().unwrap() > 1e6);
 }
+
+#[test]
+fn the_data_case_indexes_and_trains_generated_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("data.json");
+    let output = samtune([
+        "bench",
+        "--case",
+        "data",
+        "--data-sizes",
+        "6",
+        "--data-side",
+        "64",
+        "--data-objects",
+        "3",
+        "--data-steps",
+        "2",
+        "--coco-images",
+        "20",
+        "--coco-annotations",
+        "60",
+        "--data-dir",
+        dir.path().join("sets").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "labels, COCO and the large COCO file");
+    for row in &rows[..2] {
+        assert_eq!(row["images"], 6);
+        assert_eq!(row["objects"], 18);
+        assert!(row["step_ms"].as_f64().unwrap() > 0.0);
+        assert!((0.0..1.0).contains(&row["data_wait_share"].as_f64().unwrap()));
+    }
+    assert_eq!(rows[2]["objects"], 60);
+}

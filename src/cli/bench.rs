@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::bench_data::{self, DataBenchArgs};
 use super::open_device;
 use crate::data::prompts::{Multimask, ObjectPrompt, PromptConfig};
 use crate::device::DeviceSpec;
@@ -48,7 +49,8 @@ pub struct BenchArgs {
     /// A small architecture instead of the variant (smoke tests).
     #[arg(long)]
     pub tiny: bool,
-    /// Only these cases (encoder, decoder_step, prompt_latency, finetune, load).
+    /// Only these cases (encoder, decoder_step, prompt_latency, finetune, load; `data`,
+    /// which is not run by default: the data pipeline at 100 to 10,000 images).
     #[arg(long = "case")]
     pub cases: Vec<String>,
     /// Write the results as JSON too.
@@ -57,6 +59,8 @@ pub struct BenchArgs {
     /// Internal: run one case in this process and print its JSON.
     #[arg(long, hide = true)]
     pub child: Option<String>,
+    #[command(flatten)]
+    pub data: DataBenchArgs,
 }
 
 pub const CASES: [&str; 5] = [
@@ -85,16 +89,27 @@ pub struct CaseResult {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(case) = &args.child {
+        if case.starts_with("data-") {
+            return bench_data::run_child(case, &args.data);
+        }
         let result = run_case(case, &args)?;
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
     }
-    let cases: Vec<String> = if args.cases.is_empty() {
+    let mut cases: Vec<String> = if args.cases.is_empty() {
         CASES.iter().map(|s| s.to_string()).collect()
     } else {
         args.cases.clone()
     };
     let exe = std::env::current_exe().context("locating the samtune binary")?;
+    let data = if let Some(at) = cases.iter().position(|c| c == "data") {
+        cases.remove(at);
+        let results = bench_data::run(&args.data, &exe, args.threads)?;
+        bench_data::print_table(&results);
+        results
+    } else {
+        Vec::new()
+    };
     let mut results = Vec::new();
     for case in &cases {
         if !CASES.contains(&case.as_str()) {
@@ -123,7 +138,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .with_context(|| format!("case {case} printed {line}"))?;
         results.push(result);
     }
-    print_table(&results, &args);
+    if !results.is_empty() {
+        print_table(&results, &args);
+    }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
             "tool": "samtune",
@@ -131,6 +148,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "device": args.device.to_string(),
             "threads": args.threads,
             "results": results,
+            "data": data,
         });
         crate::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
     }

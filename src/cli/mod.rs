@@ -2,6 +2,7 @@
 
 mod annotate;
 mod bench;
+mod bench_data;
 mod download;
 mod eval;
 mod eval_volumes;
