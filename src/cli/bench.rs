@@ -112,7 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     for case in &cases {
-        if !CASES.contains(&case.as_str()) {
+        if !CASES.contains(&case.as_str()) && case != "cache_dtype" {
             bail!("unknown case '{case}' (cases: {})", CASES.join(", "));
         }
         eprintln!("running {case} ...");
@@ -343,6 +343,7 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
             ))
         }
         "finetune" => finetune_case(args, &config, &device),
+        "cache_dtype" => cache_dtype_case(&config, &device),
         "load" => {
             let dir = tempfile_dir()?;
             let path = dir.join("bench_model.safetensors");
@@ -373,6 +374,70 @@ fn run_case(case: &str, args: &BenchArgs) -> Result<CaseResult> {
         }
         other => bail!("unknown case {other}"),
     }
+}
+
+/// What storing embeddings as f16 or bf16 (`cache.dtype`) does to the decoder's output: a
+/// generated image encoded by the model, 8 box prompts decoded from the f32 embedding and
+/// from the same embedding rounded, compared (logits and the masks they threshold to).
+fn cache_dtype_case(architecture: &Architecture, device: &Device) -> Result<CaseResult> {
+    use crate::predict::cache::CacheDtype;
+    let model = architecture.init(device);
+    let predictor = Predictor::new(&model);
+    let side = architecture.image_encoder.img_size as u32;
+    let (image, _) =
+        crate::data::synthetic::generate(crate::data::synthetic::Domain::Source, side, 5);
+    let t = Instant::now();
+    let encoded = predictor.encode(&image);
+    let embedding = crate::predict::tensor_values(encoded.embedding.clone())?;
+    let seconds = vec![t.elapsed().as_secs_f64()];
+    let prompts = PromptBatch::from_boxes_and_points(random_boxes(8, side as f64), Vec::new());
+    let decode = |values: Vec<f32>| -> Result<Vec<f32>> {
+        let rounded = EncodedImage {
+            embedding: Tensor::from_data(
+                burn::tensor::TensorData::new(values, encoded.embedding.dims()),
+                device,
+            ),
+            ..encoded.clone()
+        };
+        Ok(crate::predict::tensor_values(
+            predictor.predict(&rounded, &prompts, true)?.logits,
+        )?)
+    };
+    let reference = decode(embedding.clone())?;
+    let scale = reference
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(1e-12);
+    let mut extra = BTreeMap::new();
+    for dtype in [CacheDtype::F16, CacheDtype::Bf16] {
+        let logits = decode(dtype.round_trip(&embedding)?)?;
+        let worst = reference
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let (mut both, mut either) = (0usize, 0usize);
+        for (a, b) in reference.iter().zip(&logits) {
+            both += (*a > 0.0 && *b > 0.0) as usize;
+            either += (*a > 0.0 || *b > 0.0) as usize;
+        }
+        let name = format!("{dtype:?}").to_lowercase();
+        extra.insert(
+            format!("{name}: max logit error / max |logit|"),
+            (worst / scale) as f64,
+        );
+        extra.insert(
+            format!("{name}: mask IoU with f32"),
+            both as f64 / either.max(1) as f64,
+        );
+    }
+    Ok(stats(
+        "cache_dtype",
+        format!("f16/bf16 cached embeddings vs f32: 8 boxes x 3 masks, {side}px generated image"),
+        seconds,
+        None,
+        extra,
+    ))
 }
 
 /// Case 4: a decoder fine-tune over `ft_images` images x `ft_prompts` prompts for

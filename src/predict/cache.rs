@@ -76,6 +76,13 @@ impl CacheDtype {
     }
 }
 
+impl CacheDtype {
+    /// `values` as an entry of this type reads them back.
+    pub fn round_trip(self, values: &[f32]) -> Result<Vec<f32>> {
+        decode_floats(self.safetensors(), &self.encode(values))
+    }
+}
+
 /// Decodes little-endian `bytes` of a safetensors float type to f32.
 fn decode_floats(dtype: safetensors::Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
