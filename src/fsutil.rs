@@ -113,9 +113,54 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Removes the temporary files of [`temp_path`] in `dir` that a killed process left (its
+/// pid no longer runs); best effort.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !process_runs(pid) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists (Linux: `/proc/<pid>`; elsewhere assumed to).
+fn process_runs(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temps_of_dead_processes_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = temp_path(&dir.path().join("a.json"));
+        fs::write(&ours, b"in progress").unwrap();
+        // pids above the kernel's pid_max (4194304) never run
+        let dead = dir.path().join(".b.json.tmp-99999999");
+        fs::write(&dead, b"left by a kill").unwrap();
+        let kept = dir.path().join("c.json");
+        fs::write(&kept, b"a result").unwrap();
+        remove_stale_temps(dir.path());
+        assert!(ours.exists() && kept.exists());
+        assert_eq!(dead.exists(), !cfg!(target_os = "linux"));
+    }
 
     #[test]
     fn failed_write_keeps_the_old_file_and_leaves_no_temp() {

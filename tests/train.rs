@@ -194,7 +194,10 @@ fn an_interrupted_run_saves_a_resumable_state_and_a_diverging_one_stops() {
     let outcome = train(&config, false, &AtomicBool::new(true)).unwrap();
     assert!(outcome.interrupted);
     assert_eq!(outcome.state.epoch, 0);
-    let resume = run_dir(dir.path(), "interrupted").join("resume");
+    let checkpoints = run_dir(dir.path(), "interrupted");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(checkpoints.join("resume.json")).unwrap()).unwrap();
+    let resume = checkpoints.join(manifest["folder"].as_str().unwrap());
     for file in ["model.bpk", "optim.bpk", "state.json"] {
         assert!(resume.join(file).is_file(), "{file} missing");
     }
@@ -343,4 +346,70 @@ fn a_test_split_is_held_out_and_evaluated_once_with_the_best_checkpoint() {
     assert!(test.fine_tuned.overall.objects > 0);
     let md = std::fs::read_to_string(dir.path().join("runs/tested/report/report.md")).unwrap();
     assert!(md.contains("Test set: 2 images"), "{md}");
+}
+
+#[test]
+fn a_run_resumed_inside_an_epoch_ends_with_the_weights_of_an_uninterrupted_one() {
+    // Ctrl-C already pressed: the run stops after its first step, one batch into epoch 1;
+    // the resume continues at the second batch. Correction clicks on, gradient
+    // accumulation across batches too.
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let shared = [
+        "prompts.refine_clicks=1",
+        "train.images_per_batch=1",
+        "train.grad_accumulation=2",
+    ];
+    let straight = config_with(dir.path(), "straight", 2, &shared);
+    let interrupted = config_with(dir.path(), "stopped", 2, &shared);
+    let a = train(&straight, false, &AtomicBool::new(false)).unwrap();
+    let stopped = train(&interrupted, false, &AtomicBool::new(true)).unwrap();
+    assert!(stopped.interrupted && stopped.state.epoch == 0);
+    let progress = stopped
+        .state
+        .progress
+        .as_ref()
+        .expect("stopped inside the epoch");
+    assert_eq!(progress.batches, 2, "stopped at the first optimizer step");
+    let b = train(&interrupted, true, &AtomicBool::new(false)).unwrap();
+    assert_same_tensors(
+        &run_dir(dir.path(), "straight").join("last.safetensors"),
+        &run_dir(dir.path(), "stopped").join("last.safetensors"),
+    );
+    assert_eq!(a.state.step, b.state.step);
+    assert_eq!(a.state.history[0].train_loss, b.state.history[0].train_loss);
+}
+
+#[test]
+fn a_refused_resume_changes_nothing_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    // a run that never started: an error, and no run folder
+    let never = config(dir.path(), "never", 1);
+    let err = format!(
+        "{:#}",
+        train(&never, true, &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(err.contains("no run to resume"), "{err}");
+    assert!(!dir.path().join("runs/never").exists());
+    // a run resumed with another base checkpoint: refused, its config kept
+    let mut first = config(dir.path(), "kept", 2);
+    first.train.stop_after_epochs = 1;
+    train(&first, false, &AtomicBool::new(false)).unwrap();
+    let saved = std::fs::read(dir.path().join("runs/kept/config.toml")).unwrap();
+    let other = dir.path().join("other.pth");
+    let mut bytes = std::fs::read(fixtures_dir().join("tiny_sam.pth")).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, bytes).unwrap();
+    let mut changed = first.clone();
+    changed.model.checkpoint = other;
+    let err = format!(
+        "{:#}",
+        train(&changed, true, &AtomicBool::new(false)).unwrap_err()
+    );
+    assert!(err.contains("cannot resume"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("runs/kept/config.toml")).unwrap(),
+        saved
+    );
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{TrainConfig, Trainable};
 use super::optim::adamw;
-use crate::error::{bail, err, Context, Result};
+use crate::error::{bail, err, Context, Error, Result};
 use crate::eval::metrics::Summary;
 use crate::fsutil::{temp_path, write_bytes_atomic};
 use crate::model::{Architecture, Sam};
@@ -49,6 +49,21 @@ pub struct TrainState {
     /// `(optimizer step, batch loss)` of every batch, for the report's loss curve.
     #[serde(default)]
     pub step_losses: Vec<(usize, f32)>,
+    /// How far the current epoch had gone when the run stopped inside it: `--resume`
+    /// continues at the next batch.
+    #[serde(default)]
+    pub progress: Option<EpochProgress>,
+}
+
+/// A part-trained epoch: the batches done and what they added up to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochProgress {
+    pub batches: usize,
+    /// Loss, focal, dice and IoU terms summed over the batches.
+    pub sums: [f64; 4],
+    pub lr: f64,
+    pub seconds: f64,
+    pub data_wait_seconds: f64,
 }
 
 /// The folders of a run: `<runs_dir>/<name>/`, its checkpoints and its resume state.
@@ -56,6 +71,7 @@ pub struct TrainState {
 pub struct RunDirs {
     pub run: PathBuf,
     pub checkpoints: PathBuf,
+    /// Where runs before `resume.json` kept their resume state.
     pub resume: PathBuf,
 }
 
@@ -71,8 +87,14 @@ impl RunDirs {
         }
     }
 
-    pub fn state_path(&self) -> PathBuf {
-        self.resume.join("state.json")
+    /// `checkpoints/resume.json`: the committed resume state (see [`save_resume`]).
+    pub fn manifest(&self) -> PathBuf {
+        self.checkpoints.join("resume.json")
+    }
+
+    /// Whether the run has a resume state (this layout, or `resume/` of earlier runs).
+    pub fn has_resume_state(&self) -> bool {
+        self.manifest().is_file() || self.resume.join("state.json").is_file()
     }
 
     pub fn report(&self) -> PathBuf {
@@ -101,74 +123,185 @@ fn trained_prefixes(trainable: Trainable) -> &'static [&'static str] {
     }
 }
 
-/// The loop state, trained weights and optimizer of an earlier invocation of this run.
-/// The optimizer is built after the weights are restored: they bring back the parameter
-/// ids its state is keyed by.
-pub fn load_resume(
-    dirs: &RunDirs,
-    model: Sam,
-    config: &TrainConfig,
-    base_sha256: &str,
-) -> Result<(Sam, ModuleOptimizer, TrainState)> {
-    let base_checkpoint = &config.model.checkpoint;
-    let state_path = dirs.state_path();
-    let state: TrainState = serde_json::from_slice(
-        &std::fs::read(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-    )
-    .with_context(|| format!("{}: invalid resume state", state_path.display()))?;
-    if state.base_checkpoint_sha256 != base_sha256 {
-        bail!(
-            "{} changed since the run started (its hash differs): cannot resume",
-            base_checkpoint.display()
-        );
-    }
-    let weights = dirs.resume.join("model.bpk");
-    let record =
-        ModuleRecord::load(&weights).with_context(|| format!("reading {}", weights.display()))?;
-    let model = model
-        .try_load_record(record.allow_partial(true))
-        .map_err(|e| err!("restoring the model from {}: {e:?}", dirs.resume.display()))?;
-    let optim = adamw(&model, &config.train)
-        .load(dirs.resume.join("optim.bpk"))
-        .map_err(|e| {
-            err!(
-                "restoring the optimizer from {}: {e:?}",
-                dirs.resume.display()
-            )
-        })?;
-    Ok((model, optim, state))
+/// `checkpoints/resume.json`: the folder that holds the committed resume state, and the
+/// sizes of its files. The state is written to a fresh folder and committed by the atomic
+/// replacement of this file, so a kill at any moment leaves the old state or the new one,
+/// never a mix of the two.
+#[derive(Debug, Serialize, Deserialize)]
+struct ResumeManifest {
+    folder: String,
+    files: BTreeMap<String, u64>,
 }
 
-/// Trained weights (with their parameter ids), optimizer and loop state for `--resume`.
+const RESUME_FILES: [&str; 3] = ["model.bpk", "optim.bpk", "state.json"];
+
+/// A run's committed resume state, found and checked, not yet loaded.
+pub struct ResumePoint {
+    folder: PathBuf,
+    pub state: TrainState,
+}
+
+impl ResumePoint {
+    /// The run's resume state: the folder `resume.json` names (or, for runs written
+    /// before it, `resume/`), with every file of the size it was written at.
+    pub fn find(dirs: &RunDirs) -> Result<Self> {
+        let folder = match read_manifest(dirs)? {
+            Some(manifest) => {
+                let folder = dirs.checkpoints.join(&manifest.folder);
+                for (name, &size) in &manifest.files {
+                    let path = folder.join(name);
+                    let actual = std::fs::metadata(&path)
+                        .with_context(|| format!("the resume state lacks {}", path.display()))?
+                        .len();
+                    if actual != size {
+                        return Err(Error::file(
+                            &path,
+                            format!("is {actual} bytes, the resume state was written with {size}"),
+                        ));
+                    }
+                }
+                folder
+            }
+            None if dirs.resume.join("state.json").is_file() => dirs.resume.clone(),
+            None => bail!(
+                "{} holds no run to resume: start it without --resume",
+                dirs.run.display()
+            ),
+        };
+        let state_path = folder.join("state.json");
+        let state: TrainState = serde_json::from_slice(
+            &std::fs::read(&state_path)
+                .with_context(|| format!("reading {}", state_path.display()))?,
+        )
+        .with_context(|| format!("{}: invalid resume state", state_path.display()))?;
+        Ok(Self { folder, state })
+    }
+
+    /// Refuses a base checkpoint other than the one the run started from.
+    pub fn check_base(&self, base_sha256: &str, base_checkpoint: &Path) -> Result<()> {
+        if self.state.base_checkpoint_sha256 != base_sha256 {
+            bail!(
+                "{} changed since the run started (its hash differs): cannot resume",
+                base_checkpoint.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The trained weights, the optimizer and the loop state. The optimizer is built after
+    /// the weights are restored: they bring back the parameter ids its state is keyed by.
+    pub fn restore(
+        self,
+        model: Sam,
+        config: &TrainConfig,
+    ) -> Result<(Sam, ModuleOptimizer, TrainState)> {
+        let weights = self.folder.join("model.bpk");
+        let record = ModuleRecord::load(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?;
+        let model = model
+            .try_load_record(record.allow_partial(true))
+            .map_err(|e| err!("restoring the model from {}: {e:?}", weights.display()))?;
+        let optimizer = self.folder.join("optim.bpk");
+        let optim = adamw(&model, &config.train).load(&optimizer).map_err(|e| {
+            err!(
+                "restoring the optimizer from {}: {e:?}",
+                optimizer.display()
+            )
+        })?;
+        Ok((model, optim, self.state))
+    }
+}
+
+fn read_manifest(dirs: &RunDirs) -> Result<Option<ResumeManifest>> {
+    let path = dirs.manifest();
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{}: invalid resume manifest", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::file(&path, e)),
+    }
+}
+
+/// Trained weights (with their parameter ids), optimizer and loop state for `--resume`,
+/// written to a fresh folder and committed as one unit (see [`ResumeManifest`]); the
+/// folder it replaces, and any left by a killed save, are removed afterwards.
 pub fn save_resume(
     model: &Sam,
     optim: &ModuleOptimizer,
     state: &TrainState,
-    dir: &Path,
+    dirs: &RunDirs,
     trainable: Trainable,
 ) -> Result<()> {
-    let save = |name: &str, write: &dyn Fn(&Path) -> Result<()>| -> Result<()> {
-        let path = dir.join(name);
-        let tmp = temp_path(&path);
-        write(&tmp)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
-    };
-    save("model.bpk", &|p| {
-        model
-            .clone()
-            .into_record_group(trainable_group(model, trainable))
-            .save(p)
-            .map_err(|e| err!("writing {}: {e:?}", p.display()))
-    })?;
-    save("optim.bpk", &|p| {
-        optim
-            .save(p)
-            .map_err(|e| err!("writing {}: {e:?}", p.display()))
-    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("resume-{:08}-{nanos}", state.step);
+    let folder = dirs.checkpoints.join(&name);
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    model
+        .clone()
+        .into_record_group(trainable_group(model, trainable))
+        .save(folder.join("model.bpk"))
+        .map_err(|e| err!("writing {}: {e:?}", folder.join("model.bpk").display()))?;
+    optim
+        .save(folder.join("optim.bpk"))
+        .map_err(|e| err!("writing {}: {e:?}", folder.join("optim.bpk").display()))?;
     write_bytes_atomic(
-        &dir.join("state.json"),
+        &folder.join("state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),
-    )
+    )?;
+    let mut files = BTreeMap::new();
+    for file in RESUME_FILES {
+        let path = folder.join(file);
+        sync_file(&path)?;
+        files.insert(file.to_string(), std::fs::metadata(&path)?.len());
+    }
+    sync_dir(&folder)?;
+    let manifest = ResumeManifest {
+        folder: name.clone(),
+        files,
+    };
+    write_bytes_atomic(
+        &dirs.manifest(),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
+    sync_dir(&dirs.checkpoints)?;
+    remove_other_resume_folders(dirs, &name);
+    Ok(())
+}
+
+/// Every resume folder but `keep` (the replaced state, and any a killed save left).
+fn remove_other_resume_folders(dirs: &RunDirs, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(&dirs.checkpoints) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != keep
+            && (name.starts_with("resume-") || name == "resume")
+            && entry.path().is_dir()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Makes a folder's new entries durable (on Unix; elsewhere a no-op).
+fn sync_dir(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))?;
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Checkpoints at the end of an epoch: `last`, `best` when improved, `decoder`, metadata.

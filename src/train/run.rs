@@ -12,7 +12,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoints::{load_resume, save_epoch, save_resume, EpochRecord, RunDirs, TrainState};
+use super::checkpoints::{
+    save_epoch, save_resume, EpochProgress, EpochRecord, ResumePoint, RunDirs, TrainState,
+};
 use super::config::{TrainConfig, Trainable};
 use super::examples::{example_seed, BatchPlan, BatchStream, ExampleBuilder};
 use super::log::RunLog;
@@ -26,7 +28,7 @@ use crate::error::{bail, Context, Result};
 use crate::eval::evaluate::{evaluate_each, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::comparison_overlay;
-use crate::fsutil::{file_sha256, write_bytes_atomic};
+use crate::fsutil::{file_sha256, remove_stale_temps, write_bytes_atomic};
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::EmbeddingCache;
@@ -93,16 +95,59 @@ pub enum Ending {
 /// One epoch's training, before validation.
 struct EpochTraining {
     started: Instant,
+    /// Seconds of this epoch before a resume.
+    seconds_before: f64,
     /// Loss, focal, dice and IoU terms summed over batches.
     sums: [f64; 4],
     batches: usize,
     lr: f64,
-    /// Time the steps waited for their data.
+    /// Time the steps waited for their data (`waited_before` of it before a resume).
     waited: Duration,
+    waited_before: Duration,
     interrupted: bool,
 }
 
 impl EpochTraining {
+    fn new(lr: f64) -> Self {
+        Self {
+            started: Instant::now(),
+            seconds_before: 0.0,
+            sums: [0.0; 4],
+            batches: 0,
+            lr,
+            waited: Duration::ZERO,
+            waited_before: Duration::ZERO,
+            interrupted: false,
+        }
+    }
+
+    fn resumed(progress: EpochProgress) -> Self {
+        let waited = Duration::from_secs_f64(progress.data_wait_seconds);
+        Self {
+            seconds_before: progress.seconds,
+            sums: progress.sums,
+            batches: progress.batches,
+            waited,
+            waited_before: waited,
+            ..Self::new(progress.lr)
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    /// Where the epoch stands, for a resume inside it.
+    fn progress(&self) -> EpochProgress {
+        EpochProgress {
+            batches: self.batches,
+            sums: self.sums,
+            lr: self.lr,
+            seconds: self.seconds(),
+            data_wait_seconds: self.waited.as_secs_f64(),
+        }
+    }
+
     fn record(&mut self, batch: BatchLoss) {
         self.sums[0] += batch.loss;
         for k in 0..3 {
@@ -113,7 +158,7 @@ impl EpochTraining {
 
     /// The share of the epoch's training time spent waiting for data.
     fn wait_share(&self) -> f64 {
-        self.waited.as_secs_f64() / self.started.elapsed().as_secs_f64().max(1e-9)
+        self.waited.as_secs_f64() / self.seconds().max(1e-9)
     }
 }
 
@@ -138,21 +183,33 @@ pub struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Creates (or, with `resume`, reopens) the run folder, indexes the data, loads the
-    /// model and, on resume, the saved weights, optimizer and loop state.
+    /// model and, on resume, the saved weights, optimizer and loop state. A refused resume
+    /// changes nothing on disk: the state is found and checked first.
     pub fn start(
         config: &'a TrainConfig,
         resume: bool,
         devices: Vec<ChosenDevice>,
     ) -> Result<Self> {
         let dirs = RunDirs::of(config);
-        if !resume && dirs.state_path().exists() {
+        let resumed = if resume {
+            Some(ResumePoint::find(&dirs)?)
+        } else if dirs.has_resume_state() {
             bail!(
                 "run folder {} already holds a run; pass --resume to continue it, or choose another name (name=...)",
                 dirs.run.display()
             );
+        } else {
+            None
+        };
+        let base_sha = file_sha256(&config.model.checkpoint)?;
+        if let Some(point) = &resumed {
+            point.check_base(&base_sha, &config.model.checkpoint)?;
         }
-        std::fs::create_dir_all(&dirs.resume)
+        std::fs::create_dir_all(&dirs.checkpoints)
             .with_context(|| format!("creating {}", dirs.checkpoints.display()))?;
+        for dir in [&dirs.run, &dirs.checkpoints, &dirs.report()] {
+            remove_stale_temps(dir);
+        }
         write_bytes_atomic(&dirs.run.join("config.toml"), config.to_toml()?.as_bytes())?;
         let mut log = RunLog::open(&dirs.run)?;
         let names: Vec<&str> = devices.iter().map(|d| d.description.as_str()).collect();
@@ -164,21 +221,29 @@ impl<'a> Run<'a> {
         let (model, architecture) =
             load_sam(&config.model.checkpoint, config.model.variant, &autodiff)?;
         let model = freeze(model, config);
-        let base_sha = file_sha256(&config.model.checkpoint)?;
-        let (model, optim, state) = if resume {
-            let (model, optim, state) = load_resume(&dirs, model, config, &base_sha)?;
-            log.line(&format!(
-                "resumed after epoch {} (step {})",
-                state.epoch, state.step
-            ));
-            (model, optim, state)
-        } else {
-            let optim = adamw(&model, &config.train);
-            let state = TrainState {
-                base_checkpoint_sha256: base_sha.clone(),
-                ..TrainState::default()
-            };
-            (model, optim, state)
+        let (model, optim, state) = match resumed {
+            Some(point) => {
+                let (model, optim, state) = point.restore(model, config)?;
+                log.line(&format!(
+                    "resumed after epoch {} (step {}{})",
+                    state.epoch,
+                    state.step,
+                    state.progress.as_ref().map_or(String::new(), |p| format!(
+                        ", {} batches into epoch {}",
+                        p.batches,
+                        state.epoch + 1
+                    ))
+                ));
+                (model, optim, state)
+            }
+            None => {
+                let optim = adamw(&model, &config.train);
+                let state = TrainState {
+                    base_checkpoint_sha256: base_sha.clone(),
+                    ..TrainState::default()
+                };
+                (model, optim, state)
+            }
         };
         let trainable = config.model.trainable;
         let frozen = trainable.encoder_frozen().then(|| model.valid());
@@ -296,12 +361,14 @@ impl<'a> Run<'a> {
             }
             let training = self.train_epoch(interrupt)?;
             if training.interrupted {
-                // the epoch is not complete: keep the state at its start, with the new weights
+                // the epoch is not complete: resume continues at its next batch
+                self.state.progress = Some(training.progress());
                 self.save_resume()?;
                 self.log.line(&format!(
-                    "interrupted in epoch {}: saved a resumable checkpoint in {}",
+                    "interrupted in epoch {} after {} batches: saved a resumable state ({})",
                     self.state.epoch + 1,
-                    self.dirs.resume.display()
+                    training.batches,
+                    self.dirs.manifest().display()
                 ));
                 return Ok(Ending::Interrupted);
             }
@@ -344,16 +411,17 @@ impl<'a> Run<'a> {
     /// optimizer step (or a share of one with gradient accumulation). Ctrl-C stops after
     /// the next step.
     fn train_epoch(&mut self, interrupt: &AtomicBool) -> Result<EpochTraining> {
-        let plans = self.epoch_plans();
+        let mut plans = self.epoch_plans();
         let batches = plans.len();
         let bar = epoch_bar(batches, self.state.epoch, self.config.train.epochs);
-        let mut out = EpochTraining {
-            started: Instant::now(),
-            sums: [0.0; 4],
-            batches: 0,
-            lr: self.lr(),
-            waited: Duration::ZERO,
-            interrupted: false,
+        // a resumed epoch continues after the batches it had done
+        let mut out = match self.state.progress.take() {
+            Some(progress) => {
+                plans.drain(..progress.batches.min(batches));
+                bar.set_position(progress.batches as u64);
+                EpochTraining::resumed(progress)
+            }
+            None => EpochTraining::new(self.lr()),
         };
         let total_steps = self.total_steps();
         let Self {
@@ -387,9 +455,28 @@ impl<'a> Run<'a> {
                 plans,
                 config.train.prefetch_batches,
             );
-            let mut batch_index = 0;
+            let mut batch_index = out.batches;
+            // where a resume would continue: the epoch after its last optimizer step
+            let mut committed = (out.batches > 0).then(|| out.progress());
             while let Some(drawn) = stream.next_batch() {
-                let examples = drawn?.into_iter().map(|d| d.into_example(model)).collect();
+                let drawn = match drawn {
+                    Ok(drawn) => drawn,
+                    Err(e) => {
+                        // bad data mid-epoch: keep what was trained, then say what failed
+                        if let Some(progress) = committed.take() {
+                            let state = TrainState {
+                                progress: Some(progress),
+                                ..state.clone()
+                            };
+                            save_resume(model, optim, &state, dirs, config.model.trainable)?;
+                        }
+                        return Err(e.context(format!(
+                            "epoch {}: the run stopped and can be resumed (--resume) once the data is fixed",
+                            state.epoch + 1
+                        )));
+                    }
+                };
+                let examples = drawn.into_iter().map(|d| d.into_example(model)).collect();
                 let batch = stepper.batch(model, examples, config)?;
                 if !batch.loss.is_finite() {
                     bail!(
@@ -414,7 +501,10 @@ impl<'a> Run<'a> {
                     state.step += 1;
                 }
                 out.record(batch);
-                out.waited = stream.waited;
+                out.waited = out.waited_before + stream.waited;
+                if !stepper.has_pending() {
+                    committed = Some(out.progress());
+                }
                 log.step(state.step, batch.loss, batch.parts, out.lr);
                 state.step_losses.push((state.step, batch.loss as f32));
                 bar.set_message(format!(
@@ -449,7 +539,7 @@ impl<'a> Run<'a> {
             train_iou_mse: training.sums[3] / n,
             lr: training.lr,
             val: val.clone(),
-            seconds: training.started.elapsed().as_secs_f64(),
+            seconds: training.seconds(),
             data_wait_seconds: training.waited.as_secs_f64(),
         };
         self.log.epoch(&record);
@@ -513,7 +603,7 @@ impl<'a> Run<'a> {
             &self.model,
             &self.optim,
             &self.state,
-            &self.dirs.resume,
+            &self.dirs,
             self.config.model.trainable,
         )
     }
