@@ -156,6 +156,26 @@ fn ct_scans_train_slice_by_slice_and_evaluate_in_3d() {
         assert_eq!(predicted.dims, truth.dims);
         assert_eq!(predicted.spacing, truth.spacing);
         assert!(predicted.data.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
+        // what is reported is what is written: each label's Dice from the written volume
+        for r in results
+            .iter()
+            .filter(|r| r["volume"] == format!("ct_{i:03}"))
+        {
+            let label = r["label"].as_f64().unwrap() as f32;
+            let (mut both, mut p, mut t) = (0usize, 0usize, 0usize);
+            for (&a, &b) in predicted.data.iter().zip(&truth.data) {
+                both += (a == label && b == label) as usize;
+                p += (a == label) as usize;
+                t += (b == label) as usize;
+            }
+            let dice = if p + t == 0 {
+                1.0
+            } else {
+                2.0 * both as f64 / (p + t) as f64
+            };
+            let reported = r["dice"].as_f64().unwrap();
+            assert!((dice - reported).abs() < 1e-12, "{r}: written Dice {dice}");
+        }
     }
     assert_eq!(std::fs::read_dir(eval.join("pictures")).unwrap().count(), 3);
     assert!(!eval.join(".slices").exists(), "working slices are removed");

@@ -46,7 +46,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         ExportFormat::Pth => {
             let checkpoint = Checkpoint::open(&args.checkpoint)?;
             // a complete, well-formed SAM is checked before anything is written
-            checkpoint.architecture()?;
+            checkpoint.check_complete(&checkpoint.architecture()?)?;
             let mut tensors = pack_to_raw(checkpoint.tensors.values().cloned().collect())?;
             for (raw, name) in tensors.iter_mut().zip(checkpoint.tensors.keys()) {
                 raw.name = name.clone();

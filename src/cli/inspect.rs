@@ -18,6 +18,8 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> Result<()> {
     let checkpoint = Checkpoint::open(&args.checkpoint)?;
     let config = checkpoint.architecture()?;
+    // a file the model cannot load is not reported as fine
+    checkpoint.check_complete(&config)?;
     let counts = checkpoint.parameter_counts();
     let mut dtypes: Vec<String> = checkpoint
         .dtypes()

@@ -75,12 +75,24 @@ impl Volume {
     }
 }
 
-/// Reads a `.nii` or `.nii.gz` file (gzip is recognised by its magic bytes).
+/// The most bytes a volume's voxels may take: a header declaring more is broken.
+pub const MAX_VOLUME_BYTES: usize = 1 << 34;
+
+/// Reads a `.nii` or `.nii.gz` file (gzip is recognised by its magic bytes). A gzip file
+/// is decompressed only as far as its header says the volume reaches.
 pub fn read_nifti(path: &Path) -> Result<Volume> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
+        (&mut decoder)
+            .take(HEADER_READ as u64)
+            .read_to_end(&mut out)
+            .with_context(|| format!("{}: invalid gzip data", path.display()))?;
+        let end = volume_end(&out)
+            .with_context(|| format!("{}: not a readable NIfTI volume", path.display()))?;
+        decoder
+            .take(end.saturating_sub(out.len()) as u64)
             .read_to_end(&mut out)
             .with_context(|| format!("{}: invalid gzip data", path.display()))?;
         out
@@ -89,6 +101,9 @@ pub fn read_nifti(path: &Path) -> Result<Volume> {
     };
     parse_nifti(&bytes).with_context(|| format!("{}: not a readable NIfTI volume", path.display()))
 }
+
+/// Enough bytes for either header (NIfTI-2: 540, and the 4-byte extension flag).
+const HEADER_READ: usize = 544;
 
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -165,6 +180,69 @@ type Converter = fn(&[u8], bool) -> f64;
 
 /// Parses a whole (uncompressed) single-file NIfTI.
 pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
+    let (r, version) = reader(bytes)?;
+    let h = header(&r, version)?;
+    let dims = dims(&h)?;
+    let rank = h.dims[0];
+    let spacing = [1, 2, 3].map(|i| {
+        let s = h.pixdim[i].abs();
+        if i as i64 <= rank && s.is_finite() && s > 0.0 {
+            s
+        } else {
+            1.0
+        }
+    });
+    let (width, convert) = voxel_type(h.datatype)?;
+    let (start, end) = layout(&h, version, dims, width)?;
+    let count = (end - start) / width;
+    let body = bytes.get(start..end).with_context(|| {
+        format!(
+            "{} voxels of {width} bytes need {} bytes after offset {start}, the file has {}",
+            count,
+            count * width,
+            bytes.len().saturating_sub(start)
+        )
+    })?;
+    let scaled = h.slope != 0.0 && h.slope.is_finite() && (h.slope != 1.0 || h.inter != 0.0);
+    let data = body
+        .chunks_exact(width)
+        .map(|b| {
+            let v = convert(b, r.little);
+            (if scaled { v * h.slope + h.inter } else { v }) as f32
+        })
+        .collect();
+    Ok(Volume {
+        dims,
+        spacing,
+        data,
+    })
+}
+
+/// Where the voxels of a header lie: `(start, end)` byte offsets, checked for overflow
+/// and against [`MAX_VOLUME_BYTES`].
+fn layout(h: &Header, version: u8, dims: [usize; 3], width: usize) -> Result<(usize, usize)> {
+    let bytes = dims
+        .iter()
+        .try_fold(width, |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= MAX_VOLUME_BYTES)
+        .with_context(|| {
+            format!(
+                "the header declares {}x{}x{} voxels of {width} bytes, more than samtune reads ({} GiB)",
+                dims[0],
+                dims[1],
+                dims[2],
+                MAX_VOLUME_BYTES >> 30
+            )
+        })?;
+    let start = h.vox_offset.max(if version == 1 { 352 } else { 544 });
+    let end = start
+        .checked_add(bytes)
+        .context("the header's voxel offset is out of range")?;
+    Ok((start, end))
+}
+
+/// The header's byte order and NIfTI version, with its magic checked.
+fn reader(bytes: &[u8]) -> Result<(Reader<'_>, u8)> {
     let le = Reader {
         bytes,
         little: true,
@@ -190,7 +268,11 @@ pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
     if magic != b"n+1" && magic != b"n+2" {
         bail!("no NIfTI magic ('n+1' or 'n+2') in the header");
     }
-    let h = header(&r, version)?;
+    Ok((r, version))
+}
+
+/// The first three dimensions (1 beyond the rank), each checked positive.
+fn dims(h: &Header) -> Result<[usize; 3]> {
     let rank = h.dims[0];
     if !(1..=7).contains(&rank) {
         bail!("dim[0] = {rank}: the number of dimensions must be 1..7");
@@ -203,19 +285,23 @@ pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
         if n < 1 {
             bail!("dim[{i}] = {n} must be positive");
         }
-        Ok(n as usize)
+        usize::try_from(n).context("a dimension does not fit in memory")
     };
-    let dims = [size(1)?, size(2)?, size(3)?];
-    let spacing = [1, 2, 3].map(|i| {
-        let s = h.pixdim[i].abs();
-        if i as i64 <= rank && s.is_finite() && s > 0.0 {
-            s
-        } else {
-            1.0
-        }
-    });
-    let count = dims.iter().product::<usize>();
-    let (width, convert): (usize, Converter) = match h.datatype {
+    Ok([size(1)?, size(2)?, size(3)?])
+}
+
+/// The byte just past the voxels of the volume whose header `head` starts with.
+fn volume_end(head: &[u8]) -> Result<usize> {
+    let (r, version) = reader(head)?;
+    let h = header(&r, version)?;
+    let dims = dims(&h)?;
+    let (width, _) = voxel_type(h.datatype)?;
+    Ok(layout(&h, version, dims, width)?.1)
+}
+
+/// A stored voxel's width in bytes and how to read it.
+fn voxel_type(datatype: i16) -> Result<(usize, Converter)> {
+    Ok(match datatype {
         2 => (1, |b, _| b[0] as f64),
         256 => (1, |b, _| b[0] as i8 as f64),
         4 => (2, |b, le| num::<2>(b, le, |a| i16::from_le_bytes(a) as f64)),
@@ -227,29 +313,6 @@ pub fn parse_nifti(bytes: &[u8]) -> Result<Volume> {
         1280 => (8, |b, le| num::<8>(b, le, |a| u64::from_le_bytes(a) as f64)),
         64 => (8, |b, le| num::<8>(b, le, f64::from_le_bytes)),
         other => bail!("voxel datatype {other} is not supported (integers, float32, float64)"),
-    };
-    let start = h.vox_offset.max(if version == 1 { 352 } else { 544 });
-    let end = start + count * width;
-    let body = bytes.get(start..end).with_context(|| {
-        format!(
-            "{} voxels of {width} bytes need {} bytes after offset {start}, the file has {}",
-            count,
-            count * width,
-            bytes.len().saturating_sub(start)
-        )
-    })?;
-    let scaled = h.slope != 0.0 && h.slope.is_finite() && (h.slope != 1.0 || h.inter != 0.0);
-    let data = body
-        .chunks_exact(width)
-        .map(|b| {
-            let v = convert(b, r.little);
-            (if scaled { v * h.slope + h.inter } else { v }) as f32
-        })
-        .collect();
-    Ok(Volume {
-        dims,
-        spacing,
-        data,
     })
 }
 

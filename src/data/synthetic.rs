@@ -200,6 +200,13 @@ pub fn write_ct_dataset(dir: &Path, count: usize, size: usize, seed: u64) -> Res
 /// Writes `count` images under `dir/{images,masks}` (PNG, instance labels in the masks;
 /// target-domain images are 8-bit grayscale), or volumes for [`Domain::Ct`].
 pub fn write_dataset(dir: &Path, domain: Domain, count: usize, size: u32, seed: u64) -> Result<()> {
+    crate::error::check_setting(
+        "--size",
+        size,
+        (16..=8192).contains(&size),
+        "in [16, 8192] px",
+    )?;
+    crate::error::check_setting("--count", count, count >= 1, ">= 1")?;
     if domain == Domain::Ct {
         return write_ct_dataset(dir, count, size as usize, seed);
     }

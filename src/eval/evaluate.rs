@@ -13,7 +13,7 @@ use crate::data::prompts::{
 use crate::error::Result;
 use crate::model::Sam;
 use crate::predict::image::IntensityScaling;
-use crate::predict::{encode_image, BinaryMask, EmbeddingCache, Predictor};
+use crate::predict::{encode_image, BinaryMask, EmbeddingCache, MaskPlanes, Predictor};
 
 /// One image evaluated: each object's result, and (for pictures) its prompts, its ground
 /// truth and the predicted masks; the caller keeps what it needs.
@@ -21,7 +21,19 @@ pub struct ImageEval {
     pub results: Vec<ObjectResult>,
     pub prompts: Vec<ObjectPrompt>,
     pub objects: Vec<Object>,
+    /// Each object's scored mask: the one of highest predicted IoU (`chosen`) of its
+    /// prompt's masks, thresholded.
     pub predicted: Vec<BinaryMask>,
+    /// The logits of every mask of every prompt, and which mask each object scored.
+    pub planes: MaskPlanes,
+    pub chosen: Vec<usize>,
+}
+
+impl ImageEval {
+    /// The logits of object `i`'s scored mask, `[H, W]` row-major.
+    pub fn logits(&self, i: usize) -> &[f32] {
+        self.planes.plane(i, self.chosen[i])
+    }
 }
 
 /// The prompts an image's objects get in evaluation: drawn from `config` with an RNG
@@ -128,8 +140,9 @@ pub fn evaluate_image(
         .planes()?;
     let mut results = Vec::with_capacity(objects.len());
     let mut predicted = Vec::with_capacity(objects.len());
+    let chosen: Vec<usize> = (0..objects.len()).map(|i| planes.best(i)).collect();
     for (i, object) in objects.iter().enumerate() {
-        let best = planes.best(i);
+        let best = chosen[i];
         let mask = planes.binary(i, best);
         let (iou, dice) = iou_and_dice(&mask, &object.mask);
         results.push(ObjectResult {
@@ -148,5 +161,7 @@ pub fn evaluate_image(
         prompts,
         objects,
         predicted,
+        planes,
+        chosen,
     })
 }

@@ -12,7 +12,7 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::evaluate::{evaluate_each, EvalSettings};
+use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, Report};
 use super::surface::{normalized_surface_distance, overlap, Mask3};
 use crate::data::dataset::Sample;
@@ -119,31 +119,23 @@ pub fn evaluate_volume(
         v.dedup();
         v
     };
-    let mut predicted: BTreeMap<u16, Vec<bool>> = values
-        .iter()
-        .map(|&v| (v, vec![false; label_volume.len()]))
-        .collect();
+    // the predicted label volume: where a voxel's slice predicts several labels, the one
+    // of highest logit holds it (the written volume is what is scored)
+    let mut label_out = vec![0f32; label_volume.len()];
     let (width, _) = volume.slice_size(axis);
     let densest = slices
         .iter()
         .enumerate()
-        .max_by_key(|(_, s)| {
-            let (_, _, l) = label_volume.slice(axis, s.position);
-            l.iter().filter(|&&v| v != 0.0).count()
-        })
+        .max_by_key(|(_, s)| s.label_areas.iter().map(|l| l.area).sum::<usize>())
         .map(|(i, _)| i);
     let mut picture = None;
     evaluate_each(model, &samples, &settings.eval, |index, eval| {
         let position = slices[index].position;
-        let present = slices[index].label_areas.iter().map(|l| l.value);
-        for (value, mask) in present.zip(&eval.predicted) {
-            let target = predicted
-                .get_mut(&value)
-                .context("a slice label missing from its volume")?;
-            for (i, &m) in mask.data.iter().enumerate() {
-                if m != 0 {
-                    target[label_volume.slice_voxel(axis, position, i % width, i / width)] = true;
-                }
+        let values: Vec<u16> = slices[index].label_areas.iter().map(|l| l.value).collect();
+        for (pixel, label) in resolve_overlaps(&eval, &values).into_iter().enumerate() {
+            if label != 0 {
+                let voxel = label_volume.slice_voxel(axis, position, pixel % width, pixel / width);
+                label_out[voxel] = label as f32;
             }
         }
         if Some(index) == densest {
@@ -159,20 +151,13 @@ pub fn evaluate_volume(
         .with_context(|| format!("removing {}", work_dir.display()))?;
 
     let mut results = Vec::new();
-    let mut label_out = vec![0f32; label_volume.len()];
-    for (&value, voxels) in &predicted {
-        let truth = Mask3 {
+    for &value in &values {
+        let of_label = |data: &[f32]| Mask3 {
             dims: label_volume.dims,
-            data: label_volume
-                .data
-                .iter()
-                .map(|&l| l as u16 == value)
-                .collect(),
+            data: data.iter().map(|&l| l as u16 == value).collect(),
         };
-        let prediction = Mask3 {
-            dims: label_volume.dims,
-            data: voxels.clone(),
-        };
+        let truth = of_label(&label_volume.data);
+        let prediction = of_label(&label_out);
         let (iou, dice) = overlap(&prediction, &truth);
         let nsd = normalized_surface_distance(
             &prediction,
@@ -180,11 +165,6 @@ pub fn evaluate_volume(
             label_volume.spacing,
             settings.tolerance_mm,
         );
-        for (out, &p) in label_out.iter_mut().zip(voxels) {
-            if p {
-                *out = value as f32;
-            }
-        }
         results.push(LabelResult {
             volume: stem.clone(),
             label: value,
@@ -307,6 +287,21 @@ pub fn evaluate_volumes(
     Ok(report)
 }
 
+/// A slice's label map: each pixel the label whose scored mask holds it, the one of
+/// highest logit where several do, 0 where none.
+fn resolve_overlaps(eval: &ImageEval, values: &[u16]) -> Vec<u16> {
+    let pixels = eval.predicted.first().map_or(0, |m| m.data.len());
+    let mut best = vec![(0u16, 0f32); pixels];
+    for (i, &value) in values.iter().enumerate() {
+        for (slot, &logit) in best.iter_mut().zip(eval.logits(i)) {
+            if logit > 0.0 && (slot.0 == 0 || logit > slot.1) {
+                *slot = (value, logit);
+            }
+        }
+    }
+    best.into_iter().map(|(label, _)| label).collect()
+}
+
 /// Everything `samtune eval-volumes` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeReport {
@@ -340,7 +335,8 @@ impl VolumeReport {
 const EMPTY_3D: &str = "IoU, Dice and NSD are 1 for a label absent from both the prediction \
 and the ground truth of a volume, and 0 when it is in exactly one of them. NSD: the fraction \
 of both surfaces (foreground voxels with a background 6-neighbour) within the tolerance of \
-the other surface.";
+the other surface. Where one slice predicts several labels for a voxel, the label of highest \
+logit holds it: the scores are those of the written predictions/*.nii.gz.";
 
 impl Report for VolumeReport {
     fn markdown(&self) -> String {

@@ -392,16 +392,28 @@ impl Checkpoint {
         Ok(architecture)
     }
 
+    /// Checks that the file holds every tensor of `architecture`, of the right shape,
+    /// and nothing else (a model of it is described, not allocated).
+    pub fn check_complete(&self, architecture: &Architecture) -> Result<(), WeightsError> {
+        self.check_against(&architecture.init(&Device::default()))
+    }
+
+    fn check_against(&self, model: &Sam) -> Result<(), WeightsError> {
+        let report = MismatchReport::compare(&expected_shapes(model), &self.shapes());
+        if report.is_empty() {
+            Ok(())
+        } else {
+            Err(WeightsError::Mismatch {
+                path: self.path.clone(),
+                report,
+            })
+        }
+    }
+
     /// Loads every tensor into `model`; any missing, unexpected or mis-shaped tensor is
     /// an error that lists them, and nothing is applied.
     pub fn load_into(&self, model: &mut Sam) -> Result<(), WeightsError> {
-        let report = MismatchReport::compare(&expected_shapes(model), &self.shapes());
-        if !report.is_empty() {
-            return Err(WeightsError::Mismatch {
-                path: self.path.clone(),
-                report,
-            });
-        }
+        self.check_against(model)?;
         let tensors: Vec<PackTensor> = self
             .tensors
             .iter()

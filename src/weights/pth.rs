@@ -29,7 +29,104 @@ pub fn write_pth(path: &Path, tensors: &[RawTensor]) -> Result<()> {
 fn write_zip(path: &Path, tensors: &[RawTensor]) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let mut zip = zip::ZipWriter::new(FirstError::new(std::io::BufWriter::new(file)));
+    let written = write_entries(&mut zip, tensors);
+    let finished = zip.finish().map_err(crate::error::Error::from);
+    let error = finished
+        .as_ref()
+        .ok()
+        .and_then(|w| w.first_error())
+        .map(|e| crate::error::Error::from(std::io::Error::new(e.kind(), e.to_string())));
+    match (written, finished, error) {
+        (_, _, Some(io)) | (Err(io), _, None) | (Ok(()), Err(io), None) => {
+            Err(io.context(format!("writing {}", path.display())))
+        }
+        (Ok(()), Ok(mut writer), None) => {
+            writer.inner.flush()?;
+            writer.inner.get_ref().sync_all()?;
+            Ok(())
+        }
+    }
+}
+
+/// A writer that keeps the first I/O error and, after it, accepts every write and seek
+/// without doing anything: the zip crate then finishes (and drops) a failed archive
+/// quietly instead of printing its own debug message, and the error that counts is the
+/// first one, reported with the file's name. The failed archive is thrown away.
+struct FirstError<W> {
+    inner: W,
+    error: Option<std::io::Error>,
+    position: u64,
+    end: u64,
+}
+
+impl<W> FirstError<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            error: None,
+            position: 0,
+            end: 0,
+        }
+    }
+
+    fn first_error(&self) -> Option<&std::io::Error> {
+        self.error.as_ref()
+    }
+
+    fn keep<T>(&mut self, result: std::io::Result<T>, otherwise: T) -> std::io::Result<T> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.error = Some(e);
+                Ok(otherwise)
+            }
+        }
+    }
+}
+
+impl<W: Write> Write for FirstError<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = if self.error.is_some() {
+            buf.len()
+        } else {
+            let result = self.inner.write(buf);
+            self.keep(result, buf.len())?
+        };
+        self.position += n as u64;
+        self.end = self.end.max(self.position);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.error.is_some() {
+            return Ok(());
+        }
+        let result = self.inner.flush();
+        self.keep(result, ())
+    }
+}
+
+impl<W: std::io::Seek> std::io::Seek for FirstError<W> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(n) => n,
+            std::io::SeekFrom::Current(d) => self.position.saturating_add_signed(d),
+            std::io::SeekFrom::End(d) => self.end.saturating_add_signed(d),
+        };
+        if self.error.is_none() {
+            let result = self.inner.seek(std::io::SeekFrom::Start(target));
+            self.keep(result, target)?;
+        }
+        self.position = target;
+        Ok(target)
+    }
+}
+
+fn write_entries<W: Write + std::io::Seek>(
+    zip: &mut zip::ZipWriter<W>,
+    tensors: &[RawTensor],
+) -> Result<()> {
     let total: usize = tensors.iter().map(|t| t.data.len()).sum();
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Stored)
@@ -44,13 +141,7 @@ fn write_zip(path: &Path, tensors: &[RawTensor]) -> Result<()> {
     for (i, t) in tensors.iter().enumerate() {
         add(&format!("data/{i}"), &t.data)?;
     }
-    add("version", b"3\n")?;
-    let mut writer = zip
-        .finish()
-        .with_context(|| format!("writing {}", path.display()))?;
-    writer.flush()?;
-    writer.get_ref().sync_all()?;
-    Ok(())
+    add("version", b"3\n")
 }
 
 /// The pickle of `OrderedDict([(name, tensor), ...])` with storage `i` for tensor `i`.
