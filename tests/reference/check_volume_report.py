@@ -12,11 +12,16 @@ val/ part when it has one, as eval-volumes reads it).
 import json
 import os
 import sys
+import warnings
 
 import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_surface_dice
+
+
+# MONAI 1.6 warns about an argument its own compute_surface_dice passes
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def one_hot(mask):

@@ -18,6 +18,7 @@ an image that needs resizing.
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 from functools import partial
@@ -196,16 +197,15 @@ def run_cases(sam, image, cases, tensors, dtype=torch.float32, suffix=""):
         tensors[f"{name}.iou_predictions{suffix}"] = f32(iou)
         if suffix:
             continue
-        if case.get("keep_logits"):
-            tensors[f"{name}.logits"] = f32(logits)
+        tensors[f"{name}.logits"] = f32(logits)
         tensors[f"{name}.masks"] = masks.numpy().astype(np.uint8)
         previous[name] = {"low_res": f32(low_res), "iou": f32(iou)}
 
 
 CASES = [
-    {"name": "point_multimask", "points": [[170, 80]], "labels": [1], "multimask": True, "keep_logits": True},
+    {"name": "point_multimask", "points": [[170, 80]], "labels": [1], "multimask": True},
     {"name": "points_single", "points": [[170, 80], [60, 150]], "labels": [1, 0], "multimask": False},
-    {"name": "box", "boxes": [[40, 30, 220, 170]], "multimask": False, "keep_logits": True},
+    {"name": "box", "boxes": [[40, 30, 220, 170]], "multimask": False},
     {"name": "box_point", "boxes": [[120, 40, 240, 130]], "points": [[165, 85]], "labels": [1], "multimask": True},
     {
         "name": "boxes_batch",
@@ -260,6 +260,8 @@ def tiny_fixtures(out):
         tensors[f"rel_pos.{q}.{k}.{length}.out"] = f32(get_rel_pos(q, k, table))
 
     train_step_reference(sam, tensors)
+    train_steps_reference(sam, tensors)
+    optimizer_reference(tensors)
 
     save_file(tensors, os.path.join(out, "tiny_expected.safetensors"))
     meta = {
@@ -315,6 +317,93 @@ def train_step_reference(sam, tensors):
     for name in GRAD_PARAMS:
         tensors[f"train_step.grad.{name}"] = f32(params[name].grad)
     sam.zero_grad()
+
+
+# samtune's optimizer settings (src/train/config.rs OptimConfig) for the multi-step fixture
+STEPS = dict(steps=4, lr=3e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+             warmup_fraction=0.25, min_lr_ratio=0.01, grad_clip_norm=0.5)
+
+
+def lr_factor(step, total, warmup_fraction, min_lr_ratio):
+    """samtune's schedule (src/train/schedule.rs) as a LambdaLR factor of the peak rate."""
+    warmup = int(round(total * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_steps_reference(sam, tensors):
+    """Several decoder training steps with PyTorch's own optimizer machinery:
+    `torch.optim.AdamW` (no weight decay on biases and norms, as samtune groups them),
+    `clip_grad_norm_` over all trained parameters and a `LambdaLR` of samtune's schedule;
+    the decoder's weights after the last step."""
+    from sam_loss import sam_loss
+
+    model = copy.deepcopy(sam)
+    c = STEPS
+    decoder = [p for p in model.mask_decoder.parameters()]
+    groups = [
+        {"params": [p for p in decoder if p.dim() > 1], "weight_decay": c["weight_decay"]},
+        {"params": [p for p in decoder if p.dim() == 1], "weight_decay": 0.0},
+    ]
+    optim = torch.optim.AdamW(groups, lr=c["lr"], betas=c["betas"], eps=c["eps"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: lr_factor(s, c["steps"], c["warmup_fraction"], c["min_lr_ratio"])
+    )
+    emb = torch.from_numpy(tensors["image_embedding"])
+    boxes = torch.from_numpy(tensors["train_step.boxes"])
+    targets = torch.from_numpy(tensors["train_step.targets"])
+    losses = []
+    for _ in range(c["steps"]):
+        optim.zero_grad()
+        sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+        masks, iou = model.mask_decoder(
+            emb, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True
+        )
+        loss = sam_loss(masks, iou, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder, c["grad_clip_norm"])
+        optim.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    tensors["train_steps.losses"] = np.array(losses, dtype=np.float32)
+    for name, p in model.mask_decoder.named_parameters():
+        tensors[f"train_steps.after.mask_decoder.{name}"] = f32(p)
+
+
+def optimizer_reference(tensors):
+    """PyTorch's `AdamW` (a decayed group of matrices, an undecayed one of vectors),
+    `clip_grad_norm_` and a `LambdaLR` of samtune's schedule, on parameters whose
+    gradients both sides compute exactly: loss = sum(p * t) + 0.05 * sum(p^2)."""
+    rng = np.random.default_rng(7)
+    shapes = {"w": (16, 8), "u": (8, 4), "b": (8,), "g": (4,)}
+    c = dict(STEPS, steps=6, warmup_fraction=0.34, grad_clip_norm=1.0, lr=0.05, weight_decay=0.1)
+    params = {}
+    for name, shape in shapes.items():
+        params[name] = torch.tensor(rng.standard_normal(shape), dtype=torch.float32, requires_grad=True)
+        tensors[f"optim.init.{name}"] = f32(params[name])
+        tensors[f"optim.target.{name}"] = rng.standard_normal(shape).astype(np.float32)
+    targets = {n: torch.from_numpy(tensors[f"optim.target.{n}"]) for n in shapes}
+    groups = [
+        {"params": [params["w"], params["u"]], "weight_decay": c["weight_decay"]},
+        {"params": [params["b"], params["g"]], "weight_decay": 0.0},
+    ]
+    optim = torch.optim.AdamW(groups, lr=c["lr"], betas=c["betas"], eps=c["eps"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: lr_factor(s, c["steps"], c["warmup_fraction"], c["min_lr_ratio"])
+    )
+    norms = []
+    for _ in range(c["steps"]):
+        optim.zero_grad()
+        loss = sum((p * targets[n]).sum() + 0.05 * (p * p).sum() for n, p in params.items())
+        loss.backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(list(params.values()), c["grad_clip_norm"])))
+        optim.step()
+        schedule.step()
+    tensors["optim.grad_norms"] = np.array(norms, dtype=np.float32)
+    for name, p in params.items():
+        tensors[f"optim.after.{name}"] = f32(p)
 
 
 def run_cases_float64(sam, image, cases, tensors):
