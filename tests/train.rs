@@ -287,7 +287,11 @@ fn data_parallel_training_matches_one_device() {
         let prompts =
             samtune::PromptBatch::from_boxes_and_points(vec![[8.0, 8.0, 40.0, 50.0]], Vec::new());
         let logits = predictor.predict(&encoded, &prompts, true).unwrap().logits;
-        logits.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+        logits
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap()
     };
     let (la, lb) = (logits("one_device"), logits("two_devices"));
     let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
