@@ -72,6 +72,12 @@ impl From<WeightsError> for Error {
     }
 }
 
+impl From<crate::model::ArchitectureError> for Error {
+    fn from(e: crate::model::ArchitectureError) -> Self {
+        Error::Message(e.0)
+    }
+}
+
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Error::Message(message)

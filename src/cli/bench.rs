@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// A small architecture instead of the variant (smoke tests).
     #[arg(long)]
     pub tiny: bool,
+    /// The encoder input size (the variant's own by default), as `model.img_size`.
+    #[arg(long)]
+    pub img_size: Option<usize>,
     /// Only these cases (encoder, decoder_step, prompt_latency, finetune, load; `data`,
     /// which is not run by default: the data pipeline at 100 to 10,000 images).
     #[arg(long = "case")]
@@ -173,6 +176,10 @@ fn child_args(args: &BenchArgs) -> Vec<String> {
     if args.tiny {
         v.push("--tiny".into());
     }
+    if let Some(size) = args.img_size {
+        v.push("--img-size".into());
+        v.push(size.to_string());
+    }
     v
 }
 
@@ -212,7 +219,7 @@ fn print_table(results: &[CaseResult], args: &BenchArgs) {
 }
 
 fn architecture(args: &BenchArgs) -> Architecture {
-    if args.tiny {
+    let mut architecture = if args.tiny {
         let mut tiny = Architecture::default();
         let e = &mut tiny.image_encoder;
         (e.img_size, e.embed_dim, e.depth, e.num_heads, e.window_size) = (256, 64, 2, 2, 4);
@@ -220,7 +227,11 @@ fn architecture(args: &BenchArgs) -> Architecture {
         tiny
     } else {
         args.variant.architecture()
+    };
+    if let Some(size) = args.img_size {
+        architecture.image_encoder.img_size = size;
     }
+    architecture
 }
 
 fn stats(
@@ -514,7 +525,8 @@ impl BenchTrainer {
             },
             ..TrainConfig::default()
         };
-        let model = freeze(architecture.init(&autodiff), &config);
+        let model =
+            freeze(architecture.init(&autodiff), &config).expect("decoder training freezes");
         let optim = adamw(&model, &config.train);
         let img = architecture.image_encoder.img_size;
         let low = architecture.grid() * 4;

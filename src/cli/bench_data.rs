@@ -336,9 +336,12 @@ fn train_set(args: &DataBenchArgs, format: &str, n: usize) -> Result<DataResult>
     let _ = std::fs::remove_dir_all(config.run_dir());
     let outcome = crate::train::train(&config, false, &AtomicBool::new(false))?;
     let timed = &outcome.state.history[1..];
+    let batches = args
+        .data_steps
+        .min(n.div_ceil(config.train.images_per_batch));
     let mut steps: Vec<f64> = timed
         .iter()
-        .map(|r| r.seconds / args.data_steps as f64 * 1e3)
+        .map(|r| r.seconds / batches as f64 * 1e3)
         .collect();
     steps.sort_by(f64::total_cmp);
     let wait: f64 = timed.iter().map(|r| r.data_wait_seconds).sum();

@@ -11,7 +11,7 @@ use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::eval::set::{evaluate_set, SetEvaluation};
 use crate::predict::image::IntensityScaling;
-use crate::weights::{load_sam, VariantChoice};
+use crate::weights::{load_sam_at, VariantChoice};
 
 /// The evaluation prompts, shared by `eval` and `eval-volumes`.
 #[derive(Debug, Args)]
@@ -49,6 +49,10 @@ pub struct EvalArgs {
     pub checkpoint: PathBuf,
     #[arg(long, default_value = "auto")]
     pub variant: VariantChoice,
+    /// Run the model at this encoder input size (a multiple of the patch size): the
+    /// checkpoint's own by default.
+    #[arg(long)]
+    pub img_size: Option<usize>,
     /// A folder dataset (images/ + masks/; its val/ part when it has one) or a COCO JSON.
     #[arg(long)]
     pub data: PathBuf,
@@ -82,7 +86,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let prompts = args.prompts.config();
     prompts.validate()?;
     let device = open_device(args.device)?;
-    let (model, config) = load_sam(&args.checkpoint, args.variant, &device)?;
+    let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
     let report = evaluate_set(
         &model,
         &config,

@@ -12,7 +12,7 @@ use crate::data::volumes::SliceAxis;
 use crate::device::DeviceSpec;
 use crate::eval::volumes::{evaluate_volumes, VolumesEvaluation};
 use crate::predict::image::IntensityScaling;
-use crate::weights::{load_sam, VariantChoice};
+use crate::weights::{load_sam_at, VariantChoice};
 
 #[derive(Debug, Args)]
 pub struct EvalVolumesArgs {
@@ -20,6 +20,10 @@ pub struct EvalVolumesArgs {
     pub checkpoint: PathBuf,
     #[arg(long, default_value = "auto")]
     pub variant: VariantChoice,
+    /// Run the model at this encoder input size (a multiple of the patch size): the
+    /// checkpoint's own by default.
+    #[arg(long)]
+    pub img_size: Option<usize>,
     /// A folder with images/ and labels/ NIfTI volumes (its val/ part when it has one).
     #[arg(long)]
     pub data: PathBuf,
@@ -57,7 +61,7 @@ fn parse_label(s: &str) -> Result<(u16, String), String> {
 
 pub fn run(args: EvalVolumesArgs) -> Result<()> {
     let device = open_device(args.device)?;
-    let (model, config) = load_sam(&args.checkpoint, args.variant, &device)?;
+    let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
     let report = evaluate_volumes(
         &model,
         &config,

@@ -15,7 +15,7 @@ use crate::fsutil::{save_png, write_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
 use crate::predict::{tensor_values, Predictor, PromptBatch};
-use crate::weights::{load_sam, write_safetensors, RawTensor, VariantChoice};
+use crate::weights::{load_sam_at, write_safetensors, RawTensor, VariantChoice};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -25,6 +25,10 @@ pub struct PredictArgs {
     /// `auto` infers the architecture from the checkpoint; vit_b/vit_l/vit_h insist on one.
     #[arg(long, default_value = "auto")]
     pub variant: VariantChoice,
+    /// Run the model at this encoder input size (a multiple of the patch size): the
+    /// checkpoint's own by default.
+    #[arg(long)]
+    pub img_size: Option<usize>,
     #[arg(long)]
     pub image: PathBuf,
     /// A box prompt `x0,y0,x1,y1` in image pixels; several boxes are a batch.
@@ -105,7 +109,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let device = open_device(args.device)?;
     let start = Instant::now();
     let mut timings = BTreeMap::new();
-    let (model, config) = load_sam(&args.checkpoint, args.variant, &device)?;
+    let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
     timings.insert("load", ms(start));
     let image = load_rgb(&args.image, args.intensity)?;
     let (w, h) = (image.width() as usize, image.height() as usize);

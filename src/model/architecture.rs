@@ -79,6 +79,13 @@ pub struct DecoderArchitecture {
     pub num_multimask_outputs: usize,
     pub iou_head_depth: usize,
     pub iou_head_hidden_dim: usize,
+    /// Classes of samtune's prompt-free multi-class head (`task = "semantic"`); 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub semantic_classes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for EncoderArchitecture {
@@ -112,6 +119,7 @@ impl Default for DecoderArchitecture {
             num_multimask_outputs: 3,
             iou_head_depth: 3,
             iou_head_hidden_dim: 256,
+            semantic_classes: 0,
         }
     }
 }
@@ -258,7 +266,8 @@ impl Architecture {
             )
             .with_num_multimask_outputs(d.num_multimask_outputs)
             .with_iou_head_depth(d.iou_head_depth)
-            .with_iou_head_hidden_dim(d.iou_head_hidden_dim);
+            .with_iou_head_hidden_dim(d.iou_head_hidden_dim)
+            .with_semantic_classes(d.semantic_classes);
         SamConfig::new(image_encoder, prompt_encoder, mask_decoder)
             .with_pixel_mean(self.pixel_mean)
             .with_pixel_std(self.pixel_std)

@@ -2,7 +2,7 @@
 //! hypernetwork MLPs over an upscaled embedding (`segment_anything/modeling/mask_decoder.py`).
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Tensor};
@@ -26,6 +26,9 @@ pub struct MaskDecoderConfig {
     pub iou_head_depth: usize,
     #[config(default = 256)]
     pub iou_head_hidden_dim: usize,
+    /// Classes of the prompt-free multi-class head (0: none, the official decoder).
+    #[config(default = 0)]
+    pub semantic_classes: usize,
 }
 
 impl MaskDecoderConfig {
@@ -55,8 +58,87 @@ impl MaskDecoderConfig {
                 self.iou_head_depth,
             )
             .init(device),
+            semantic: (self.semantic_classes > 0)
+                .then(|| SemanticHeadConfig::new(dim, self.semantic_classes).init(device)),
         }
     }
+}
+
+/// samtune's prompt-free multi-class head (not upstream): a mask token per class plus
+/// one for the background, each with its own hypernetwork MLP, decoded through the
+/// official two-way transformer without prompt tokens (as SAMed does). Its keys are
+/// `mask_decoder.semantic.tokens.weight` and `mask_decoder.semantic.hypernetworks.N.*`;
+/// the official decoder's own parameters stay as they are.
+#[derive(Config, Debug, PartialEq)]
+pub struct SemanticHeadConfig {
+    pub transformer_dim: usize,
+    /// Classes besides the background.
+    pub classes: usize,
+}
+
+impl SemanticHeadConfig {
+    pub fn init(&self, device: &Device) -> SemanticHead {
+        let dim = self.transformer_dim;
+        SemanticHead {
+            tokens: EmbeddingConfig::new(self.classes + 1, dim).init(device),
+            hypernetworks: (0..=self.classes)
+                .map(|_| MlpConfig::new(dim, dim, dim / 8, 3).init(device))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct SemanticHead {
+    /// `[classes + 1, C]`: background first.
+    pub tokens: Embedding,
+    pub hypernetworks: Vec<Mlp>,
+}
+
+impl SemanticHead {
+    /// A head for `classes` classes that starts from the pretrained decoder's knowledge:
+    /// the background token and its hypernetwork are copies of the single-mask output's
+    /// (token 0); class `k` copies multimask output `1 + (k - 1) % 3`, the outputs SAM
+    /// learned to give whole objects, parts and subparts with. Copies are new parameters.
+    pub fn from_pretrained(decoder: &MaskDecoder, classes: usize) -> Self {
+        let multimask = decoder.num_mask_tokens() - 1;
+        let source = |k: usize| {
+            if k == 0 {
+                0
+            } else {
+                1 + (k - 1) % multimask.max(1)
+            }
+        };
+        let weight = decoder.mask_tokens.weight.val();
+        let [_, dim] = weight.dims();
+        let rows: Vec<Tensor<2>> = (0..=classes)
+            .map(|k| weight.clone().slice([source(k)..source(k) + 1, 0..dim]))
+            .collect();
+        let mut tokens = EmbeddingConfig::new(classes + 1, dim).init(&weight.device());
+        tokens.weight = Param::from_tensor(Tensor::cat(rows, 0).detach());
+        let hypernetworks = (0..=classes)
+            .map(|k| copy_module(decoder.output_hypernetworks_mlps[source(k)].clone()))
+            .collect();
+        Self {
+            tokens,
+            hypernetworks,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.hypernetworks.len() - 1
+    }
+}
+
+/// `module` with every parameter a new one (new id, same values).
+fn copy_module<M: Module>(module: M) -> M {
+    struct Fresh;
+    impl burn::module::ModuleMapper for Fresh {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            Param::from_tensor(param.val().detach())
+        }
+    }
+    module.map(&mut Fresh)
 }
 
 #[derive(Module, Debug)]
@@ -68,6 +150,8 @@ pub struct MaskDecoder {
     pub output_upscaling: OutputUpscaling,
     pub output_hypernetworks_mlps: Vec<Mlp>,
     pub iou_prediction_head: Mlp,
+    /// The prompt-free multi-class head, when the model has one.
+    pub semantic: Option<SemanticHead>,
 }
 
 /// Low-resolution mask logits `[B, M, 4H, 4W]` and predicted IoUs `[B, M]`.
@@ -125,20 +209,78 @@ impl MaskDecoder {
         sparse_prompt_embeddings: Tensor<3>,
         dense_prompt_embeddings: Tensor<4>,
     ) -> DecoderOutput {
-        let [batch, _, dim] = sparse_prompt_embeddings.dims();
-        let [image_batch, _, h, w] = image_embeddings.dims();
+        let [batch, _, _] = sparse_prompt_embeddings.dims();
+        let [image_batch, _, _, _] = image_embeddings.dims();
         assert!(
             image_batch == 1 || image_batch == batch,
             "image embeddings batch ({image_batch}) must be 1 or the prompt batch ({batch})"
         );
-        let num_mask_tokens = self.num_mask_tokens();
-        let output_tokens = Tensor::cat(
-            vec![self.iou_token.weight.val(), self.mask_tokens.weight.val()],
-            0,
+        let (masks, iou_token_out) = self.decode_tokens(
+            self.mask_tokens.weight.val(),
+            &self.output_hypernetworks_mlps,
+            image_embeddings,
+            image_pe,
+            Some(sparse_prompt_embeddings),
+            dense_prompt_embeddings,
+            batch,
+        );
+        let iou_predictions = self.iou_prediction_head.forward(iou_token_out);
+        DecoderOutput {
+            masks,
+            iou_predictions,
+        }
+    }
+
+    /// The multi-class head's logits `[B, classes + 1, 4H, 4W]` (background first) for
+    /// `image_embeddings` `[B, C, H, W]`, with no prompt: `dense` is the prompt encoder's
+    /// no-mask embedding `[1, C, H, W]`. Panics without a head (a model's architecture
+    /// says whether it has one).
+    pub fn predict_classes(
+        &self,
+        image_embeddings: Tensor<4>,
+        image_pe: Tensor<4>,
+        dense: Tensor<4>,
+    ) -> Tensor<4> {
+        let head = self
+            .semantic
+            .as_ref()
+            .expect("predict_classes needs a model with a semantic head");
+        let [batch, _, _, _] = image_embeddings.dims();
+        self.decode_tokens(
+            head.tokens.weight.val(),
+            &head.hypernetworks,
+            image_embeddings,
+            image_pe,
+            None,
+            dense,
+            batch,
         )
-        .unsqueeze_dim::<3>(0)
-        .expand([batch, 1 + num_mask_tokens, dim]);
-        let tokens = Tensor::cat(vec![output_tokens, sparse_prompt_embeddings], 1);
+        .0
+    }
+
+    /// The IoU token and `mask_tokens` (one per hypernetwork) through the transformer
+    /// with the prompt tokens: the masks `[B, M, 4H, 4W]` and the IoU token's output
+    /// `[B, C]`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_tokens(
+        &self,
+        mask_tokens: Tensor<2>,
+        hypernetworks: &[Mlp],
+        image_embeddings: Tensor<4>,
+        image_pe: Tensor<4>,
+        sparse_prompt_embeddings: Option<Tensor<3>>,
+        dense_prompt_embeddings: Tensor<4>,
+        batch: usize,
+    ) -> (Tensor<4>, Tensor<2>) {
+        let [_, _, h, w] = image_embeddings.dims();
+        let [num_mask_tokens, dim] = mask_tokens.dims();
+        let output_tokens = Tensor::cat(vec![self.iou_token.weight.val(), mask_tokens], 0)
+            .unsqueeze_dim::<3>(0)
+            .expand([batch, 1 + num_mask_tokens, dim]);
+        let tokens = match sparse_prompt_embeddings {
+            Some(sparse) => Tensor::cat(vec![output_tokens, sparse], 1),
+            None => output_tokens,
+        };
 
         // The official code repeats the image embedding per prompt; here it stays one
         // `[1, C, H, W]` while it is the same for every prompt (no mask inputs), and the
@@ -153,7 +295,7 @@ impl MaskDecoder {
 
         let upscaled = self.output_upscaling.forward(src);
         let hyper_in = Tensor::stack::<3>(
-            self.output_hypernetworks_mlps
+            hypernetworks
                 .iter()
                 .enumerate()
                 .map(|(i, mlp)| {
@@ -168,11 +310,7 @@ impl MaskDecoder {
             1,
         );
         let masks = unblock_pixels(matmul(hyper_in, upscaled.swap_dims(1, 2)), [h, w]);
-        let iou_predictions = self.iou_prediction_head.forward(iou_token_out);
-        DecoderOutput {
-            masks,
-            iou_predictions,
-        }
+        (masks, iou_token_out)
     }
 }
 

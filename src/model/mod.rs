@@ -5,6 +5,7 @@ pub mod architecture;
 pub mod common;
 pub mod image_encoder;
 pub(crate) mod kernels;
+pub mod lora;
 pub mod mask_decoder;
 pub mod prompt_encoder;
 pub mod sam;

@@ -14,7 +14,9 @@ use super::optim::adamw;
 use crate::error::{bail, err, Context, Error, Result};
 use crate::eval::metrics::Summary;
 use crate::fsutil::{temp_path, write_bytes_atomic};
+use crate::model::lora::adapter_group;
 use crate::model::{Architecture, Sam};
+use crate::weights::adapters::{save_adapters, AdapterSettings};
 use crate::weights::save_checkpoint;
 
 /// Metrics of one epoch.
@@ -104,22 +106,26 @@ impl RunDirs {
 
 /// The trained parts of the model for a [`Trainable`] setting.
 pub fn trainable_group(model: &Sam, trainable: Trainable) -> ParamGroup {
-    let group = ParamGroup::ids_from_module(model.mask_decoder.clone());
+    let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());
     match trainable {
-        Trainable::Decoder => group,
+        Trainable::Decoder => decoder,
         Trainable::DecoderAndPrompt => {
-            group.fuse(&ParamGroup::ids_from_module(model.prompt_encoder.clone()))
+            decoder.fuse(&ParamGroup::ids_from_module(model.prompt_encoder.clone()))
         }
         Trainable::All => ParamGroup::ids_from_module(model.clone()),
+        Trainable::LoraEncoder => adapter_group().fuse(&decoder),
+        Trainable::LoraDecoder | Trainable::LoraAll => adapter_group(),
     }
 }
 
-/// Official key prefixes of the trained parameters (for `decoder.safetensors`).
+/// Official key prefixes of the parameters trained in full (for `decoder.safetensors`;
+/// adapters go to `adapters.safetensors`).
 fn trained_prefixes(trainable: Trainable) -> &'static [&'static str] {
     match trainable {
-        Trainable::Decoder => &["mask_decoder."],
+        Trainable::Decoder | Trainable::LoraEncoder => &["mask_decoder."],
         Trainable::DecoderAndPrompt => &["mask_decoder.", "prompt_encoder."],
         Trainable::All => &[""],
+        Trainable::LoraDecoder | Trainable::LoraAll => &[],
     }
 }
 
@@ -304,9 +310,12 @@ fn sync_dir(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checkpoints at the end of an epoch: `last`, `best` when improved, `decoder`, metadata.
+/// Checkpoints at the end of an epoch: `last` (adapters merged), `best` when improved,
+/// `decoder` (what trains in full), `adapters` (LoRA factors alone), metadata. `model`
+/// is the model without autodiff (adapters attached), `merged` it with them merged.
 pub fn save_epoch(
     model: &Sam,
+    merged: &Sam,
     architecture: &Architecture,
     config: &TrainConfig,
     state: &TrainState,
@@ -320,21 +329,38 @@ pub fn save_epoch(
         config.model.checkpoint.display().to_string(),
     );
     let last = dir.join("last.safetensors");
-    save_checkpoint(model, architecture, &last, &meta, &|_| true)?;
+    save_checkpoint(merged, architecture, &last, &meta, &|_| true)?;
     if improved {
         let best = dir.join("best.safetensors");
         let tmp = temp_path(&best);
         std::fs::copy(&last, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &best).with_context(|| format!("writing {}", best.display()))?;
     }
-    let prefixes = trained_prefixes(config.model.trainable);
-    save_checkpoint(
-        model,
-        architecture,
-        &dir.join("decoder.safetensors"),
-        &meta,
-        &|k| prefixes.iter().any(|p| k.starts_with(p)),
-    )?;
+    let trainable = config.model.trainable;
+    let prefixes = trained_prefixes(trainable);
+    if !prefixes.is_empty() {
+        save_checkpoint(
+            merged,
+            architecture,
+            &dir.join("decoder.safetensors"),
+            &meta,
+            &|k| prefixes.iter().any(|p| k.starts_with(p)),
+        )?;
+    }
+    if !trainable.lora_places().is_empty() {
+        let settings = AdapterSettings {
+            rank: config.lora.rank,
+            alpha: config.lora.alpha,
+            patterns: config.lora.patterns(trainable.lora_places()),
+            img_size: architecture.image_encoder.img_size,
+        };
+        save_adapters(
+            model,
+            &dir.join("adapters.safetensors"),
+            &settings,
+            &state.base_checkpoint_sha256,
+        )?;
+    }
     let metadata = serde_json::json!({
         "base_checkpoint": config.model.checkpoint.display().to_string(),
         "base_checkpoint_sha256": state.base_checkpoint_sha256,

@@ -10,6 +10,7 @@ use crate::data::prompts::PromptConfig;
 use crate::data::source::DataConfig;
 use crate::device::{ChosenDevice, DeviceSpec};
 use crate::error::{bail, check_setting, Context, Error, Result};
+use crate::model::lora::{LoraConfig, LoraPlace};
 use crate::predict::CacheConfig;
 use crate::weights::VariantChoice;
 
@@ -24,6 +25,7 @@ pub struct TrainConfig {
     pub prompts: PromptConfig,
     pub train: OptimConfig,
     pub loss: LossConfig,
+    pub lora: LoraConfig,
     pub cache: CacheConfig,
     pub report: ReportConfig,
 }
@@ -38,6 +40,7 @@ impl Default for TrainConfig {
             prompts: PromptConfig::default(),
             train: OptimConfig::default(),
             loss: LossConfig::default(),
+            lora: LoraConfig::default(),
             cache: CacheConfig::default(),
             report: ReportConfig::default(),
         }
@@ -55,8 +58,14 @@ pub struct ModelConfig {
     /// `cuda`, `cuda:N` or `wgpu`.
     pub device: DeviceSpec,
     /// What is trained: `decoder` (image and prompt encoders frozen), `decoder+prompt`
-    /// (prompt encoder too) or `all` (full fine-tuning).
+    /// (prompt encoder too), `all` (full fine-tuning), or LoRA adapters (`[lora]`) on the
+    /// image encoder with the whole mask decoder (`lora-encoder`), on the mask decoder
+    /// alone (`lora-decoder`), or on both (`lora-all`).
     pub trainable: Trainable,
+    /// Encoder input size, a multiple of the patch size: the checkpoint's own when absent.
+    /// At another size its position embeddings are resized (README, Other input sizes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub img_size: Option<usize>,
     /// Data-parallel training: each batch's images are shared out to these devices
     /// (`cuda:0`, `cuda:1`, ...; `cpu`), their gradients summed on the first, which
     /// holds the optimizer. Empty: `device` alone.
@@ -70,6 +79,7 @@ impl Default for ModelConfig {
             variant: VariantChoice::Auto,
             device: DeviceSpec::Auto,
             trainable: Trainable::Decoder,
+            img_size: None,
             devices: Vec::new(),
         }
     }
@@ -110,6 +120,12 @@ pub enum Trainable {
     DecoderAndPrompt,
     #[serde(rename = "all")]
     All,
+    #[serde(rename = "lora-encoder")]
+    LoraEncoder,
+    #[serde(rename = "lora-decoder")]
+    LoraDecoder,
+    #[serde(rename = "lora-all")]
+    LoraAll,
 }
 
 impl Trainable {
@@ -119,12 +135,33 @@ impl Trainable {
             Trainable::Decoder => "decoder",
             Trainable::DecoderAndPrompt => "decoder+prompt",
             Trainable::All => "all",
+            Trainable::LoraEncoder => "lora-encoder",
+            Trainable::LoraDecoder => "lora-decoder",
+            Trainable::LoraAll => "lora-all",
         }
     }
 
     /// With a frozen image encoder, embeddings can be computed once and cached.
     pub fn encoder_frozen(self) -> bool {
-        self != Trainable::All
+        !matches!(
+            self,
+            Trainable::All | Trainable::LoraEncoder | Trainable::LoraAll
+        )
+    }
+
+    /// Where LoRA adapters go (none outside the LoRA modes).
+    pub fn lora_places(self) -> &'static [LoraPlace] {
+        match self {
+            Trainable::LoraEncoder => &[LoraPlace::ImageEncoder],
+            Trainable::LoraDecoder => &[LoraPlace::MaskDecoder],
+            Trainable::LoraAll => &[LoraPlace::ImageEncoder, LoraPlace::MaskDecoder],
+            _ => &[],
+        }
+    }
+
+    /// Whether every mask-decoder parameter trains (not only adapters on it).
+    pub fn trains_decoder(self) -> bool {
+        !matches!(self, Trainable::LoraDecoder | Trainable::LoraAll)
     }
 }
 
@@ -157,6 +194,10 @@ pub struct OptimConfig {
     /// At most this many batches an epoch (a fixed budget between validations on a large
     /// set; 0: the whole training set).
     pub batches_per_epoch: usize,
+    /// Recompute memory-bound operations (element-wise ops, activations, reshapes) in the
+    /// backward pass instead of keeping their outputs: less activation memory when the
+    /// image encoder is in the graph (`all`, `lora-encoder`, `lora-all`), some more time.
+    pub checkpoint_activations: bool,
     /// Batches drawn ahead on a background thread (images read, masks decoded, targets
     /// built, cached embeddings read) while the current one trains; 0 draws each batch
     /// when it is needed. The examples are the same either way.
@@ -233,6 +274,7 @@ impl Default for OptimConfig {
             patience: 0,
             stop_after_epochs: 0,
             batches_per_epoch: 0,
+            checkpoint_activations: false,
             prefetch_batches: 2,
             seed: 42,
         }
@@ -282,6 +324,22 @@ impl TrainConfig {
         if self.model.checkpoint.as_os_str().is_empty() {
             bail!("model.checkpoint is required");
         }
+        if let Some(size) = self.model.img_size {
+            check_setting(
+                "model.img_size",
+                size,
+                size >= 16,
+                ">= 16 (a multiple of the patch size)",
+            )?;
+        }
+        let lora = &self.lora;
+        check_setting("lora.rank", lora.rank, lora.rank >= 1, ">= 1")?;
+        check_setting(
+            "lora.alpha",
+            lora.alpha,
+            lora.alpha > 0.0 && lora.alpha.is_finite(),
+            "> 0",
+        )?;
         self.data.validate()?;
         self.prompts.validate()?;
         self.train.validate()?;

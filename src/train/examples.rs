@@ -14,6 +14,7 @@ use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::config::TrainConfig;
 use crate::data::dataset::Sample;
@@ -224,8 +225,10 @@ impl<'scope> BatchStream<'scope> {
         plans: Vec<BatchPlan>,
         depth: usize,
     ) -> Self {
+        // a batch's images are drawn in parallel (each from its own seed: the same
+        // examples in any order)
         let draw = move |plan: BatchPlan| -> Result<Vec<Drawn>> {
-            plan.iter()
+            plan.par_iter()
                 .map(|&(index, seed)| builder.draw(&samples[index], seed))
                 .collect()
         };

@@ -24,7 +24,7 @@ use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
 use crate::predict::Predictor;
-use crate::weights::load_sam;
+use crate::weights::{load_sam, load_sam_at};
 
 /// Images drawn in each group (most improved, weakest after fine-tuning).
 const PICTURES_PER_GROUP: usize = 4;
@@ -114,7 +114,12 @@ pub fn final_report(
     settings: &EvalSettings,
     device: &Device,
 ) -> Result<TrainReport> {
-    let (base, architecture) = load_sam(&config.model.checkpoint, config.model.variant, device)?;
+    let (base, architecture) = load_sam_at(
+        &config.model.checkpoint,
+        config.model.variant,
+        config.model.img_size,
+        device,
+    )?;
     let best = dirs.checkpoints.join("best.safetensors");
     let (fine_tuned, _) = load_sam(&best, None, device)?;
     let models = Models {

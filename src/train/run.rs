@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::module::Module;
+use burn::module::{Module, ParamGroup};
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,10 +29,11 @@ use crate::eval::evaluate::{evaluate_each, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::comparison_overlay;
 use crate::fsutil::{file_sha256, remove_stale_temps, write_bytes_atomic};
+use crate::model::lora::merged;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::EmbeddingCache;
-use crate::weights::load_sam;
+use crate::weights::load_sam_at;
 
 /// The indexed train, validation and test images (no mask decoded).
 pub struct RunData {
@@ -217,10 +218,14 @@ impl<'a> Run<'a> {
         let device = devices[0].device.clone();
         let data = RunData::load(config, &mut log)?;
 
-        let autodiff = device.clone().autodiff();
-        let (model, architecture) =
-            load_sam(&config.model.checkpoint, config.model.variant, &autodiff)?;
-        let model = freeze(model, config);
+        let autodiff = autodiff_device(&device, config);
+        let (model, architecture) = load_sam_at(
+            &config.model.checkpoint,
+            config.model.variant,
+            config.model.img_size,
+            &autodiff,
+        )?;
+        let model = freeze(model, config)?;
         let (model, optim, state) = match resumed {
             Some(point) => {
                 let (model, optim, state) = point.restore(model, config)?;
@@ -260,7 +265,7 @@ impl<'a> Run<'a> {
         };
         let replicas: Vec<Device> = devices
             .iter()
-            .map(|d| d.device.clone().autodiff())
+            .map(|d| autodiff_device(&d.device, config))
             .collect();
         if replicas.len() > 1 {
             log.line(&format!("data parallel on {} devices", replicas.len()));
@@ -529,7 +534,8 @@ impl<'a> Run<'a> {
         let epoch = self.state.epoch;
         let n = training.batches.max(1) as f64;
         let valid = self.model.valid();
-        let results = self.validate(&valid, epoch + 1)?;
+        let merged = merged(valid.clone());
+        let results = self.validate(&merged, epoch + 1)?;
         let val = Aggregate::of(&results).overall;
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -555,6 +561,7 @@ impl<'a> Run<'a> {
         }
         save_epoch(
             &valid,
+            &merged,
             &self.architecture,
             self.config,
             &self.state,
@@ -651,10 +658,26 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The model with what `model.trainable` leaves out frozen; the prompt encoder's
-/// positional-encoding matrix is a buffer upstream and never trains.
-pub fn freeze(mut model: Sam, config: &TrainConfig) -> Sam {
+/// The model with what `model.trainable` leaves out frozen, and LoRA adapters attached
+/// in the LoRA modes; the prompt encoder's positional-encoding matrix is a buffer upstream
+/// and never trains.
+pub fn freeze(mut model: Sam, config: &TrainConfig) -> Result<Sam> {
     let trainable = config.model.trainable;
+    let places = trainable.lora_places();
+    if !places.is_empty() {
+        let patterns = config.lora.patterns(places);
+        // every base parameter frozen, adapters trainable
+        let model = config
+            .lora
+            .apply(model, &patterns)
+            .map_err(|e| crate::error::Error::config("lora.targets", e))?;
+        return Ok(if trainable.trains_decoder() {
+            let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());
+            model.unfreeze_group(decoder)
+        } else {
+            model
+        });
+    }
     if trainable.encoder_frozen() {
         model.image_encoder = model.image_encoder.freeze();
     }
@@ -666,7 +689,18 @@ pub fn freeze(mut model: Sam, config: &TrainConfig) -> Sam {
         .pe_layer
         .positional_encoding_gaussian_matrix;
     *pe = pe.clone().set_require_grad(false);
-    model
+    Ok(model)
+}
+
+/// `device` with autodiff, recomputing memory-bound operations in the backward pass with
+/// `train.checkpoint_activations`.
+fn autodiff_device(device: &Device, config: &TrainConfig) -> Device {
+    let autodiff = device.clone().autodiff();
+    if config.train.checkpoint_activations {
+        autodiff.gradient_checkpointing()
+    } else {
+        autodiff
+    }
 }
 
 fn epoch_bar(batches: usize, epoch: usize, epochs: usize) -> ProgressBar {

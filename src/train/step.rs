@@ -184,8 +184,13 @@ fn share_step(
     };
     // the dense positional encoding depends only on the (always frozen) gaussian matrix
     let dense_pe = replica.prompt_encoder.get_dense_pe();
-    let mut total: Option<Tensor<1>> = None;
     let mut parts = [0f64; 3];
+    let mut loss = 0f64;
+    let mut total: Option<Tensor<1>> = None;
+    let mut grads = GradientsAccumulator::<Sam>::new();
+    // with the image encoder in the graph, each image's backward runs alone, so that one
+    // image's encoder activations are alive at a time; otherwise one backward for all
+    let per_image = !config.model.trainable.encoder_frozen();
     for (example, seed) in share {
         let example = if index == 0 {
             example
@@ -197,18 +202,32 @@ fn share_step(
         parts[0] += terms.focal.into_scalar::<f32>() as f64;
         parts[1] += terms.dice.into_scalar::<f32>() as f64;
         parts[2] += terms.iou.into_scalar::<f32>() as f64;
-        total = Some(match total {
-            Some(acc) => acc + terms.total,
-            None => terms.total,
-        });
+        if per_image {
+            let scaled = terms.total / scale;
+            loss += scaled.clone().into_scalar::<f32>() as f64;
+            grads.accumulate(
+                &replica,
+                GradientsParams::from_grads(scaled.backward(), &replica),
+            );
+        } else {
+            total = Some(match total {
+                Some(acc) => acc + terms.total,
+                None => terms.total,
+            });
+        }
     }
-    let loss = total.ok_or_else(|| err!("an empty share of a batch"))? / scale;
-    let value = loss.clone().into_scalar::<f32>() as f64;
-    let grads = GradientsParams::from_grads(loss.backward(), &replica);
+    if let Some(total) = total {
+        let scaled = total / scale;
+        loss = scaled.clone().into_scalar::<f32>() as f64;
+        grads.accumulate(
+            &replica,
+            GradientsParams::from_grads(scaled.backward(), &replica),
+        );
+    }
     Ok(ShareOutput {
         device: index,
-        grads,
-        loss: value,
+        grads: grads.grads(),
+        loss,
         parts,
     })
 }

@@ -392,6 +392,21 @@ impl Checkpoint {
         Ok(architecture)
     }
 
+    pub(crate) fn not_sam(&self, message: String) -> WeightsError {
+        WeightsError::NotSam {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    pub(crate) fn corrupt(&self, message: String) -> WeightsError {
+        WeightsError::Corrupt {
+            path: self.path.clone(),
+            format: self.format,
+            message,
+        }
+    }
+
     /// Checks that the file holds every tensor of `architecture`, of the right shape,
     /// and nothing else (a model of it is described, not allocated).
     pub fn check_complete(&self, architecture: &Architecture) -> Result<(), WeightsError> {
@@ -450,8 +465,28 @@ pub fn load_sam(
     requested: impl Into<VariantChoice>,
     device: &Device,
 ) -> Result<(Sam, Architecture), WeightsError> {
-    let checkpoint = Checkpoint::open(path)?;
-    let architecture = checkpoint.architecture_for(requested.into())?;
+    load_sam_at(path, requested, None, device)
+}
+
+/// [`load_sam`] at encoder input size `img_size` (the checkpoint's own when `None`; see
+/// `weights::resize`).
+pub fn load_sam_at(
+    path: impl AsRef<Path>,
+    requested: impl Into<VariantChoice>,
+    img_size: Option<usize>,
+    device: &Device,
+) -> Result<(Sam, Architecture), WeightsError> {
+    let mut checkpoint = Checkpoint::open(path)?;
+    let requested = requested.into();
+    if let Some(size) = img_size {
+        // the variant is checked at the checkpoint's own size
+        checkpoint.architecture_for(requested)?;
+        checkpoint.resize_input(size)?;
+    }
+    let architecture = match img_size {
+        Some(_) => checkpoint.architecture()?,
+        None => checkpoint.architecture_for(requested)?,
+    };
     let mut model = architecture.init(device);
     checkpoint.load_into(&mut model)?;
     Ok((model, architecture))

@@ -140,6 +140,10 @@ pub fn infer_architecture(
             num_multimask_outputs: num_mask_tokens.saturating_sub(1),
             iou_head_depth,
             iou_head_hidden_dim,
+            semantic_classes: shapes
+                .get("mask_decoder.semantic.tokens.weight")
+                .and_then(|s| s.first())
+                .map_or(0, |n| n.saturating_sub(1)),
         },
         ..Architecture::default()
     };
