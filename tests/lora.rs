@@ -226,6 +226,66 @@ fn lora_encoder_training_keeps_the_encoder_bases_and_trains_the_decoder() {
 }
 
 #[test]
+fn lora_runs_resume_and_split_across_devices_as_decoder_runs_do() {
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("data"), Domain::Source, 8, 64, 25).unwrap();
+    let lora = "model.trainable=lora-all";
+    train(
+        &config(dir.path(), "straight", &[lora]),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let first = config(dir.path(), "resumed", &[lora, "train.stop_after_epochs=1"]);
+    assert!(
+        train(&first, false, &AtomicBool::new(false))
+            .unwrap()
+            .interrupted
+    );
+    train(&first, true, &AtomicBool::new(false)).unwrap();
+    // every tensor of both files, bit for bit
+    let values = |run: &str, file: &str| {
+        let mut all: Vec<(String, Vec<f32>)> =
+            common::load_expected_from(&checkpoints(dir.path(), run).join(file))
+                .into_iter()
+                .map(|(name, t)| (name, t.values))
+                .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    for file in ["last.safetensors", "adapters.safetensors"] {
+        let (a, b) = (values("straight", file), values("resumed", file));
+        assert_eq!(a.len(), b.len(), "{file}");
+        for ((name, x), (_, y)) in a.iter().zip(&b) {
+            assert!(x == y, "{file}: {name} differs after the resume");
+        }
+    }
+
+    // two "devices" on the one CPU, one image of each batch of two on each: the gradients
+    // are summed in the one device's order, so the adapters are the same bit for bit
+    let devices = r#"model.devices=["cpu", "cpu:1"]"#;
+    train(
+        &config(dir.path(), "two_devices", &[lora, devices]),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let flat = |run: &str| -> Vec<f32> {
+        values(run, "adapters.safetensors")
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect()
+    };
+    let (one, two) = (flat("straight"), flat("two_devices"));
+    assert_eq!(one.len(), two.len());
+    assert!(
+        one == two,
+        "two devices differ by {:e} (relative)",
+        relative_error(&two, &one)
+    );
+}
+
+#[test]
 fn another_input_size_resizes_the_grid_tensors_and_its_own_size_changes_nothing() {
     let device = Device::default();
     let path = fixtures_dir().join("tiny_sam.pth");

@@ -21,7 +21,7 @@ use crate::data::prompts::{Multimask, ObjectPrompt, PromptConfig};
 use crate::device::DeviceSpec;
 use crate::model::{Architecture, Sam, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
-use crate::train::examples::Example;
+use crate::train::examples::Drawn;
 use crate::train::optim::adamw;
 use crate::train::run::freeze;
 use crate::train::step::Stepper;
@@ -552,18 +552,17 @@ impl BenchTrainer {
 
     /// `embedding`: `[1, 256, H, W]`, on the model's device without autodiff.
     fn step(&mut self, embedding: Tensor<4>) -> Result<()> {
-        let example = Example {
-            encoded: EncodedImage {
-                embedding: embedding.autodiff(),
+        let example = Drawn::embedded(
+            EncodedImage {
+                embedding,
                 original_size: [self.img, self.img],
                 input_size: [self.img, self.img],
             },
-            prompts: self.prompts.clone(),
-            low_res: self.low_res.clone(),
-            full: Vec::new(),
-        };
+            self.prompts.clone(),
+            self.low_res.clone(),
+        );
         self.stepper
-            .batch(&self.model, vec![(example, 0)], &self.config)?;
+            .batch(&self.model, vec![example], &self.config)?;
         let model = self.model.clone();
         self.model = self
             .stepper

@@ -81,8 +81,15 @@ impl LoraConfig {
     }
 
     /// `model` with adapters on the weights `patterns` match; every other parameter is
-    /// frozen (unfreeze what else trains). An error when nothing matches.
-    pub fn apply(&self, model: Sam, patterns: &[String]) -> Result<Sam, ArchitectureError> {
+    /// frozen (unfreeze what else trains). An error when nothing matches. The `A` factors
+    /// start as burn draws them (`N(0, 1/rank)`, `B = 0`) from the device's generator
+    /// seeded with `seed`, so that a run is reproduced (and resumed) exactly.
+    pub fn apply(
+        &self,
+        model: Sam,
+        patterns: &[String],
+        seed: u64,
+    ) -> Result<Sam, ArchitectureError> {
         if self.rank == 0 || !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(ArchitectureError(format!(
                 "lora.rank {} must be >= 1 and lora.alpha {} > 0",
@@ -91,6 +98,9 @@ impl LoraConfig {
         }
         let group = ParamGroup::from_any_regexes(patterns.to_vec())
             .map_err(|e| ArchitectureError(format!("lora.targets: {e:?}")))?;
+        if let Some(device) = model.devices().first() {
+            device.seed(seed);
+        }
         let model = model.apply_lora(Lora::new(self.rank, self.alpha).set_param_group(group));
         let adapted = adapted_weights(&model);
         if adapted.is_empty() {

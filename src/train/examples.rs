@@ -35,19 +35,6 @@ pub struct Example {
     pub full: Vec<BinaryMask>,
 }
 
-impl Example {
-    /// The same example with its embedding on `device`.
-    pub fn moved_to(self, device: &Device) -> Self {
-        Self {
-            encoded: EncodedImage {
-                embedding: self.encoded.embedding.to_device(device),
-                ..self.encoded
-            },
-            ..self
-        }
-    }
-}
-
 /// What an example's image becomes before the step: an embedding when the encoder is
 /// frozen, else the image itself (the step encodes it, in the graph).
 pub enum Pixels {
@@ -66,14 +53,27 @@ pub struct Drawn {
 }
 
 impl Drawn {
-    /// The example on `model`'s (autodiff) device, and its correction-click seed.
-    pub fn into_example(self, model: &Sam) -> (Example, u64) {
+    /// An example whose embedding is already computed (`[1, 256, H, W]`, no autodiff).
+    pub fn embedded(encoded: EncodedImage, prompts: Vec<ObjectPrompt>, low_res: Vec<f32>) -> Self {
+        Self {
+            pixels: Pixels::Embedded(Box::new(encoded)),
+            prompts,
+            low_res,
+            full: Vec::new(),
+            click_seed: 0,
+        }
+    }
+
+    /// The example on `replica`, whose (autodiff) device is `device`, and its
+    /// correction-click seed. An image is encoded by the replica's own encoder, in its
+    /// graph: the encoder's gradients then reach the parameters that replica reports.
+    pub fn into_example(self, replica: &Sam, device: &Device) -> (Example, u64) {
         let encoded = match self.pixels {
             Pixels::Embedded(encoded) => EncodedImage {
-                embedding: encoded.embedding.autodiff(),
+                embedding: encoded.embedding.autodiff().to_device(device),
                 ..*encoded
             },
-            Pixels::Image(image) => Predictor::new(model).encode(&image),
+            Pixels::Image(image) => Predictor::new(replica).encode(&image),
         };
         let example = Example {
             encoded,

@@ -481,8 +481,7 @@ impl<'a> Run<'a> {
                         )));
                     }
                 };
-                let examples = drawn.into_iter().map(|d| d.into_example(model)).collect();
-                let batch = stepper.batch(model, examples, config)?;
+                let batch = stepper.batch(model, drawn, config)?;
                 if !batch.loss.is_finite() {
                     bail!(
                         "epoch {} batch {}: the loss is {} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
@@ -669,7 +668,7 @@ pub fn freeze(mut model: Sam, config: &TrainConfig) -> Result<Sam> {
         // every base parameter frozen, adapters trainable
         let model = config
             .lora
-            .apply(model, &patterns)
+            .apply(model, &patterns, config.train.seed)
             .map_err(|e| crate::error::Error::config("lora.targets", e))?;
         return Ok(if trainable.trains_decoder() {
             let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());

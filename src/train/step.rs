@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use super::examples::Example;
+use super::examples::{Drawn, Example};
 use super::loss::{sam_loss, LossTerms};
 use super::optim::clip_global_norm;
 use crate::data::prompts::{correction_click, to_prompt_batch};
@@ -50,12 +50,11 @@ impl Stepper {
         self.pending > 0
     }
 
-    /// Forward and backward of one batch of `(example, correction-click seed)`; the
-    /// gradients accumulate.
+    /// Forward and backward of one batch of drawn examples; the gradients accumulate.
     pub fn batch(
         &mut self,
         model: &Sam,
-        examples: Vec<(Example, u64)>,
+        examples: Vec<Drawn>,
         config: &TrainConfig,
     ) -> Result<BatchLoss> {
         let images = examples.len();
@@ -119,19 +118,37 @@ struct ShareOutput {
 fn data_parallel_step(
     model: &Sam,
     devices: &[Device],
-    examples: Vec<(Example, u64)>,
+    examples: Vec<Drawn>,
     config: &TrainConfig,
     scale: f64,
 ) -> Result<Vec<ShareOutput>> {
-    let mut shares: Vec<Vec<(Example, u64)>> = (0..devices.len()).map(|_| Vec::new()).collect();
+    let mut shares: Vec<Vec<Drawn>> = (0..devices.len()).map(|_| Vec::new()).collect();
     for (i, example) in examples.into_iter().enumerate() {
         shares[i % devices.len()].push(example);
     }
-    let run = |index: usize, share: Vec<(Example, u64)>| -> Result<Option<ShareOutput>> {
+    // Every replica (the first device's too) is forked here, before any worker runs, and
+    // each share's images are encoded by its own replica: no worker then touches the
+    // model's autodiff graph. Two workers on one graph deadlock burn-autodiff (a backward
+    // takes the graph lock, then the global locator lock; a fork or a new node takes the
+    // locator lock, then the graph's), and gradients that flow into the model's graph
+    // instead of the replica's are lost to that replica's `GradientsParams`.
+    let replicas: Vec<Sam> = devices
+        .iter()
+        .map(|device| model.clone().fork(device))
+        .collect();
+    let run = |index: usize, share: Vec<Drawn>| -> Result<Option<ShareOutput>> {
         if share.is_empty() {
             return Ok(None);
         }
-        share_step(model, index, &devices[index], share, config, scale).map(Some)
+        share_step(
+            &replicas[index],
+            index,
+            &devices[index],
+            share,
+            config,
+            scale,
+        )
+        .map(Some)
     };
     let outputs: Vec<Result<Option<ShareOutput>>> = if devices.len() == 1 {
         shares
@@ -168,20 +185,15 @@ fn data_parallel_step(
     Ok(out)
 }
 
-/// Forward and backward of one device's share of a batch on a replica of `model`.
+/// Forward and backward of one device's share of a batch on its `replica` of the model.
 fn share_step(
-    model: &Sam,
+    replica: &Sam,
     index: usize,
     device: &Device,
-    share: Vec<(Example, u64)>,
+    share: Vec<Drawn>,
     config: &TrainConfig,
     scale: f64,
 ) -> Result<ShareOutput> {
-    let replica = if index == 0 {
-        model.clone()
-    } else {
-        model.clone().fork(device)
-    };
     // the dense positional encoding depends only on the (always frozen) gaussian matrix
     let dense_pe = replica.prompt_encoder.get_dense_pe();
     let mut parts = [0f64; 3];
@@ -191,14 +203,10 @@ fn share_step(
     // with the image encoder in the graph, each image's backward runs alone, so that one
     // image's encoder activations are alive at a time; otherwise one backward for all
     let per_image = !config.model.trainable.encoder_frozen();
-    for (example, seed) in share {
-        let example = if index == 0 {
-            example
-        } else {
-            example.moved_to(device)
-        };
+    for drawn in share {
+        let (example, seed) = drawn.into_example(replica, device);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let terms = example_loss(&replica, &dense_pe, &example, config, &mut rng)?;
+        let terms = example_loss(replica, &dense_pe, &example, config, &mut rng)?;
         parts[0] += terms.focal.into_scalar::<f32>() as f64;
         parts[1] += terms.dice.into_scalar::<f32>() as f64;
         parts[2] += terms.iou.into_scalar::<f32>() as f64;
@@ -206,8 +214,8 @@ fn share_step(
             let scaled = terms.total / scale;
             loss += scaled.clone().into_scalar::<f32>() as f64;
             grads.accumulate(
-                &replica,
-                GradientsParams::from_grads(scaled.backward(), &replica),
+                replica,
+                GradientsParams::from_grads(scaled.backward(), replica),
             );
         } else {
             total = Some(match total {
@@ -220,8 +228,8 @@ fn share_step(
         let scaled = total / scale;
         loss = scaled.clone().into_scalar::<f32>() as f64;
         grads.accumulate(
-            &replica,
-            GradientsParams::from_grads(scaled.backward(), &replica),
+            replica,
+            GradientsParams::from_grads(scaled.backward(), replica),
         );
     }
     Ok(ShareOutput {

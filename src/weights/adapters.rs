@@ -178,7 +178,8 @@ impl Adapters {
             alpha: self.settings.alpha,
             ..LoraConfig::default()
         };
-        let model = lora.apply(model, &self.settings.patterns)?;
+        // the factors are replaced by the file's: the seed does not matter
+        let model = lora.apply(model, &self.settings.patterns, 0)?;
         Ok((self.load_factors(model)?, architecture))
     }
 
