@@ -308,14 +308,14 @@ fn fill_cache(args: &DataBenchArgs, dir: &Path) -> Result<()> {
         &config.model.checkpoint,
         &crate::fsutil::file_sha256(&config.model.checkpoint)?,
         &architecture,
-        config.data.intensity,
+        config.data.sample_intensity(),
     )?;
     for sample in config.data.open()?.split.train {
         encode_image(
             &model,
             &sample.image,
             Some(&cache),
-            config.data.intensity,
+            config.data.sample_intensity(),
             &device,
         )?;
     }

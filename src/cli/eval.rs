@@ -11,6 +11,7 @@ use crate::data::DataConfig;
 use crate::device::DeviceSpec;
 use crate::eval::set::{evaluate_set, SetEvaluation};
 use crate::predict::image::IntensityScaling;
+use crate::predict::semantic::checkpoint_classes;
 use crate::weights::{load_sam_at, VariantChoice};
 
 /// The evaluation prompts, shared by `eval` and `eval-volumes`.
@@ -87,6 +88,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     prompts.validate()?;
     let device = open_device(args.device)?;
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
+    let classes = checkpoint_classes(&args.checkpoint, &config)?;
     let report = evaluate_set(
         &model,
         &config,
@@ -96,6 +98,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             prompts,
             seed: args.prompts.seed,
             overlays: args.overlays,
+            semantic: classes.as_ref(),
             out: &args.out,
         },
     )?;

@@ -12,6 +12,7 @@ use crate::data::volumes::SliceAxis;
 use crate::device::DeviceSpec;
 use crate::eval::volumes::{evaluate_volumes, VolumesEvaluation};
 use crate::predict::image::IntensityScaling;
+use crate::predict::semantic::checkpoint_classes;
 use crate::weights::{load_sam_at, VariantChoice};
 
 #[derive(Debug, Args)]
@@ -62,6 +63,7 @@ fn parse_label(s: &str) -> Result<(u16, String), String> {
 pub fn run(args: EvalVolumesArgs) -> Result<()> {
     let device = open_device(args.device)?;
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
+    let classes = checkpoint_classes(&args.checkpoint, &config)?;
     let report = evaluate_volumes(
         &model,
         &config,
@@ -74,6 +76,7 @@ pub fn run(args: EvalVolumesArgs) -> Result<()> {
             intensity: args.intensity,
             tolerance_mm: args.tolerance_mm,
             label_names: args.labels.iter().cloned().collect(),
+            semantic: classes.as_ref(),
             out: &args.out,
         },
     )?;

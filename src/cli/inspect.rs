@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::predict::semantic::checkpoint_classes;
 use crate::weights::Checkpoint;
 
 #[derive(Debug, Args)]
@@ -30,12 +31,25 @@ pub fn run(args: InspectArgs) -> Result<()> {
     dtypes.dedup();
     let size = checkpoint.file_size;
     let tensors = checkpoint.shapes().len();
+    let classes = checkpoint_classes(&args.checkpoint, &config)?;
+    let task = if classes.is_some() {
+        "semantic"
+    } else {
+        "promptable"
+    };
+    let class_names: Vec<String> = classes
+        .iter()
+        .flat_map(|c| &c.0)
+        .map(|c| format!("{} = {}", c.value, c.name))
+        .collect();
     if args.json {
         let value = serde_json::json!({
             "path": args.checkpoint.display().to_string(),
             "format": checkpoint.format.to_string(),
             "variant": config.variant(),
             "description": config.describe(),
+            "task": task,
+            "classes": classes,
             "config": config,
             "parameters": {
                 "image_encoder": counts.image_encoder,
@@ -54,6 +68,13 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("{}", args.checkpoint.display());
     println!("  format          {}", checkpoint.format);
     println!("  variant         {}", config.describe());
+    match &classes {
+        Some(_) => println!(
+            "  task            semantic (no prompts), classes: {} (the official loader cannot load mask_decoder.semantic.*)",
+            class_names.join(", ")
+        ),
+        None => println!("  task            promptable"),
+    }
     println!(
         "  image encoder   {} px input, patch {}, embed {}, depth {}, heads {}, window {}, global blocks {:?}",
         e.img_size, e.patch_size, e.embed_dim, e.depth, e.num_heads, e.window_size, e.global_attn_indexes

@@ -6,14 +6,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use image::GrayImage;
+use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use serde::Serialize;
 
 use super::open_device;
 use crate::device::DeviceSpec;
 use crate::fsutil::{save_png, write_atomic};
+use crate::model::Sam;
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
+use crate::predict::semantic::{checkpoint_classes, predict_label_map, Classes};
 use crate::predict::{tensor_values, Predictor, PromptBatch};
 use crate::weights::{load_sam_at, write_safetensors, RawTensor, VariantChoice};
 
@@ -40,6 +42,11 @@ pub struct PredictArgs {
     /// Three masks per prompt instead of one.
     #[arg(long)]
     pub multimask: bool,
+    /// Segment every class of a semantic checkpoint (`task = "semantic"`), no prompts:
+    /// writes `labels.png` (16-bit, each pixel its class's label value), `overlay.png`
+    /// and `classes.json`.
+    #[arg(long, conflicts_with_all = ["boxes", "points", "multimask"])]
+    pub semantic: bool,
     /// Also write `logits.safetensors` (low-res logits, IoU predictions, image embedding).
     #[arg(long)]
     pub save_logits: bool,
@@ -112,6 +119,15 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
     timings.insert("load", ms(start));
     let image = load_rgb(&args.image, args.intensity)?;
+    if args.semantic {
+        let classes = checkpoint_classes(&args.checkpoint, &config)?.with_context(|| {
+            format!(
+                "{} has no semantic head (train one with task = \"semantic\"); give --box/--point prompts instead",
+                args.checkpoint.display()
+            )
+        })?;
+        return predict_classes(&args, &model, &classes, &image);
+    }
     let (w, h) = (image.width() as usize, image.height() as usize);
     let prompts = PromptBatch::from_boxes_and_points(args.boxes.clone(), args.points.clone());
     if args.boxes.is_empty() && args.points.is_empty() {
@@ -213,6 +229,72 @@ pub fn run(args: PredictArgs) -> Result<()> {
         args.out.join("overlay.png").display(),
         report.timings_ms["encode"],
         report.timings_ms["decode"]
+    );
+    Ok(())
+}
+
+/// One class of a semantic prediction, as `classes.json` lists it.
+#[derive(Serialize)]
+struct ClassRecord {
+    name: String,
+    value: u16,
+    colour: [u8; 3],
+    area: usize,
+}
+
+/// `--semantic`: the label map of the whole image, its overlay and per-class areas.
+fn predict_classes(
+    args: &PredictArgs,
+    model: &Sam,
+    classes: &Classes,
+    image: &RgbImage,
+) -> Result<()> {
+    let t = Instant::now();
+    let encoded = Predictor::new(model).encode(image);
+    let map = predict_label_map(model, &encoded)?;
+    let elapsed = ms(t);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    let labels: ImageBuffer<Luma<u16>, Vec<u16>> =
+        ImageBuffer::from_raw(map.width as u32, map.height as u32, map.values(classes))
+            .context("label map size")?;
+    save_png(&args.out.join("labels.png"), &labels)?;
+    let masks: Vec<GrayImage> = (1..=classes.len())
+        .map(|k| {
+            GrayImage::from_fn(map.width as u32, map.height as u32, |x, y| {
+                let c = map.classes[y as usize * map.width + x as usize] as usize;
+                image::Luma([if c == k { 255 } else { 0 }])
+            })
+        })
+        .collect();
+    save_png(&args.out.join("overlay.png"), &overlay_masks(image, &masks))?;
+    let records: Vec<ClassRecord> = (1..=classes.len())
+        .map(|k| ClassRecord {
+            name: classes.name(k).to_string(),
+            value: classes.value(k),
+            colour: Classes::colour(k),
+            area: map.classes.iter().filter(|&&c| c as usize == k).count(),
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "image": args.image.display().to_string(),
+        "checkpoint": args.checkpoint.display().to_string(),
+        "width": map.width,
+        "height": map.height,
+        "classes": records,
+        "milliseconds": elapsed,
+    }))?;
+    write_atomic(&args.out.join("classes.json"), |f| {
+        use std::io::Write;
+        Ok(f.write_all(json.as_bytes())?)
+    })?;
+    for r in &records {
+        println!("{:<20} label {:>5}  {} px", r.name, r.value, r.area);
+    }
+    println!(
+        "labels: {}  overlay: {}  ({elapsed:.0} ms)",
+        args.out.join("labels.png").display(),
+        args.out.join("overlay.png").display()
     );
     Ok(())
 }

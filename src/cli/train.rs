@@ -13,7 +13,7 @@ use crate::data::synthetic::{write_dataset, Domain};
 use crate::fsutil::file_sha256;
 use crate::predict::{encode_image, EmbeddingCache};
 use crate::train::{train, TrainConfig};
-use crate::weights::load_sam;
+use crate::weights::load_sam_at;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -93,13 +93,19 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let config = TrainConfig::load(&args.config, &args.overrides)?;
     let device = super::open_device(config.model.device)?;
-    let (model, sam_config) = load_sam(&config.model.checkpoint, config.model.variant, &device)?;
+    // at the run's input size: the cache key holds the architecture, img_size included
+    let (model, sam_config) = load_sam_at(
+        &config.model.checkpoint,
+        config.model.variant,
+        config.model.img_size,
+        &device,
+    )?;
     let cache = EmbeddingCache::open(
         &config.cache,
         &config.model.checkpoint,
         &file_sha256(&config.model.checkpoint)?,
         &sam_config,
-        config.data.intensity,
+        config.data.sample_intensity(),
     )?;
     let split = config.data.open()?.split;
     let (shard, shards) = args.shard.unwrap_or((0, 1));
@@ -122,7 +128,7 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
             &model,
             &sample.image,
             Some(&cache),
-            config.data.intensity,
+            config.data.sample_intensity(),
             &device,
         )?;
         bar.inc(1);

@@ -198,12 +198,28 @@ pub fn image_size(path: &Path) -> Result<[usize; 2]> {
     Ok([h as usize, w as usize])
 }
 
-/// A label image's values: 8 or 16 bit, any channel count (the first), `[height, width]`.
+/// A label image's values as stored: 8 or 16 bit, any channel count (the first),
+/// `[height, width]`. An 8-bit value is itself (label 1 is 1), not rescaled to 16 bits.
 pub fn read_labels(path: &Path) -> Result<(Vec<u16>, [usize; 2])> {
     let image = image::open(path).with_context(|| format!("reading mask {}", path.display()))?;
-    let labels = image.to_luma16();
-    let size = [labels.height() as usize, labels.width() as usize];
-    Ok((labels.into_raw(), size))
+    let size = [image.height() as usize, image.width() as usize];
+    let values = match image {
+        image::DynamicImage::ImageLuma16(labels) => labels.into_raw(),
+        image::DynamicImage::ImageLumaA16(_)
+        | image::DynamicImage::ImageRgb16(_)
+        | image::DynamicImage::ImageRgba16(_) => image.to_luma16().into_raw(),
+        other if other.color().bytes_per_pixel() / other.color().channel_count() == 1 => {
+            let channels = other.color().channel_count() as usize;
+            other
+                .as_bytes()
+                .iter()
+                .step_by(channels)
+                .map(|&v| v as u16)
+                .collect()
+        }
+        other => other.to_luma16().into_raw(),
+    };
+    Ok((values, size))
 }
 
 /// The non-zero values of `labels` and their pixel counts, by increasing value.

@@ -143,7 +143,8 @@ struct LabelIndex {
 }
 
 const INDEX_FILE: &str = ".samtune-index.json";
-const INDEX_VERSION: u32 = 1;
+// 2: 8-bit label values as stored (1 was 257)
+const INDEX_VERSION: u32 = 2;
 
 impl LabelIndex {
     /// The folder's index file; empty when there is none or it is of another version.

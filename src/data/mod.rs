@@ -1,6 +1,7 @@
 //! Datasets (folders of images and masks, COCO JSON, NIfTI volumes), masks and RLE,
 //! training prompts.
 
+pub mod classes;
 pub mod coco;
 pub mod dataset;
 pub mod folder;

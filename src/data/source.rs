@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::classes::ClassKey;
 use super::dataset::{filter_samples, seeded_split, split_off, Filtered, Sample, Split};
 use super::volumes::{load_volumes, SliceAxis, SliceSettings};
 use super::{coco, folder};
@@ -31,6 +32,9 @@ pub struct DataConfig {
     pub intensity: IntensityScaling,
     /// A held-out test set, evaluated once at the end of a run with the best checkpoint.
     pub test: Option<TestSplit>,
+    /// The classes of a semantic run (`task = "semantic"`): label values or COCO
+    /// category names (see [`super::classes::resolve_classes`]).
+    pub classes: Vec<ClassKey>,
 }
 
 /// `data.test`: a fraction of the training images (NIfTI: volumes), or a dataset of its
@@ -91,6 +95,7 @@ impl Default for DataConfig {
             max_objects_per_image: 8,
             intensity: IntensityScaling::Auto,
             test: None,
+            classes: Vec::new(),
         }
     }
 }
@@ -159,6 +164,16 @@ impl DataConfig {
         self.intensity
             .validate()
             .map_err(|e| Error::config("data.intensity", e))
+    }
+
+    /// How the indexed samples' image files are read: NIfTI slices are written as 8-bit
+    /// PNG once `intensity`'s window is applied to the volume, so they are read as they
+    /// are (a second window would distort them); other images through `intensity`.
+    pub fn sample_intensity(&self) -> IntensityScaling {
+        match self.source {
+            DataSource::Nifti { .. } => IntensityScaling::Auto,
+            _ => self.intensity,
+        }
     }
 
     /// The path a user would name the dataset by (for logs and reports).
@@ -370,6 +385,8 @@ struct FlatDataConfig {
     slice_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     test: Option<TestSplit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<ClassKey>,
 }
 
 impl TryFrom<FlatDataConfig> for DataConfig {
@@ -452,6 +469,7 @@ impl TryFrom<FlatDataConfig> for DataConfig {
                 .unwrap_or(defaults.max_objects_per_image),
             intensity: flat.intensity.unwrap_or(defaults.intensity),
             test: flat.test,
+            classes: flat.classes,
         })
     }
 }
@@ -480,6 +498,7 @@ impl From<DataConfig> for FlatDataConfig {
             max_objects_per_image: Some(c.max_objects_per_image),
             intensity: Some(c.intensity),
             test: c.test,
+            classes: c.classes,
             ..FlatDataConfig::default()
         };
         match c.source {

@@ -21,9 +21,14 @@ pub enum Domain {
     Target,
     /// NIfTI volumes (`images/*.nii.gz`, `labels/*.nii.gz`): labels 1 "liver", 2 "kidney".
     Ct,
+    /// Source-style images whose masks are classes, not instances: 1 for every disc
+    /// (ellipse, in warm shades), 2 for every rounded square (cool shades): a 2D
+    /// multi-class set.
+    Shapes,
 }
 
-/// One generated image and its instance labels (0 background, 1..=n objects).
+/// One generated image and its instance labels (0 background, 1..=n objects; for
+/// [`Domain::Shapes`], class labels: 1 discs, 2 rounded squares).
 pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = rng.random_range(2..=4);
@@ -62,7 +67,7 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
             }
         }
     }
-    let colours: Vec<[f64; 3]> = (0..=n)
+    let mut colours: Vec<[f64; 3]> = (0..=n)
         .map(|_| {
             [
                 rng.random_range(40.0..230.0),
@@ -71,6 +76,17 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
             ]
         })
         .collect();
+    if domain == Domain::Shapes {
+        // like organs' typical intensities: discs warm, squares cool, each its own shade
+        for (colour, shape) in colours[1..].iter_mut().zip(&shapes) {
+            let [a, b, c] = *colour;
+            *colour = if shape.5 {
+                [200.0 + a * 0.2, b * 0.6, c * 0.3]
+            } else {
+                [a * 0.3, b * 0.6, 200.0 + c * 0.2]
+            };
+        }
+    }
     let target = domain == Domain::Target;
     let background = if target {
         [90.0, 90.0, 90.0]
@@ -101,6 +117,14 @@ pub fn generate(domain: Domain, size: u32, seed: u64) -> (RgbImage, GrayImage) {
             Rgb([v(base[0]), v(base[1]), v(base[2])])
         }
     });
+    if domain == Domain::Shapes {
+        for pixel in labels.pixels_mut() {
+            if pixel[0] != 0 {
+                let ellipse = shapes[pixel[0] as usize - 1].5;
+                pixel[0] = if ellipse { 1 } else { 2 };
+            }
+        }
+    }
     (image, labels)
 }
 

@@ -13,7 +13,10 @@ use crate::data::prompts::{
 use crate::error::Result;
 use crate::model::Sam;
 use crate::predict::image::IntensityScaling;
-use crate::predict::{encode_image, BinaryMask, EmbeddingCache, MaskPlanes, Predictor};
+use crate::predict::semantic::{class_logits, Classes};
+use crate::predict::{
+    encode_image, tensor_values, BinaryMask, EmbeddingCache, MaskPlanes, Predictor,
+};
 
 /// One image evaluated: each object's result, and (for pictures) its prompts, its ground
 /// truth and the predicted masks; the caller keeps what it needs.
@@ -68,6 +71,9 @@ pub struct EvalSettings<'a> {
     /// Seeds the prompts, per image index.
     pub seed: u64,
     pub progress: bool,
+    /// A semantic model's classes: each image is predicted without prompts and scored
+    /// per class (see [`evaluate_classes`]).
+    pub semantic: Option<&'a Classes>,
 }
 
 /// Every object's result on `samples` (nothing else is kept).
@@ -119,6 +125,9 @@ pub fn evaluate_image(
     index: usize,
     settings: &EvalSettings,
 ) -> Result<ImageEval> {
+    if let Some(classes) = settings.semantic {
+        return evaluate_classes(predictor, sample, classes, settings);
+    }
     let model = predictor.model();
     let device = predictor.device();
     let objects = sample.decode_objects()?;
@@ -164,4 +173,86 @@ pub fn evaluate_image(
         planes,
         chosen,
     })
+}
+
+/// One image with a semantic model: its label map predicted without prompts, and each
+/// class scored as one object where it is in the ground truth or the prediction (a class
+/// in neither has nothing to score). `objects`, `predicted` and the planes hold every
+/// class in head order (entry `i` is class `i + 1`, drawn in its legend colour); a plane
+/// holds the class's margin (its logit minus the best other class's: positive where it
+/// is predicted).
+pub fn evaluate_classes(
+    predictor: &Predictor,
+    sample: &Sample,
+    classes: &Classes,
+    settings: &EvalSettings,
+) -> Result<ImageEval> {
+    let model = predictor.model();
+    let device = predictor.device();
+    let truth = sample.class_map(classes, &classes.index_of_values())?;
+    let encoded = encode_image(
+        model,
+        &sample.image,
+        settings.cache,
+        settings.intensity,
+        &device,
+    )?;
+    sample.check_image_size(encoded.original_size)?;
+    let logits = tensor_values(class_logits(model, &encoded))?;
+    let [height, width] = encoded.original_size;
+    let pixels = height * width;
+    let outputs = classes.len() + 1;
+    let logit = |k: usize, p: usize| logits[k * pixels + p];
+    let argmax: Vec<u8> = (0..pixels)
+        .map(|p| {
+            (0..outputs)
+                .max_by(|&a, &b| logit(a, p).total_cmp(&logit(b, p)))
+                .unwrap_or(0) as u8
+        })
+        .collect();
+    let mut eval = ImageEval {
+        results: Vec::new(),
+        prompts: Vec::new(),
+        objects: Vec::with_capacity(classes.len()),
+        predicted: Vec::with_capacity(classes.len()),
+        planes: MaskPlanes {
+            dims: [classes.len(), 1, height, width],
+            logits: Vec::with_capacity(classes.len() * pixels),
+            ious: vec![f32::NAN; classes.len()],
+        },
+        chosen: vec![0; classes.len()],
+    };
+    for k in 1..outputs {
+        let class_mask = |map: &[u8]| BinaryMask {
+            width,
+            height,
+            data: map.iter().map(|&c| (c as usize == k) as u8).collect(),
+        };
+        let (true_mask, predicted_mask) = (class_mask(&truth.classes), class_mask(&argmax));
+        if true_mask.area() > 0 || predicted_mask.area() > 0 {
+            let (iou, dice) = iou_and_dice(&predicted_mask, &true_mask);
+            eval.results.push(ObjectResult {
+                image: sample.name(),
+                object: k,
+                category: Some(classes.name(k).to_string()),
+                area: true_mask.area(),
+                iou,
+                dice,
+                predicted_iou: f64::NAN,
+            });
+        }
+        eval.planes.logits.extend((0..pixels).map(|p| {
+            let other = (0..outputs)
+                .filter(|&j| j != k)
+                .map(|j| logit(j, p))
+                .fold(f32::NEG_INFINITY, f32::max);
+            logit(k, p) - other
+        }));
+        eval.objects.push(Object {
+            mask: true_mask,
+            category: Some(classes.name(k).to_string()),
+        });
+        eval.predicted.push(predicted_mask);
+    }
+    Ok(eval)
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::BinaryMask;
+use crate::predict::semantic::Classes;
 
 /// `(IoU, Dice)` of a prediction against a ground truth of the same size.
 pub fn iou_and_dice(predicted: &BinaryMask, truth: &BinaryMask) -> (f64, f64) {
@@ -44,6 +45,65 @@ pub fn overlap_of(pairs: impl Iterator<Item = (bool, bool)>) -> (f64, f64) {
     )
 }
 
+/// Pixel counts of a semantic model's outputs: `counts[t][p]` pixels of true class `t`
+/// predicted as `p` (0 the background), with the class names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Confusion {
+    pub names: Vec<String>,
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl Confusion {
+    pub fn new(classes: &Classes) -> Self {
+        let n = classes.len() + 1;
+        Self {
+            names: (0..n).map(|k| classes.name(k).to_string()).collect(),
+            counts: vec![vec![0; n]; n],
+        }
+    }
+
+    /// Adds one image: its true and predicted masks of the classes `classes` (`objects`
+    /// and `predicted` of a semantic evaluation); pixels in none are background.
+    pub fn add(&mut self, classes: &[usize], truth: &[&BinaryMask], predicted: &[&BinaryMask]) {
+        let Some(pixels) = truth.first().map(|m| m.data.len()) else {
+            return;
+        };
+        let label = |masks: &[&BinaryMask], p: usize| {
+            masks
+                .iter()
+                .zip(classes)
+                .find(|(m, _)| m.data[p] != 0)
+                .map_or(0, |(_, &k)| k)
+        };
+        self.add_pairs((0..pixels).map(|p| (label(truth, p), label(predicted, p))));
+    }
+
+    /// Adds `(true, predicted)` output-index pairs, a pixel or voxel each.
+    pub fn add_pairs(&mut self, pairs: impl Iterator<Item = (usize, usize)>) {
+        for (t, p) in pairs {
+            self.counts[t][p] += 1;
+        }
+    }
+
+    /// Adds another evaluation's counts (of the same classes).
+    pub fn merge(&mut self, other: &Confusion) {
+        for (row, other_row) in self.counts.iter_mut().zip(&other.counts) {
+            for (c, o) in row.iter_mut().zip(other_row) {
+                *c += o;
+            }
+        }
+    }
+
+    /// Of the pixels of true class `t`, the fraction predicted as each class.
+    pub fn row_fractions(&self, t: usize) -> Vec<f64> {
+        let total: u64 = self.counts[t].iter().sum();
+        self.counts[t]
+            .iter()
+            .map(|&c| c as f64 / total.max(1) as f64)
+            .collect()
+    }
+}
+
 /// One evaluated object.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ObjectResult {
@@ -62,24 +122,31 @@ pub struct Summary {
     pub objects: usize,
     pub mean_iou: f64,
     pub mean_dice: f64,
-    /// Mean |predicted IoU - actual IoU|.
+    /// Mean |predicted IoU - actual IoU| over the objects with a predicted IoU (0 when
+    /// none has one: a semantic head predicts none).
     pub iou_prediction_error: f64,
 }
 
 impl Summary {
     pub fn of<'a>(results: impl IntoIterator<Item = &'a ObjectResult>) -> Self {
         let mut s = Summary::default();
+        let mut predicted = 0usize;
         for r in results {
             s.objects += 1;
             s.mean_iou += r.iou;
             s.mean_dice += r.dice;
-            s.iou_prediction_error += (r.predicted_iou - r.iou).abs();
+            if r.predicted_iou.is_finite() {
+                predicted += 1;
+                s.iou_prediction_error += (r.predicted_iou - r.iou).abs();
+            }
         }
         if s.objects > 0 {
             let n = s.objects as f64;
             s.mean_iou /= n;
             s.mean_dice /= n;
-            s.iou_prediction_error /= n;
+        }
+        if predicted > 0 {
+            s.iou_prediction_error /= predicted as f64;
         }
         s
     }

@@ -9,6 +9,9 @@ use crate::data::{BinaryMask, Object};
 use crate::error::Result;
 use crate::fsutil::write_bytes_atomic;
 use crate::predict::overlay::{draw_box, draw_point, overlay_masks};
+use crate::predict::semantic::Classes;
+
+use super::metrics::Confusion;
 
 /// Predicted masks filled in palette colours, the prompts (yellow boxes, green/red points),
 /// and the ground truth outlined in white on top: where fill and outline disagree is where
@@ -87,6 +90,9 @@ pub struct EvalReport {
     pub aggregate: super::metrics::Aggregate,
     /// `(file, image, mean IoU)` of the overlay pictures, best first then worst.
     pub overlays: Vec<(String, String, f64)>,
+    /// A semantic model's pixel confusion between classes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<super::metrics::Confusion>,
 }
 
 /// How empty masks are counted, said in every report.
@@ -133,6 +139,9 @@ fn markdown(report: &EvalReport) -> String {
             ));
         }
     }
+    if let Some(confusion) = &report.confusion {
+        md.push_str(&confusion_markdown(confusion));
+    }
     md.push_str(&format!("\n{EMPTY_CASES}\n"));
     if !report.overlays.is_empty() {
         md.push_str("\nOverlays (prediction filled, ground truth outlined in white):\n\n");
@@ -171,7 +180,7 @@ fn html(report: &EvalReport) -> String {
 {}</style></head><body><h1>samtune evaluation</h1>\
 <p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} images, {} objects ({}) &middot; prompts: {}</p>\
 <p><span class=\"big\">mIoU {:.3}</span> &nbsp; Dice {:.3} &nbsp; IoU-prediction error {:.3} &nbsp; (per image: mIoU {:.3})</p>\
-{}<p>{}</p><h2>Best and worst images</h2><p>Prediction filled in colour, ground truth outlined in white.</p>{}</body></html>",
+{}{}<p>{}</p><h2>Best and worst images</h2><p>Prediction filled in colour, ground truth outlined in white.</p>{}</body></html>",
         STYLE,
         escape(&report.checkpoint),
         escape(&report.model),
@@ -189,6 +198,7 @@ fn html(report: &EvalReport) -> String {
         } else {
             format!("<table><tr><th>category</th><th>objects</th><th>mean IoU</th><th>mean Dice</th></tr>{rows}</table>")
         },
+        report.confusion.as_ref().map_or(String::new(), confusion_html),
         EMPTY_CASES,
         images
     )
@@ -217,4 +227,72 @@ pub fn escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// What a report says in place of prompts for a semantic model.
+pub fn semantic_prompts(classes: &Classes) -> String {
+    let names: Vec<&str> = (1..=classes.len()).map(|k| classes.name(k)).collect();
+    format!("none (semantic head: {})", names.join(", "))
+}
+
+/// Output `k`'s name beside its colour in the pictures.
+pub fn class_swatch(k: usize, name: &str) -> String {
+    let [r, g, b] = Classes::colour(k);
+    format!(
+        "<span style=\"display:inline-block;width:.9em;height:.9em;background:rgb({r},{g},{b});border:1px solid #666;margin-right:.3em\"></span>{}",
+        escape(name)
+    )
+}
+
+/// The classes of a semantic model as a legend of the pictures' colours.
+pub fn class_legend(classes: &Classes) -> String {
+    let entries: Vec<String> = (1..=classes.len())
+        .map(|k| class_swatch(k, classes.name(k)))
+        .collect();
+    format!("<p>classes: {}</p>", entries.join(" &nbsp; "))
+}
+
+/// A semantic evaluation's confusion as a Markdown table: rows the true class, columns
+/// the predicted one, each row's fractions of its pixels.
+pub fn confusion_markdown(confusion: &Confusion) -> String {
+    let mut md = String::from("\nPixel confusion (row: true class, column: predicted; fraction of the row's pixels):\n\n| true \\ predicted |");
+    for name in &confusion.names {
+        md.push_str(&format!(" {name} |"));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---:|".repeat(confusion.names.len()));
+    md.push('\n');
+    for (t, name) in confusion.names.iter().enumerate() {
+        md.push_str(&format!("| {name} |"));
+        for f in confusion.row_fractions(t) {
+            md.push_str(&format!(" {f:.3} |"));
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// The confusion as an HTML table, each class named beside its colour in the pictures
+/// (the legend), cells shaded by their fraction.
+pub fn confusion_html(confusion: &Confusion) -> String {
+    let swatch = |k: usize| class_swatch(k, &confusion.names[k]);
+    let mut html = String::from(
+        "<h2>Classes</h2><p>Rows: true class; columns: predicted class; each cell the fraction of the row's pixels.</p><table><tr><th>true \\ predicted</th>",
+    );
+    for k in 0..confusion.names.len() {
+        html.push_str(&format!("<th>{}</th>", swatch(k)));
+    }
+    html.push_str("</tr>");
+    for t in 0..confusion.names.len() {
+        html.push_str(&format!("<tr><td>{}</td>", swatch(t)));
+        for f in confusion.row_fractions(t) {
+            let shade = 255 - (f * 120.0) as u8;
+            html.push_str(&format!(
+                "<td style=\"background:rgb({shade},{shade},255)\">{f:.3}</td>"
+            ));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table>");
+    html
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use image::RgbImage;
 
 use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
-use super::metrics::{Aggregate, ObjectResult};
+use super::metrics::{Aggregate, Confusion, ObjectResult};
+use super::report::semantic_prompts;
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, EvalReport};
 use crate::data::dataset::Sample;
 use crate::data::prompts::PromptConfig;
@@ -16,6 +17,8 @@ use crate::error::{bail, Context, Result};
 use crate::fsutil::{save_png, temp_path};
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
+use crate::predict::semantic::Classes;
+use crate::predict::BinaryMask;
 
 /// What `samtune eval` is asked to do.
 pub struct SetEvaluation<'a> {
@@ -28,6 +31,8 @@ pub struct SetEvaluation<'a> {
     pub seed: u64,
     /// Best and worst images drawn (each).
     pub overlays: usize,
+    /// A semantic model's classes: each image segmented without prompts, scored per class.
+    pub semantic: Option<&'a Classes>,
     /// Gets `report.{json,md,html}`, `objects.jsonl` and `overlays/`.
     pub out: &'a Path,
 }
@@ -57,24 +62,29 @@ pub fn evaluate_set(
         .with_context(|| format!("creating {}", job.out.display()))?;
     let settings = EvalSettings {
         cache: None,
-        intensity: job.data.intensity,
+        intensity: job.data.sample_intensity(),
         prompts: &job.prompts,
         seed: job.seed,
         progress: true,
+        semantic: job.semantic,
     };
-    let (results, pictures) = stream_results(model, &samples, &settings, job)?;
+    let (results, pictures, confusion) = stream_results(model, &samples, &settings, job)?;
     let overlays = save_pictures(job.out, pictures)?;
     let report = EvalReport {
         checkpoint: job.checkpoint.display().to_string(),
         model: architecture.describe(),
         data: job.data.location().display().to_string(),
-        prompts: job.prompts.describe(),
+        prompts: match job.semantic {
+            Some(classes) => semantic_prompts(classes),
+            None => job.prompts.describe(),
+        },
         images: samples.len(),
         images_without_objects: dataset.filtered.empty_images,
         objects_below_min_area: dataset.filtered.small_objects,
         min_area: job.data.min_area,
         aggregate: Aggregate::of(&results),
         overlays,
+        confusion,
     };
     write_report(job.out, &report)?;
     Ok(report)
@@ -117,7 +127,7 @@ fn stream_results(
     samples: &[Sample],
     settings: &EvalSettings,
     job: &SetEvaluation,
-) -> Result<(Vec<ObjectResult>, Pictures)> {
+) -> Result<(Vec<ObjectResult>, Pictures, Option<Confusion>)> {
     let jsonl_path = job.out.join("objects.jsonl");
     let tmp = temp_path(&jsonl_path);
     let mut jsonl = std::io::BufWriter::new(
@@ -125,7 +135,14 @@ fn stream_results(
     );
     let mut results: Vec<ObjectResult> = Vec::new();
     let mut pictures = Pictures::default();
+    let mut confusion = job.semantic.map(Confusion::new);
     let streamed = evaluate_each(model, samples, settings, |index, eval: ImageEval| {
+        if let Some(confusion) = &mut confusion {
+            let classes: Vec<usize> = (1..=eval.objects.len()).collect();
+            let truth: Vec<&BinaryMask> = eval.objects.iter().map(|o| &o.mask).collect();
+            let predicted: Vec<&BinaryMask> = eval.predicted.iter().collect();
+            confusion.add(&classes, &truth, &predicted);
+        }
         for r in &eval.results {
             writeln!(jsonl, "{}", serde_json::to_string(r)?)
                 .with_context(|| format!("writing {}", tmp.display()))?;
@@ -154,7 +171,7 @@ fn stream_results(
     }
     std::fs::rename(&tmp, &jsonl_path)
         .with_context(|| format!("writing {}", jsonl_path.display()))?;
-    Ok((results, pictures))
+    Ok((results, pictures, confusion))
 }
 
 /// `overlays/{best,worst}_N_<image>.png`; `(file, image, mean IoU)` of each.

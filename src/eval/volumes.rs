@@ -13,7 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
+use super::metrics::Confusion;
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, Report};
+use super::report::{confusion_html, confusion_markdown, semantic_prompts};
 use super::surface::{normalized_surface_distance, overlap, Mask3};
 use crate::data::dataset::Sample;
 use crate::data::nifti::{write_nifti, Volume, VoxelType};
@@ -23,6 +25,7 @@ use crate::error::{bail, Context, Result};
 use crate::fsutil::save_png;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::{load_rgb, IntensityScaling};
+use crate::predict::semantic::Classes;
 
 /// One label of one volume.
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +83,8 @@ pub struct VolumeEval {
     pub results: Vec<LabelResult>,
     pub predicted: Volume,
     pub picture: Option<(usize, RgbImage)>,
+    /// A semantic model's voxel confusion between classes.
+    pub confusion: Option<Confusion>,
 }
 
 /// Evaluates `model` on one image/label volume pair; `work_dir` holds the slices while
@@ -94,13 +99,17 @@ pub fn evaluate_volume(
     let (volume, label_volume) = read_pair(image, labels)?;
     let stem = volume_stem(image);
     let axis = settings.axis.index();
+    let semantic = settings.eval.semantic;
+    // a semantic model segments every slice (a false positive anywhere counts); prompts
+    // come from the labels, so a promptable model sees the labelled slices only
+    let every_slice: Option<Vec<usize>> = semantic.map(|_| (0..volume.dims[axis]).collect());
     let slices = write_slices(
         &volume,
         &label_volume,
         &stem,
         settings.axis,
         settings.intensity,
-        None,
+        every_slice.as_deref(),
         work_dir,
     )?;
     // every object kept, so a slice's objects are its label values in order
@@ -108,7 +117,9 @@ pub fn evaluate_volume(
         .iter()
         .map(|s| s.sample(&settings.label_names))
         .collect();
-    let values: Vec<u16> = {
+    let values: Vec<u16> = if let Some(classes) = semantic {
+        (1..=classes.len()).map(|k| classes.value(k)).collect()
+    } else {
         let mut v: Vec<u16> = label_volume
             .data
             .iter()
@@ -131,7 +142,11 @@ pub fn evaluate_volume(
     let mut picture = None;
     evaluate_each(model, &samples, &settings.eval, |index, eval| {
         let position = slices[index].position;
-        let values: Vec<u16> = slices[index].label_areas.iter().map(|l| l.value).collect();
+        let values: Vec<u16> = match semantic {
+            // a semantic evaluation's objects are its classes, in head order
+            Some(classes) => (1..=classes.len()).map(|k| classes.value(k)).collect(),
+            None => slices[index].label_areas.iter().map(|l| l.value).collect(),
+        };
         for (pixel, label) in resolve_overlaps(&eval, &values).into_iter().enumerate() {
             if label != 0 {
                 let voxel = label_volume.slice_voxel(axis, position, pixel % width, pixel / width);
@@ -168,10 +183,10 @@ pub fn evaluate_volume(
         results.push(LabelResult {
             volume: stem.clone(),
             label: value,
-            category: settings
-                .label_names
-                .get(&value)
-                .cloned()
+            category: semantic
+                .and_then(|c| c.0.iter().find(|c| c.value == value))
+                .map(|c| c.name.clone())
+                .or_else(|| settings.label_names.get(&value).cloned())
                 .unwrap_or_else(|| format!("label {value}")),
             voxels: truth.count(),
             iou,
@@ -179,8 +194,20 @@ pub fn evaluate_volume(
             nsd,
         });
     }
+    let confusion = semantic.map(|classes| {
+        let index = classes.index_of_values();
+        let mut confusion = Confusion::new(classes);
+        confusion.add_pairs(label_volume.data.iter().zip(&label_out).map(|(&t, &p)| {
+            (
+                index[t as u16 as usize] as usize,
+                index[p as u16 as usize] as usize,
+            )
+        }));
+        confusion
+    });
     Ok(VolumeEval {
         results,
+        confusion,
         predicted: Volume {
             dims: label_volume.dims,
             spacing: label_volume.spacing,
@@ -201,6 +228,8 @@ pub struct VolumesEvaluation<'a> {
     pub intensity: IntensityScaling,
     pub tolerance_mm: f64,
     pub label_names: BTreeMap<u16, String>,
+    /// A semantic model's classes: every slice segmented without prompts.
+    pub semantic: Option<&'a Classes>,
     /// Gets `report.{json,md,html}`, `predictions/*.nii.gz` and `pictures/`.
     pub out: &'a Path,
 }
@@ -232,6 +261,7 @@ pub fn evaluate_volumes(
             prompts: &job.prompts,
             seed: job.seed,
             progress: false,
+            semantic: job.semantic,
         },
     };
     for sub in ["predictions", "pictures"] {
@@ -245,6 +275,7 @@ pub fn evaluate_volumes(
     );
     let mut results = Vec::new();
     let mut pictures = Vec::new();
+    let mut confusion: Option<Confusion> = None;
     for (image, labels) in &pairs {
         let stem = volume_stem(image);
         bar.set_message(stem.clone());
@@ -266,6 +297,15 @@ pub fn evaluate_volumes(
             pictures.push((file, stem.clone(), *slice));
         }
         results.extend(eval.results);
+        if let Some(volume) = eval.confusion {
+            confusion = Some(match confusion {
+                Some(mut all) => {
+                    all.merge(&volume);
+                    all
+                }
+                None => volume,
+            });
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -275,13 +315,17 @@ pub fn evaluate_volumes(
         model: architecture.describe(),
         data: root.display().to_string(),
         axis: job.axis.name().to_string(),
-        prompts: job.prompts.describe(),
+        prompts: match job.semantic {
+            Some(classes) => semantic_prompts(classes),
+            None => job.prompts.describe(),
+        },
         tolerance_mm: job.tolerance_mm,
         volumes: pairs.len(),
         overall: VolumeSummary::of(&results),
         per_label: VolumeReport::per_label(&results),
         results,
         pictures,
+        confusion,
     };
     write_report(job.out, &report)?;
     Ok(report)
@@ -317,6 +361,9 @@ pub struct VolumeReport {
     pub results: Vec<LabelResult>,
     /// `(file, volume, slice)` of the pictures.
     pub pictures: Vec<(String, String, usize)>,
+    /// A semantic model's voxel confusion between classes, over all volumes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confusion: Option<Confusion>,
 }
 
 impl VolumeReport {
@@ -371,6 +418,9 @@ fn markdown(r: &VolumeReport) -> String {
             x.volume, x.category, x.voxels, x.iou, x.dice, x.nsd
         ));
     }
+    if let Some(confusion) = &r.confusion {
+        md.push_str(&confusion_markdown(confusion));
+    }
     md.push_str(&format!("\n{EMPTY_3D}\n"));
     md
 }
@@ -420,7 +470,7 @@ fn html(r: &VolumeReport) -> String {
          <p>checkpoint <code>{}</code> ({}) &middot; data <code>{}</code> &middot; {} volumes, slices across {} &middot; prompts: {} &middot; NSD tolerance {} mm</p>\
          <p><span class=\"big\">Dice {:.3}</span> &nbsp; IoU {:.3} &nbsp; NSD {:.3}</p>\
          <table><tr><th>label</th><th>volumes</th><th>mean IoU</th><th>mean Dice</th><th>mean NSD</th></tr>{labels}</table>\
-         <table><tr><th>volume</th><th>label</th><th>voxels</th><th>IoU</th><th>Dice</th><th>NSD</th></tr>{volumes}</table>\
+         <table><tr><th>volume</th><th>label</th><th>voxels</th><th>IoU</th><th>Dice</th><th>NSD</th></tr>{volumes}</table>{}\
          <p>{EMPTY_3D}</p><h2>The slice with the most foreground of each volume</h2>\
          <p>Prediction filled in colour, ground truth outlined in white, prompts in yellow.</p>{pictures}</body></html>",
         escape(&r.checkpoint),
@@ -433,5 +483,6 @@ fn html(r: &VolumeReport) -> String {
         r.overall.mean_dice,
         r.overall.mean_iou,
         r.overall.mean_nsd,
+        r.confusion.as_ref().map_or(String::new(), confusion_html),
     )
 }

@@ -374,3 +374,88 @@ fn unblock_pixels(masks: Tensor<3>, [h, w]: [usize; 2]) -> Tensor<4> {
         .permute([0, 1, 2, 4, 6, 3, 5, 7])
         .reshape([batch, num_masks, 4 * h, 4 * w])
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn decoder(device: &Device) -> MaskDecoder {
+        let transformer = TwoWayTransformerConfig::new()
+            .with_depth(1)
+            .with_embedding_dim(32)
+            .with_num_heads(2)
+            .with_mlp_dim(64);
+        MaskDecoderConfig::new()
+            .with_transformer_dim(32)
+            .with_transformer(transformer)
+            .with_iou_head_hidden_dim(32)
+            .init(device)
+    }
+
+    #[test]
+    fn a_semantic_head_starts_as_copies_of_the_pretrained_outputs() {
+        let device = Device::default();
+        let decoder = decoder(&device);
+        let head = SemanticHead::from_pretrained(&decoder, 5);
+        assert_eq!(head.classes(), 5);
+        assert_eq!(head.tokens.weight.dims(), [6, 32]);
+        let tokens = values(decoder.mask_tokens.weight.val());
+        let copied = values(head.tokens.weight.val());
+        // background <- single-mask token 0; class k <- multimask 1 + (k - 1) % 3
+        for (k, source) in [0, 1, 2, 3, 1, 2].into_iter().enumerate() {
+            assert_eq!(
+                copied[k * 32..(k + 1) * 32],
+                tokens[source * 32..(source + 1) * 32]
+            );
+            let a = values(head.hypernetworks[k].layers[0].weight.val());
+            let b = values(
+                decoder.output_hypernetworks_mlps[source].layers[0]
+                    .weight
+                    .val(),
+            );
+            assert_eq!(a, b, "hypernetwork of class {k}");
+        }
+        // new parameters: training the head leaves the promptable outputs as they were
+        let (mut head_ids, mut decoder_ids) = (Vec::new(), Vec::new());
+        head.visit(&mut Collect(&mut head_ids));
+        decoder.visit(&mut Collect(&mut decoder_ids));
+        assert!(!head_ids.is_empty());
+        assert!(head_ids.iter().all(|id| !decoder_ids.contains(id)));
+    }
+
+    struct Collect<'a>(&'a mut Vec<burn::module::ParamId>);
+    impl burn::module::ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+
+    #[test]
+    fn predict_classes_gives_one_plane_per_class_and_the_background() {
+        let device = Device::default();
+        let mut decoder = decoder(&device);
+        decoder.semantic = Some(SemanticHead::from_pretrained(&decoder, 3));
+        let embedding = Tensor::<4>::random([2, 32, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let pe = Tensor::<4>::random([1, 32, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+        let dense = Tensor::<4>::zeros([1, 32, 1, 1], &device);
+        let logits = decoder.predict_classes(embedding.clone(), pe.clone(), dense.clone());
+        assert_eq!(logits.dims(), [2, 4, 16, 16]);
+        // each image of the batch on its own gives its own planes
+        let first = decoder.predict_classes(embedding.narrow(0, 0, 1), pe, dense);
+        let all = values(logits.narrow(0, 0, 1));
+        let alone = values(first);
+        let worst = all
+            .iter()
+            .zip(&alone)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "batched and alone differ by {worst}");
+    }
+}

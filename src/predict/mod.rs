@@ -5,6 +5,7 @@ pub mod image;
 pub mod mask;
 pub mod overlay;
 pub mod predictor;
+pub mod semantic;
 pub mod transforms;
 
 pub use cache::{encode_image, CacheConfig, EmbeddingCache};

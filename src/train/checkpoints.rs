@@ -328,6 +328,9 @@ pub fn save_epoch(
         "samtune.base_checkpoint".to_string(),
         config.model.checkpoint.display().to_string(),
     );
+    if let Some(classes) = config.classes()? {
+        meta.extend([classes.metadata_entry()]);
+    }
     let last = dir.join("last.safetensors");
     save_checkpoint(merged, architecture, &last, &meta, &|_| true)?;
     if improved {

@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::loss::LossConfig;
+use crate::data::classes::resolve_classes;
 use crate::data::prompts::PromptConfig;
 use crate::data::source::DataConfig;
 use crate::device::{ChosenDevice, DeviceSpec};
 use crate::error::{bail, check_setting, Context, Error, Result};
 use crate::model::lora::{LoraConfig, LoraPlace};
+use crate::predict::semantic::Classes;
 use crate::predict::CacheConfig;
 use crate::weights::VariantChoice;
 
@@ -20,6 +22,9 @@ pub struct TrainConfig {
     /// Run name: outputs go to `<runs_dir>/<name>/`.
     pub name: String,
     pub runs_dir: PathBuf,
+    /// `promptable` (SAM's task: a mask per prompt) or `semantic` (a prompt-free
+    /// multi-class head, `data.classes`).
+    pub task: Task,
     pub model: ModelConfig,
     pub data: DataConfig,
     pub prompts: PromptConfig,
@@ -35,6 +40,7 @@ impl Default for TrainConfig {
         Self {
             name: "run".into(),
             runs_dir: "runs".into(),
+            task: Task::Promptable,
             model: ModelConfig::default(),
             data: DataConfig::default(),
             prompts: PromptConfig::default(),
@@ -110,6 +116,18 @@ impl ModelConfig {
             })
             .collect()
     }
+}
+
+/// What a run trains the model to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A mask for each prompt (boxes, points), as SAM.
+    Promptable,
+    /// One mask per class for a whole image, without prompts: a semantic head (its mask
+    /// tokens and hypernetworks started from SAM's multimask outputs) through the
+    /// official decoder, trained with cross-entropy and Dice over the classes.
+    Semantic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,9 +359,26 @@ impl TrainConfig {
             "> 0",
         )?;
         self.data.validate()?;
+        if self.task == Task::Semantic {
+            // the classes resolve against the data format now, not when the run starts
+            resolve_classes(&self.data)?;
+        } else if !self.data.classes.is_empty() {
+            return Err(Error::config(
+                "data.classes",
+                "is for task = \"semantic\" (this run's task is \"promptable\")",
+            ));
+        }
         self.prompts.validate()?;
         self.train.validate()?;
         self.loss.validate()
+    }
+
+    /// The classes of a semantic run; `None` for a promptable one.
+    pub fn classes(&self) -> Result<Option<Classes>> {
+        match self.task {
+            Task::Promptable => Ok(None),
+            Task::Semantic => resolve_classes(&self.data).map(Some),
+        }
     }
 
     pub fn run_dir(&self) -> PathBuf {

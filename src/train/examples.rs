@@ -22,6 +22,7 @@ use crate::data::prompts::{sample_kind, sample_prompt, ObjectPrompt};
 use crate::error::{err, Result};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
+use crate::predict::semantic::Classes;
 use crate::predict::transforms::preprocess_shape;
 use crate::predict::{encode_image, BinaryMask, EmbeddingCache, EncodedImage, Predictor};
 
@@ -33,6 +34,32 @@ pub struct Example {
     pub low_res: Vec<f32>,
     /// Full-size targets (only with `loss.full_size`).
     pub full: Vec<BinaryMask>,
+    /// `task = "semantic"`: the class target (no prompts then).
+    pub classes: Option<ClassTarget>,
+}
+
+/// A semantic example's target in the decoder's low-resolution frame (`L x L`, row-major):
+/// each pixel's class, and whether it is scored (0 in the padding).
+#[derive(Debug, Clone)]
+pub struct ClassTarget {
+    pub classes: Vec<u8>,
+    pub valid: Vec<f32>,
+}
+
+/// A semantic run's classes and their lookup table (label value -> output index).
+pub struct ClassTable {
+    pub classes: Classes,
+    pub index_of_values: Vec<u8>,
+}
+
+impl ClassTable {
+    pub fn new(classes: Classes) -> Self {
+        let index_of_values = classes.index_of_values();
+        Self {
+            classes,
+            index_of_values,
+        }
+    }
 }
 
 /// What an example's image becomes before the step: an embedding when the encoder is
@@ -48,6 +75,7 @@ pub struct Drawn {
     prompts: Vec<ObjectPrompt>,
     low_res: Vec<f32>,
     full: Vec<BinaryMask>,
+    classes: Option<ClassTarget>,
     /// Seeds the correction clicks of the step.
     click_seed: u64,
 }
@@ -60,6 +88,7 @@ impl Drawn {
             prompts,
             low_res,
             full: Vec::new(),
+            classes: None,
             click_seed: 0,
         }
     }
@@ -80,6 +109,7 @@ impl Drawn {
             prompts: self.prompts,
             low_res: self.low_res,
             full: self.full,
+            classes: self.classes,
         };
         (example, self.click_seed)
     }
@@ -106,12 +136,17 @@ pub struct ExampleBuilder<'a> {
     pub img_size: usize,
     /// Side of the decoder's low-resolution masks (4x the embedding grid).
     pub low_res_side: usize,
+    /// A semantic run's classes: examples are class targets, not prompts.
+    pub semantic: Option<&'a ClassTable>,
 }
 
 impl ExampleBuilder<'_> {
     /// Draws an example from `sample`: up to `data.max_objects_per_image` of its objects
     /// (only those are decoded), one prompt kind for all of them.
     pub fn draw(&self, sample: &Sample, seed: u64) -> Result<Drawn> {
+        if let Some(table) = self.semantic {
+            return self.draw_classes(sample, table);
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut chosen: Vec<usize> = (0..sample.object_count()).collect();
         chosen.shuffle(&mut rng);
@@ -139,13 +174,40 @@ impl ExampleBuilder<'_> {
             prompts,
             low_res,
             full,
+            classes: None,
             click_seed: rng.random(),
+        })
+    }
+
+    /// A semantic example: the image's class map in the low-resolution frame.
+    fn draw_classes(&self, sample: &Sample, table: &ClassTable) -> Result<Drawn> {
+        let map = sample.class_map(&table.classes, &table.index_of_values)?;
+        let pixels = self.pixels(sample)?;
+        let input_size = preprocess_shape(sample.size, self.img_size);
+        let sources = low_res_sources(
+            [map.height, map.width],
+            input_size,
+            self.img_size,
+            self.low_res_side,
+        );
+        let classes = sources
+            .iter()
+            .map(|s| s.map_or(0, |i| map.classes[i]))
+            .collect();
+        let valid = sources.iter().map(|s| s.is_some() as u8 as f32).collect();
+        Ok(Drawn {
+            pixels,
+            prompts: Vec::new(),
+            low_res: Vec::new(),
+            full: Vec::new(),
+            classes: Some(ClassTarget { classes, valid }),
+            click_seed: 0,
         })
     }
 
     /// The embedding (through the cache) or the image, checked against the indexed size.
     fn pixels(&self, sample: &Sample) -> Result<Pixels> {
-        let intensity = self.config.data.intensity;
+        let intensity = self.config.data.sample_intensity();
         let (pixels, size) = match self.frozen {
             Some(frozen) => {
                 let encoded =
@@ -173,22 +235,32 @@ pub fn low_res_target(
     img_size: usize,
     low_res: usize,
 ) -> Vec<f32> {
+    low_res_sources([mask.height, mask.width], input_size, img_size, low_res)
+        .into_iter()
+        .map(|s| s.map_or(0.0, |i| (mask.data[i] != 0) as u8 as f32))
+        .collect()
+}
+
+/// For each pixel of the `low_res x low_res` frame (row-major), the pixel (row-major
+/// index) of an image of `size` `[height, width]` it samples once the image is resized
+/// to `input_size` and padded to `img_size`; `None` in the padding.
+fn low_res_sources(
+    [height, width]: [usize; 2],
+    input_size: [usize; 2],
+    img_size: usize,
+    low_res: usize,
+) -> Vec<Option<usize>> {
     let step = img_size as f64 / low_res as f64;
-    let mut out = vec![0f32; low_res * low_res];
+    let source = |i: usize, input: usize, side: usize| {
+        let at = (i as f64 + 0.5) * step;
+        (at < input as f64).then(|| ((at * side as f64 / input as f64) as usize).min(side - 1))
+    };
+    let mut out = Vec::with_capacity(low_res * low_res);
     for i in 0..low_res {
-        let y_in = (i as f64 + 0.5) * step;
-        if y_in >= input_size[0] as f64 {
-            continue;
-        }
-        let y = ((y_in * mask.height as f64 / input_size[0] as f64) as usize).min(mask.height - 1);
+        let y = source(i, input_size[0], height);
         for j in 0..low_res {
-            let x_in = (j as f64 + 0.5) * step;
-            if x_in >= input_size[1] as f64 {
-                continue;
-            }
-            let x =
-                ((x_in * mask.width as f64 / input_size[1] as f64) as usize).min(mask.width - 1);
-            out[i * low_res + j] = mask.get(x, y) as u8 as f32;
+            let x = source(j, input_size[1], width);
+            out.push(y.zip(x).map(|(y, x)| y * width + x));
         }
     }
     out

@@ -14,6 +14,8 @@ use crate::error::{Context, Result};
 pub struct RunLog {
     file: std::fs::File,
     pub tensorboard: SummaryWriter,
+    /// The name of the first loss term: `focal` (promptable), `ce` (semantic).
+    pub first_term: &'static str,
 }
 
 impl RunLog {
@@ -28,6 +30,7 @@ impl RunLog {
         Ok(Self {
             file,
             tensorboard: SummaryWriter::new(run_dir.join("tensorboard")),
+            first_term: "focal",
         })
     }
 
@@ -66,9 +69,10 @@ impl RunLog {
             self.tensorboard.add_scalar(tag, value as f32, record.epoch);
         }
         self.line(&format!(
-            "epoch {}: loss {:.4} (focal {:.4}, dice {:.4}, iou {:.4}), lr {:.2e}, val mIoU {:.4}, Dice {:.4}, {:.1}s (data wait {:.2}s)",
+            "epoch {}: loss {:.4} ({} {:.4}, dice {:.4}, iou {:.4}), lr {:.2e}, val mIoU {:.4}, Dice {:.4}, {:.1}s (data wait {:.2}s)",
             record.epoch,
             record.train_loss,
+            self.first_term,
             record.train_focal,
             record.train_dice,
             record.train_iou_mse,

@@ -12,17 +12,19 @@ use burn::tensor::Device;
 
 use super::checkpoints::{RunDirs, TrainState};
 use super::config::TrainConfig;
-use super::run::RunData;
+use super::run::{with_task_head, RunData};
 use crate::data::dataset::Sample;
 use crate::eval::charts::{Chart, Reference, Series};
 use crate::eval::evaluate::{evaluate, evaluate_image, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
 use crate::eval::report::{
-    comparison_overlay, enlarge_for_viewing, escape, write_report, Report, EMPTY_CASES, STYLE,
+    class_legend, comparison_overlay, enlarge_for_viewing, escape, semantic_prompts, write_report,
+    Report, EMPTY_CASES, STYLE,
 };
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
+use crate::predict::semantic::Classes;
 use crate::predict::Predictor;
 use crate::weights::{load_sam, load_sam_at};
 
@@ -56,6 +58,9 @@ pub struct TrainReport {
     /// The held-out test set, evaluated once with the best checkpoint; `None` without
     /// `data.test`, when the best epoch was chosen on the validation set reported above.
     pub test: Option<TestReport>,
+    /// A semantic run's classes (the pictures' legend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Classes>,
     /// The curves as SVG (also `loss.svg`, `val_iou.svg`).
     #[serde(skip)]
     pub loss_chart: String,
@@ -102,6 +107,7 @@ pub struct RunInfo<'a> {
     pub prompts: String,
     pub state: &'a TrainState,
     pub test: Option<TestReport>,
+    pub classes: Option<Classes>,
 }
 
 /// The end-of-run report: the base and the best checkpoint on the validation set, and
@@ -120,8 +126,11 @@ pub fn final_report(
         config.model.img_size,
         device,
     )?;
+    // zero-shot of a semantic run: the base with its untrained head
+    let (base, architecture) = with_task_head(base, architecture, config)?;
     let best = dirs.checkpoints.join("best.safetensors");
     let (fine_tuned, _) = load_sam(&best, None, device)?;
+    let classes = config.classes()?;
     let models = Models {
         base: &base,
         fine_tuned: &fine_tuned,
@@ -147,7 +156,11 @@ pub fn final_report(
             fine_tuned_checkpoint: best.display().to_string(),
             model: architecture.describe(),
             trainable: config.model.trainable.name().to_string(),
-            prompts: config.prompts.describe(),
+            prompts: match &classes {
+                Some(classes) => semantic_prompts(classes),
+                None => config.prompts.describe(),
+            },
+            classes,
             state,
             test,
         },
@@ -292,6 +305,7 @@ pub fn write_train_report(
         most_improved: side_by_side(&most_improved, "improved")?,
         weakest: side_by_side(&weakest, "weakest")?,
         test: info.test,
+        classes: info.classes,
         loss_chart,
         iou_chart,
     };
@@ -539,7 +553,7 @@ fn html(report: &TrainReport) -> String {
          .up{{color:#1a7f37;font-weight:600}}.down{{color:#c62828;font-weight:600}}svg{{margin:.5em 1em .5em 0;border:1px solid #ddd}}\
          </style></head><body><h1>Fine-tuning report: {run}</h1>\
          <p>base <code>{base}</code> ({model}) &rarr; fine-tuned <code>{tuned}</code>, best of {epochs} epochs (epoch {best}); trained: {trainable}</p>\
-         <p>validation: {images} images, {objects} objects &middot; prompts: {prompts}</p>\
+         <p>validation: {images} images, {objects} objects &middot; prompts: {prompts}</p>{legend}\
          <p><span class=\"big\">mIoU {zero_iou:.3} &rarr; {tuned_iou:.3}</span> <span class=\"big {cls}\">({gain})</span></p>\
          <table><tr><th>metric</th><th>zero-shot</th><th>fine-tuned</th><th>difference</th></tr>{table}</table>\
          <p><b>{test}</b></p><p>{EMPTY_CASES}</p><h2>Training curves</h2>{loss_chart}{iou_chart}\
@@ -556,6 +570,7 @@ fn html(report: &TrainReport) -> String {
         images = report.val_images,
         objects = report.fine_tuned.overall.objects,
         prompts = escape(&report.prompts),
+        legend = report.classes.as_ref().map_or(String::new(), class_legend),
         zero_iou = report.zero_shot.overall.mean_iou,
         tuned_iou = report.fine_tuned.overall.mean_iou,
         cls = if report.gain() > 0.0 { "up" } else { "down" },
@@ -569,6 +584,7 @@ fn html(report: &TrainReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::predict::semantic::SemanticClass;
     use crate::train::checkpoints::EpochRecord;
 
     fn result(image: &str, iou: f64) -> ObjectResult {
@@ -615,6 +631,7 @@ mod tests {
             }],
             weakest: Vec::new(),
             test: None,
+            classes: None,
             loss_chart: String::new(),
             iou_chart: String::new(),
         };
@@ -657,5 +674,18 @@ mod tests {
         assert!(page.contains("mIoU 0.250 &rarr; 0.750"));
         assert!(page.contains("compare/improved_1_a.png"));
         assert_eq!(page.matches("<svg").count(), 2);
+        assert!(!page.contains("classes:"));
+
+        // a semantic run's page names each class beside its colour in the pictures
+        let classes = Classes(vec![SemanticClass {
+            name: "liver".into(),
+            value: 1,
+        }]);
+        let page = html(&TrainReport {
+            classes: Some(classes),
+            ..report
+        });
+        let [r, g, b] = Classes::colour(1);
+        assert!(page.contains(&format!("background:rgb({r},{g},{b})")) && page.contains("liver"));
     }
 }

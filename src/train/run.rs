@@ -15,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use super::checkpoints::{
     save_epoch, save_resume, EpochProgress, EpochRecord, ResumePoint, RunDirs, TrainState,
 };
-use super::config::{TrainConfig, Trainable};
-use super::examples::{example_seed, BatchPlan, BatchStream, ExampleBuilder};
+use super::config::{Task, TrainConfig, Trainable};
+use super::examples::{example_seed, BatchPlan, BatchStream, ClassTable, ExampleBuilder};
 use super::log::RunLog;
 use super::optim::adamw;
 use super::report::{final_report, write_val_report, TrainReport};
@@ -30,6 +30,7 @@ use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::comparison_overlay;
 use crate::fsutil::{file_sha256, remove_stale_temps, write_bytes_atomic};
 use crate::model::lora::merged;
+use crate::model::mask_decoder::SemanticHead;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::EmbeddingCache;
@@ -180,6 +181,8 @@ pub struct Run<'a> {
     /// The main device, without autodiff.
     device: Device,
     stepper: Stepper,
+    /// A semantic run's classes.
+    classes: Option<ClassTable>,
 }
 
 impl<'a> Run<'a> {
@@ -213,6 +216,9 @@ impl<'a> Run<'a> {
         }
         write_bytes_atomic(&dirs.run.join("config.toml"), config.to_toml()?.as_bytes())?;
         let mut log = RunLog::open(&dirs.run)?;
+        if config.task == Task::Semantic {
+            log.first_term = "ce";
+        }
         let names: Vec<&str> = devices.iter().map(|d| d.description.as_str()).collect();
         log.line(&format!("device: {}", names.join(", ")));
         let device = devices[0].device.clone();
@@ -225,6 +231,7 @@ impl<'a> Run<'a> {
             config.model.img_size,
             &autodiff,
         )?;
+        let (model, architecture) = with_task_head(model, architecture, config)?;
         let model = freeze(model, config)?;
         let (model, optim, state) = match resumed {
             Some(point) => {
@@ -258,7 +265,7 @@ impl<'a> Run<'a> {
                 &config.model.checkpoint,
                 &base_sha,
                 &architecture,
-                config.data.intensity,
+                config.data.sample_intensity(),
             )?)
         } else {
             None
@@ -283,16 +290,18 @@ impl<'a> Run<'a> {
             cache,
             device,
             stepper: Stepper::new(replicas),
+            classes: config.classes()?.map(ClassTable::new),
         })
     }
 
     fn eval_settings(&self, progress: bool) -> EvalSettings<'_> {
         EvalSettings {
             cache: self.cache.as_ref(),
-            intensity: self.config.data.intensity,
+            intensity: self.config.data.sample_intensity(),
             prompts: &self.config.prompts,
             seed: self.config.train.seed,
             progress,
+            semantic: self.classes.as_ref().map(|t| &t.classes),
         }
     }
 
@@ -441,6 +450,7 @@ impl<'a> Run<'a> {
             cache,
             device,
             stepper,
+            classes,
             ..
         } = self;
         let config: &TrainConfig = config;
@@ -451,6 +461,7 @@ impl<'a> Run<'a> {
             device,
             img_size: model.img_size,
             low_res_side: model.prompt_encoder.image_embedding_size[0] * 4,
+            semantic: classes.as_ref(),
         };
         std::thread::scope(|scope| -> Result<()> {
             let mut stream = BatchStream::start(
@@ -581,10 +592,11 @@ impl<'a> Run<'a> {
         }
         let settings = EvalSettings {
             cache: self.cache.as_ref(),
-            intensity: self.config.data.intensity,
+            intensity: self.config.data.sample_intensity(),
             prompts: &self.config.prompts,
             seed: self.config.train.seed,
             progress: false,
+            semantic: self.classes.as_ref().map(|t| &t.classes),
         };
         let overlays = self.config.report.overlays_per_epoch;
         let log = &mut self.log;
@@ -657,6 +669,36 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The model with the head its task needs: for `task = "semantic"`, the checkpoint's
+/// head when it has one for as many classes, else a new one started from the pretrained
+/// multimask outputs (`SemanticHead::from_pretrained`).
+pub fn with_task_head(
+    mut model: Sam,
+    mut architecture: Architecture,
+    config: &TrainConfig,
+) -> Result<(Sam, Architecture)> {
+    let Some(classes) = config.classes()? else {
+        return Ok((model, architecture));
+    };
+    match &model.mask_decoder.semantic {
+        Some(head) if head.classes() != classes.len() => bail!(
+            "{} has a semantic head of {} classes, data.classes names {}",
+            config.model.checkpoint.display(),
+            head.classes(),
+            classes.len()
+        ),
+        Some(_) => {}
+        None => {
+            model.mask_decoder.semantic = Some(SemanticHead::from_pretrained(
+                &model.mask_decoder,
+                classes.len(),
+            ))
+        }
+    }
+    architecture.decoder.semantic_classes = classes.len();
+    Ok((model, architecture))
+}
+
 /// The model with what `model.trainable` leaves out frozen, and LoRA adapters attached
 /// in the LoRA modes; the prompt encoder's positional-encoding matrix is a buffer upstream
 /// and never trains.
@@ -670,11 +712,16 @@ pub fn freeze(mut model: Sam, config: &TrainConfig) -> Result<Sam> {
             .lora
             .apply(model, &patterns, config.train.seed)
             .map_err(|e| crate::error::Error::config("lora.targets", e))?;
-        return Ok(if trainable.trains_decoder() {
+        let model = if trainable.trains_decoder() {
             let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());
             model.unfreeze_group(decoder)
         } else {
             model
+        };
+        // a semantic head is new: it trains in full whatever else has adapters
+        return Ok(match model.mask_decoder.semantic.clone() {
+            Some(head) => model.unfreeze_group(ParamGroup::ids_from_module(head)),
+            None => model,
         });
     }
     if trainable.encoder_frozen() {

@@ -9,8 +9,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::config::TrainConfig;
-use super::examples::{Drawn, Example};
-use super::loss::{sam_loss, LossTerms};
+use super::examples::{ClassTarget, Drawn, Example};
+use super::loss::{class_loss, sam_loss, LossTerms};
 use super::optim::clip_global_norm;
 use crate::data::prompts::{correction_click, to_prompt_batch};
 use crate::error::{err, Result};
@@ -248,6 +248,9 @@ pub fn example_loss(
     config: &TrainConfig,
     rng: &mut ChaCha8Rng,
 ) -> Result<LossTerms> {
+    if let Some(target) = &example.classes {
+        return Ok(class_example_loss(model, dense_pe, example, target, config));
+    }
     let device = dense_pe.device();
     let n = example.prompts.len();
     let low_res = dense_pe.dims()[2] * 4;
@@ -309,6 +312,37 @@ pub fn example_loss(
         terms.push(round_terms);
     }
     Ok(mean_over_rounds(terms))
+}
+
+/// The loss of a semantic example: the head's classes for the whole image, no prompt.
+fn class_example_loss(
+    model: &Sam,
+    dense_pe: &Tensor<4>,
+    example: &Example,
+    target: &ClassTarget,
+    config: &TrainConfig,
+) -> LossTerms {
+    let device = dense_pe.device();
+    let logits = model.mask_decoder.predict_classes(
+        example.encoded.embedding.clone(),
+        dense_pe.clone(),
+        model.prompt_encoder.no_mask_dense_embedding(),
+    );
+    let [_, outputs, side, _] = logits.dims();
+    let onehot: Vec<f32> = (0..outputs)
+        .flat_map(|k| {
+            target
+                .classes
+                .iter()
+                .map(move |&c| (c as usize == k) as u8 as f32)
+        })
+        .collect();
+    let onehot = Tensor::from_data(TensorData::new(onehot, [1, outputs, side, side]), &device);
+    let valid = Tensor::from_data(
+        TensorData::new(target.valid.clone(), [1, 1, side, side]),
+        &device,
+    );
+    class_loss(logits, onehot, valid, &config.loss)
 }
 
 /// The best low-res logits of each prompt, the mask input of the next round.
