@@ -65,3 +65,44 @@ fn categories_filter_and_min_area_skip() {
     .unwrap_err();
     assert!(format!("{err:#}").contains("dog"));
 }
+
+#[test]
+fn semantic_class_maps_paint_each_category_and_leave_the_rest_background() {
+    use samtune::predict::semantic::{Classes, SemanticClass};
+    let dir = fixtures_dir().join("coco");
+    let samples = load_coco(&dir.join("annotations.json"), &dir.join("images"), &[]).unwrap();
+    // nucleus first: head order follows data.classes, not the file's category ids
+    let classes = Classes(vec![
+        SemanticClass {
+            name: "nucleus".into(),
+            value: 1,
+        },
+        SemanticClass {
+            name: "cell".into(),
+            value: 2,
+        },
+    ]);
+    let table = classes.index_of_values();
+    let mut painted = 0;
+    for sample in &samples {
+        let map = sample.class_map(&classes, &table).unwrap();
+        let objects = sample.decode_objects().unwrap();
+        for (p, &class) in map.classes.iter().enumerate() {
+            // later annotations are on top: the class of the last object holding the pixel
+            let expected = objects
+                .iter()
+                .rev()
+                .find(|o| o.mask.data[p] != 0)
+                .map_or(0, |o| {
+                    if o.category.as_deref() == Some("nucleus") {
+                        1
+                    } else {
+                        2
+                    }
+                });
+            assert_eq!(class, expected, "{} pixel {p}", sample.name());
+            painted += (class != 0) as usize;
+        }
+    }
+    assert!(painted > 0);
+}
