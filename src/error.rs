@@ -131,6 +131,22 @@ pub fn check_setting(key: &str, value: impl Display, valid: bool, range: &str) -
     }
 }
 
+/// Weights (or probabilities) that must each be finite and >= 0 and not all 0; `all_zero`
+/// says why the last matters.
+pub fn check_weights(weights: &[(&str, f64)], all_zero: &str) -> Result<()> {
+    for &(key, value) in weights {
+        check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
+    }
+    if weights.iter().all(|(_, v)| *v == 0.0) {
+        let keys: Vec<&str> = weights.iter().map(|(k, _)| *k).collect();
+        return Err(Error::msg(format!(
+            "{} are all 0: {all_zero}",
+            keys.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// `.context(..)` and `.with_context(|| ..)` on results and options, as anyhow has them.
 pub trait Context<T> {
     fn context(self, context: impl Display) -> Result<T>;

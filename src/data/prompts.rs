@@ -6,7 +6,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::mask::BinaryMask;
-use crate::error::{bail, check_setting, Result};
+use crate::error::{bail, check_setting, check_weights, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -133,17 +133,14 @@ impl PromptConfig {
 
     /// Every setting against its valid range.
     pub fn validate(&self) -> Result<()> {
-        let probabilities = [
-            ("prompts.box_prob", self.box_prob),
-            ("prompts.points_prob", self.points_prob),
-            ("prompts.box_and_points_prob", self.box_and_points_prob),
-        ];
-        for (key, value) in probabilities {
-            check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
-        }
-        if probabilities.iter().all(|(_, v)| *v == 0.0) {
-            bail!("prompts.box_prob, points_prob and box_and_points_prob are all 0: no prompt could be drawn");
-        }
+        check_weights(
+            &[
+                ("prompts.box_prob", self.box_prob),
+                ("prompts.points_prob", self.points_prob),
+                ("prompts.box_and_points_prob", self.box_and_points_prob),
+            ],
+            "no prompt could be drawn",
+        )?;
         check_setting(
             "prompts.box_jitter",
             self.box_jitter,

@@ -15,7 +15,7 @@ use crate::model::Sam;
 use crate::predict::image::IntensityScaling;
 use crate::predict::semantic::{class_logits, Classes};
 use crate::predict::{
-    encode_image, tensor_values, BinaryMask, EmbeddingCache, MaskPlanes, Predictor,
+    encode_image, tensor_values, BinaryMask, EmbeddingCache, EncodedImage, MaskPlanes, Predictor,
 };
 
 /// One image evaluated: each object's result, and (for pictures) its prompts, its ground
@@ -128,18 +128,9 @@ pub fn evaluate_image(
     if let Some(classes) = settings.semantic {
         return evaluate_classes(predictor, sample, classes, settings);
     }
-    let model = predictor.model();
-    let device = predictor.device();
     let objects = sample.decode_objects()?;
     let prompts = evaluation_prompts(&objects, index, settings.prompts, settings.seed);
-    let encoded = encode_image(
-        model,
-        &sample.image,
-        settings.cache,
-        settings.intensity,
-        &device,
-    )?;
-    sample.check_image_size(encoded.original_size)?;
+    let encoded = encode_sample(predictor, sample, settings)?;
     let planes = predictor
         .predict(
             &encoded,
@@ -175,6 +166,23 @@ pub fn evaluate_image(
     })
 }
 
+/// A sample's image encoded (through the cache) and checked against its indexed size.
+fn encode_sample(
+    predictor: &Predictor,
+    sample: &Sample,
+    settings: &EvalSettings,
+) -> Result<EncodedImage> {
+    let encoded = encode_image(
+        predictor.model(),
+        &sample.image,
+        settings.cache,
+        settings.intensity,
+        &predictor.device(),
+    )?;
+    sample.check_image_size(encoded.original_size)?;
+    Ok(encoded)
+}
+
 /// One image with a semantic model: its label map predicted without prompts, and each
 /// class scored as one object where it is in the ground truth or the prediction (a class
 /// in neither has nothing to score). `objects`, `predicted` and the planes hold every
@@ -187,18 +195,9 @@ pub fn evaluate_classes(
     classes: &Classes,
     settings: &EvalSettings,
 ) -> Result<ImageEval> {
-    let model = predictor.model();
-    let device = predictor.device();
     let truth = sample.class_map(classes, &classes.index_of_values())?;
-    let encoded = encode_image(
-        model,
-        &sample.image,
-        settings.cache,
-        settings.intensity,
-        &device,
-    )?;
-    sample.check_image_size(encoded.original_size)?;
-    let logits = tensor_values(class_logits(model, &encoded))?;
+    let encoded = encode_sample(predictor, sample, settings)?;
+    let logits = tensor_values(class_logits(predictor.model(), &encoded))?;
     let [height, width] = encoded.original_size;
     let pixels = height * width;
     let outputs = classes.len() + 1;

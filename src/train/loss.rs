@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::loss_kernel::focal_and_dice;
-use crate::error::{bail, check_setting, Result};
+use crate::error::{check_setting, check_weights, Result};
 
 /// Loss weights and focal parameters (`[train.loss]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,19 +48,14 @@ impl Default for LossConfig {
 impl LossConfig {
     /// Every setting against its valid range.
     pub fn validate(&self) -> Result<()> {
-        let weights = [
-            ("loss.focal_weight", self.focal_weight),
-            ("loss.dice_weight", self.dice_weight),
-            ("loss.iou_weight", self.iou_weight),
-        ];
-        for (key, value) in weights {
-            check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
-        }
-        if weights.iter().all(|(_, v)| *v == 0.0) {
-            bail!(
-                "loss.focal_weight, dice_weight and iou_weight are all 0: nothing would be learned"
-            );
-        }
+        check_weights(
+            &[
+                ("loss.focal_weight", self.focal_weight),
+                ("loss.dice_weight", self.dice_weight),
+                ("loss.iou_weight", self.iou_weight),
+            ],
+            "nothing would be learned",
+        )?;
         check_setting(
             "loss.focal_alpha",
             self.focal_alpha,
@@ -73,16 +68,13 @@ impl LossConfig {
             self.focal_gamma >= 0.0 && self.focal_gamma.is_finite(),
             ">= 0",
         )?;
-        let class_weights = [
-            ("loss.class_ce_weight", self.class_ce_weight),
-            ("loss.class_dice_weight", self.class_dice_weight),
-        ];
-        for (key, value) in class_weights {
-            check_setting(key, value, value >= 0.0 && value.is_finite(), ">= 0")?;
-        }
-        if class_weights.iter().all(|(_, v)| *v == 0.0) {
-            bail!("loss.class_ce_weight and class_dice_weight are both 0: a semantic head would learn nothing");
-        }
+        check_weights(
+            &[
+                ("loss.class_ce_weight", self.class_ce_weight),
+                ("loss.class_dice_weight", self.class_dice_weight),
+            ],
+            "a semantic head would learn nothing",
+        )?;
         Ok(())
     }
 }
