@@ -7,7 +7,7 @@ use std::str::FromStr;
 use burn::tensor::Device;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{bail, Result};
+use crate::error::{bail, Error, Result};
 
 /// A device by name, before it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -101,6 +101,72 @@ impl DeviceSpec {
     pub fn device(self) -> Result<Device> {
         Ok(self.open()?.device)
     }
+}
+
+/// Memory a device has free for a model, in bytes, and where the figure comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreeMemory {
+    pub bytes: u64,
+    pub total: u64,
+    /// e.g. `cuda:0 (NVML)`, `cpu (MemAvailable)`.
+    pub source: String,
+}
+
+impl DeviceSpec {
+    /// The free memory of the device this spec names, as `select_sam_checkpoint(
+    /// get_available_vram())` means it: a GPU's free memory from the driver (NVML), the
+    /// CPU's available RAM (`/proc/meminfo`). `auto` is GPU 0 when the driver answers,
+    /// else the CPU. wgpu adapters report no free memory: an error.
+    pub fn free_memory(self) -> Result<FreeMemory> {
+        let gpu = |index: usize| {
+            nvidia::memory(index).map(|(bytes, total)| FreeMemory {
+                bytes,
+                total,
+                source: format!("cuda:{index} (NVML)"),
+            })
+        };
+        match self {
+            DeviceSpec::Cuda(index) => gpu(index).ok_or_else(|| {
+                Error::msg(format!(
+                    "device cuda:{index}: the NVIDIA driver (libnvidia-ml) reports no such GPU"
+                ))
+            }),
+            DeviceSpec::Auto => match gpu(0) {
+                Some(free) => Ok(free),
+                None => cpu_free_memory(),
+            },
+            DeviceSpec::Cpu => cpu_free_memory(),
+            DeviceSpec::Wgpu => Err(Error::msg(
+                "wgpu adapters do not report their free memory; give it with --memory-gb",
+            )),
+        }
+    }
+}
+
+/// `MemAvailable` and `MemTotal` of `/proc/meminfo`.
+fn cpu_free_memory() -> Result<FreeMemory> {
+    let path = std::path::Path::new("/proc/meminfo");
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("{e}; give the memory with --memory-gb")))?;
+    let (bytes, total) = parse_meminfo(&text)
+        .ok_or_else(|| Error::file(path, "has no MemAvailable and MemTotal lines"))?;
+    Ok(FreeMemory {
+        bytes,
+        total,
+        source: "cpu (MemAvailable)".to_string(),
+    })
+}
+
+/// `(MemAvailable, MemTotal)` in bytes from `/proc/meminfo`'s text.
+fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+            let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
+            Some(kib * 1024)
+        })
+    };
+    Some((field("MemAvailable")?, field("MemTotal")?))
 }
 
 fn cpu() -> ChosenDevice {
@@ -343,6 +409,18 @@ pub mod nvidia {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_gives_available_and_total_bytes() {
+        let text =
+            "MemTotal:       24576000 kB\nMemFree:          100 kB\nMemAvailable:   20480000 kB\n";
+        assert_eq!(
+            parse_meminfo(text),
+            Some((20_480_000 * 1024, 24_576_000 * 1024))
+        );
+        assert_eq!(parse_meminfo("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_meminfo("MemTotal: x kB\nMemAvailable: 1 kB\n"), None);
+    }
 
     #[test]
     fn names_parse_and_print_back() {

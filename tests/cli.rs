@@ -291,4 +291,26 @@ fn inspect_variants_and_select() {
     assert_eq!(select("8"), "vit_l");
     assert_eq!(select("24"), "vit_h");
     assert_fails_naming(&samtune(["select", "--memory-gb", "-3"]), &["-3"]);
+
+    // without --memory-gb: the CPU's available RAM, as /proc/meminfo says it now (no
+    // GPU here; the variant thresholds are 6 and 12 GB, far from a test's RAM changes)
+    let out = samtune(["select", "--device", "cpu"]);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let available_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let gb = available_kib * 1024.0 / 1e9;
+    let expected = if gb >= 12.0 {
+        "vit_h"
+    } else if gb >= 6.0 {
+        "vit_l"
+    } else {
+        "vit_b"
+    };
+    assert_eq!(stdout(&out).trim(), expected);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MemAvailable"));
+    assert_fails_naming(&samtune(["select", "--device", "wgpu"]), &["--memory-gb"]);
 }

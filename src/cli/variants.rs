@@ -1,9 +1,10 @@
-//! `samtune variants` and `samtune select --memory-gb N`.
+//! `samtune variants` and `samtune select [--memory-gb N | --device D]`.
 
 use anyhow::{bail, Result};
 use clap::Args;
 
 use super::inspect::thousands;
+use crate::device::DeviceSpec;
 use crate::weights::catalog::{official, select_by_memory, OFFICIAL_CHECKPOINTS};
 
 #[derive(Debug, Args)]
@@ -15,9 +16,13 @@ pub struct VariantsArgs {
 
 #[derive(Debug, Args)]
 pub struct SelectArgs {
-    /// GPU memory available, in GB.
+    /// Memory available, in GB; by default the free memory of `--device`.
     #[arg(long)]
-    pub memory_gb: f64,
+    pub memory_gb: Option<f64>,
+    /// The device whose free memory decides: `auto` (GPU 0 when the NVIDIA driver
+    /// answers, else the CPU's available RAM), `cpu`, `cuda:N`.
+    #[arg(long, default_value = "auto", conflicts_with = "memory_gb")]
+    pub device: DeviceSpec,
 }
 
 pub fn run_variants(args: VariantsArgs) -> Result<()> {
@@ -49,18 +54,29 @@ pub fn run_variants(args: VariantsArgs) -> Result<()> {
 }
 
 pub fn run_select(args: SelectArgs) -> Result<()> {
-    if !args.memory_gb.is_finite() || args.memory_gb < 0.0 {
-        bail!(
-            "--memory-gb {}: give the available GPU memory in GB (a number >= 0)",
-            args.memory_gb
-        );
-    }
-    let variant = select_by_memory(args.memory_gb);
+    let (gb, source) = match args.memory_gb {
+        Some(gb) if !gb.is_finite() || gb < 0.0 => {
+            bail!("--memory-gb {gb}: give the available memory in GB (a number >= 0)")
+        }
+        Some(gb) => (gb, "given".to_string()),
+        None => {
+            let free = args.device.free_memory()?;
+            let gb = free.bytes as f64 / 1e9;
+            (
+                gb,
+                format!(
+                    "free on {} of {:.1} GB",
+                    free.source,
+                    free.total as f64 / 1e9
+                ),
+            )
+        }
+    };
+    let variant = select_by_memory(gb);
     let c = official(variant);
     println!("{variant}");
     eprintln!(
-        "{} GB available -> {variant} ({}, {} parameters; needs {} for inference, {} to fine-tune the decoder)",
-        args.memory_gb,
+        "{gb:.1} GB ({source}) -> {variant} ({}, {} parameters; needs {} for inference, {} to fine-tune the decoder)",
         c.file_name,
         thousands(c.parameters),
         c.inference_memory,
