@@ -340,3 +340,42 @@ fn another_input_size_resizes_the_grid_tensors_and_its_own_size_changes_nothing(
         "{err}"
     );
 }
+
+#[test]
+fn a_semantic_head_beside_decoder_adapters_resumes_bit_for_bit() {
+    // lora-decoder: the head is the one part trained in full beside the adapters, so the
+    // resume state must hold it (and the optimizer state keyed by its parameter ids)
+    let dir = tempfile::tempdir().unwrap();
+    write_dataset(&dir.path().join("data"), Domain::Source, 8, 64, 27).unwrap();
+    let semantic = [
+        "model.trainable=lora-decoder",
+        "task=semantic",
+        "data.classes=[1, 2]",
+    ];
+    train(
+        &config(dir.path(), "straight", &semantic),
+        false,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let mut first = semantic.to_vec();
+    first.push("train.stop_after_epochs=1");
+    let resumed = config(dir.path(), "resumed", &first);
+    assert!(
+        train(&resumed, false, &AtomicBool::new(false))
+            .unwrap()
+            .interrupted
+    );
+    train(&resumed, true, &AtomicBool::new(false)).unwrap();
+    let straight = tensors(&checkpoints(dir.path(), "straight").join("last.safetensors"));
+    let again = tensors(&checkpoints(dir.path(), "resumed").join("last.safetensors"));
+    assert_eq!(straight.len(), again.len());
+    let head = straight
+        .iter()
+        .filter(|(k, _)| k.starts_with("mask_decoder.semantic."))
+        .count();
+    assert!(head > 0);
+    for ((name, a), (_, b)) in straight.iter().zip(&again) {
+        assert!(a == b, "{name} differs after the resume");
+    }
+}

@@ -104,17 +104,22 @@ impl RunDirs {
     }
 }
 
-/// The trained parts of the model for a [`Trainable`] setting.
+/// The trained parts of the model for a [`Trainable`] setting (a semantic head always
+/// trains in full: it is new).
 pub fn trainable_group(model: &Sam, trainable: Trainable) -> ParamGroup {
     let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());
+    let adapters = match model.mask_decoder.semantic.clone() {
+        Some(head) => adapter_group().fuse(&ParamGroup::ids_from_module(head)),
+        None => adapter_group(),
+    };
     match trainable {
         Trainable::Decoder => decoder,
         Trainable::DecoderAndPrompt => {
             decoder.fuse(&ParamGroup::ids_from_module(model.prompt_encoder.clone()))
         }
         Trainable::All => ParamGroup::ids_from_module(model.clone()),
-        Trainable::LoraEncoder => adapter_group().fuse(&decoder),
-        Trainable::LoraDecoder | Trainable::LoraAll => adapter_group(),
+        Trainable::LoraEncoder => adapters.fuse(&decoder),
+        Trainable::LoraDecoder | Trainable::LoraAll => adapters,
     }
 }
 
