@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # samtune vs the official PyTorch implementation on this machine, case by case and
 # interleaved (so both see the same machine state), then BENCHMARKS.md.
-#   bench/compare.sh                      # ViT-B, 2 threads, 2 rounds
+#   bench/compare.sh                      # ViT-B, 2 threads, 3 rounds
 #   VARIANT=vit_l THREADS=8 ROUNDS=3 bench/compare.sh
 #   EXTRA="--tiny --reps 2" OUT=target/bench-smoke bench/compare.sh   # quick smoke run
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VARIANT=${VARIANT:-vit_b}
 THREADS=${THREADS:-2}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 EXTRA=${EXTRA:-}
 OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
@@ -53,6 +53,11 @@ measure() {
     fi
 }
 
+# The same glibc malloc settings for both: samtune sets them itself (src/alloc.rs: keep
+# freed memory for reuse, no fresh mmap per large block); PyTorch gets them through
+# glibc's environment tunables, so neither side pays page faults the other does not.
+PYTORCH_MALLOC=(env MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=536870912 MALLOC_MMAP_MAX_=0)
+
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.gpu-mb
 for round in $(seq 1 "$ROUNDS"); do
@@ -62,7 +67,7 @@ for round in $(seq 1 "$ROUNDS"); do
         measure "$OUT/samtune-$case-$round.json" "$SAMTUNE" bench --variant "$VARIANT" --threads "$THREADS" \
             --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/samtune-$case-$round.json"
         # shellcheck disable=SC2086
-        measure "$OUT/pytorch-$case-$round.json" "$PYTHON" bench/reference.py --variant "$VARIANT" --threads "$THREADS" \
+        measure "$OUT/pytorch-$case-$round.json" "${PYTORCH_MALLOC[@]}" "$PYTHON" bench/reference.py --variant "$VARIANT" --threads "$THREADS" \
             --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/pytorch-$case-$round.json"
     done
 done
