@@ -201,14 +201,8 @@ pub fn evaluate_classes(
     let [height, width] = encoded.original_size;
     let pixels = height * width;
     let outputs = classes.len() + 1;
-    let logit = |k: usize, p: usize| logits[k * pixels + p];
-    let argmax: Vec<u8> = (0..pixels)
-        .map(|p| {
-            (0..outputs)
-                .max_by(|&a, &b| logit(a, p).total_cmp(&logit(b, p)))
-                .unwrap_or(0) as u8
-        })
-        .collect();
+    let top = top_two(&logits, outputs, pixels);
+    let argmax: Vec<u8> = top.iter().map(|&(k, _, _)| k).collect();
     let mut eval = ImageEval {
         results: Vec::new(),
         prompts: Vec::new(),
@@ -240,13 +234,13 @@ pub fn evaluate_classes(
                 predicted_iou: f64::NAN,
             });
         }
-        eval.planes.logits.extend((0..pixels).map(|p| {
-            let other = (0..outputs)
-                .filter(|&j| j != k)
-                .map(|j| logit(j, p))
-                .fold(f32::NEG_INFINITY, f32::max);
-            logit(k, p) - other
-        }));
+        // the best other class's logit: the second best where `k` is the best
+        eval.planes
+            .logits
+            .extend(top.iter().enumerate().map(|(p, &(best, first, second))| {
+                let other = if best as usize == k { second } else { first };
+                logits[k * pixels + p] - other
+            }));
         eval.objects.push(Object {
             mask: true_mask,
             category: Some(classes.name(k).to_string()),
@@ -254,4 +248,23 @@ pub fn evaluate_classes(
         eval.predicted.push(predicted_mask);
     }
     Ok(eval)
+}
+
+/// For each pixel of `[outputs, pixels]` logits: the most likely output (the last of
+/// equal ones), its logit and the second-best logit, in one pass over the outputs.
+fn top_two(logits: &[f32], outputs: usize, pixels: usize) -> Vec<(u8, f32, f32)> {
+    (0..pixels)
+        .map(|p| {
+            let (mut best, mut first, mut second) = (0u8, f32::NEG_INFINITY, f32::NEG_INFINITY);
+            for k in 0..outputs {
+                let v = logits[k * pixels + p];
+                if v >= first {
+                    (best, first, second) = (k as u8, v, first);
+                } else if v > second {
+                    second = v;
+                }
+            }
+            (best, first, second)
+        })
+        .collect()
 }

@@ -585,34 +585,31 @@ impl<'a> Run<'a> {
     }
 
     /// The current model on the validation set; the first images are drawn to
-    /// TensorBoard as they pass.
+    /// TensorBoard.
     fn validate(&mut self, valid: &Sam, epoch: usize) -> Result<Vec<ObjectResult>> {
         if self.data.val.is_empty() {
             return Ok(Vec::new());
         }
-        let settings = EvalSettings {
-            cache: self.cache.as_ref(),
-            intensity: self.config.data.sample_intensity(),
-            prompts: &self.config.prompts,
-            seed: self.config.train.seed,
-            progress: false,
-            semantic: self.classes.as_ref().map(|t| &t.classes),
-        };
+        let settings = self.eval_settings(false);
         let overlays = self.config.report.overlays_per_epoch;
-        let log = &mut self.log;
         let mut results = Vec::new();
+        // the first few images' pictures, drawn to TensorBoard once the pass is done
+        let mut pictures = Vec::new();
         evaluate_each(valid, &self.data.val, &settings, |index, eval| {
             if index < overlays {
                 let sample = &self.data.val[index];
                 let image = load_rgb(&sample.image, settings.intensity)?;
                 let picture =
                     comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
-                log.overlay(&sample.name(), &picture, epoch);
+                pictures.push((sample.name(), picture));
             }
             results.extend(eval.results);
             Ok(())
         })?;
-        log.tensorboard.flush();
+        for (name, picture) in &pictures {
+            self.log.overlay(name, picture, epoch);
+        }
+        self.log.tensorboard.flush();
         Ok(results)
     }
 

@@ -13,16 +13,13 @@
 
 import sys
 
-import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.numpy import load_file
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from make_fixtures import TINY, build_tiny  # noqa: E402
-from segment_anything import SamPredictor  # noqa: E402
+from check_training_outputs import box_logits_error  # noqa: E402
 
 
 def main():
@@ -47,15 +44,7 @@ def main():
 
     sam = build_tiny(dict(TINY, img_size=img_size))
     sam.load_state_dict(after, strict=True)
-    predictor = SamPredictor(sam)
-    image = np.array(Image.open(image_path).convert("RGB"))
-    predictor.set_image(image)
-    b = np.array([float(v) for v in box.split(",")])
-    _, iou, low_res = predictor.predict(box=b, multimask_output=False, return_logits=True)
-    ours = load_file(f"{predict_dir}/logits.safetensors")
-    err = np.abs(ours["low_res_logits"] - low_res).max() / np.abs(low_res).max()
-    assert err < 1e-4, f"low-res logits differ from the official model at {img_size} px: {err}"
-    assert np.abs(ours["iou_predictions"] - iou).max() < 1e-4
+    err = box_logits_error(sam, predict_dir, image_path, box)
     print(f"the official model at img_size={img_size} loads it strictly; logits relative error {err:.2e}")
 
 

@@ -24,20 +24,27 @@ from make_fixtures import build_tiny  # noqa: E402
 from segment_anything import SamPredictor  # noqa: E402
 
 
-def main():
-    run_dir, predict_dir, image_path, box = sys.argv[1:5]
-    sam = build_tiny()
-    state = safetensors.torch.load_file(f"{run_dir}/checkpoints/last.safetensors")
-    sam.load_state_dict(state, strict=True)
+def box_logits_error(sam, predict_dir, image_path, box):
+    """The official `sam`'s single-mask prediction for `box` ("x0,y0,x1,y1") on the image
+    against `samtune predict --save-logits` in `predict_dir`: the low-res logits' largest
+    difference relative to their largest value (asserted < 1e-4, IoUs within 1e-4)."""
     predictor = SamPredictor(sam)
-    image = np.array(Image.open(image_path).convert("RGB"))
-    predictor.set_image(image)
+    predictor.set_image(np.array(Image.open(image_path).convert("RGB")))
     b = np.array([float(v) for v in box.split(",")])
     _, iou, low_res = predictor.predict(box=b, multimask_output=False, return_logits=True)
     ours = load_file(f"{predict_dir}/logits.safetensors")
     err = np.abs(ours["low_res_logits"] - low_res).max() / np.abs(low_res).max()
     assert err < 1e-4, f"low-res logits differ from the official model: relative error {err}"
     assert np.abs(ours["iou_predictions"] - iou).max() < 1e-4
+    return err
+
+
+def main():
+    run_dir, predict_dir, image_path, box = sys.argv[1:5]
+    sam = build_tiny()
+    state = safetensors.torch.load_file(f"{run_dir}/checkpoints/last.safetensors")
+    sam.load_state_dict(state, strict=True)
+    err = box_logits_error(sam, predict_dir, image_path, box)
     report = json.load(open(f"{predict_dir}/prediction.json"))
     mask = np.array(Image.open(f"{predict_dir}/{report['masks'][0]['file']}")) > 0
     print(f"official model loads last.safetensors strictly; logits relative error {err:.2e}; mask area {mask.sum()}")
