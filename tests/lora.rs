@@ -13,40 +13,11 @@ use samtune::weights::adapters::Adapters;
 use samtune::weights::load_sam_at;
 use samtune::{load_sam, train, Checkpoint, Predictor, PromptBatch, Sam, TrainConfig};
 
+/// The shared test configuration at a LoRA learning rate, 2 epochs, no zero-shot pass.
 fn config(dir: &Path, name: &str, overrides: &[&str]) -> TrainConfig {
-    let text = format!(
-        r#"
-name = "{name}"
-runs_dir = "{runs}"
-[model]
-checkpoint = "{ckpt}"
-[data]
-path = "{data}"
-val_ratio = 0.25
-max_objects_per_image = 4
-[prompts]
-box_prob = 1.0
-points_prob = 0.0
-box_and_points_prob = 0.0
-[train]
-epochs = 2
-lr = 1e-2
-images_per_batch = 2
-warmup_fraction = 0.0
-[report]
-zero_shot = false
-[cache]
-dir = "{cache}"
-"#,
-        runs = dir.join("runs").display(),
-        ckpt = fixtures_dir().join("tiny_sam.pth").display(),
-        data = dir.join("data").display(),
-        cache = dir.join("cache").display(),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    TrainConfig::load(&path, &overrides).unwrap()
+    let mut all = vec!["train.lr=1e-2", "report.zero_shot=false"];
+    all.extend_from_slice(overrides);
+    common::config_with(dir, name, 2, &all)
 }
 
 fn checkpoints(dir: &Path, name: &str) -> PathBuf {

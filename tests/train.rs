@@ -5,48 +5,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use common::fixtures_dir;
+use common::{config_with, fixtures_dir};
 use samtune::data::synthetic::{write_dataset, Domain};
 use samtune::train::{train, TrainConfig};
 use samtune::weights::Checkpoint;
 
 fn config(dir: &Path, name: &str, epochs: usize) -> TrainConfig {
     config_with(dir, name, epochs, &[])
-}
-
-/// The test configuration with `key=value` overrides.
-fn config_with(dir: &Path, name: &str, epochs: usize, overrides: &[&str]) -> TrainConfig {
-    let text = format!(
-        r#"
-name = "{name}"
-runs_dir = "{runs}"
-[model]
-checkpoint = "{ckpt}"
-[data]
-path = "{data}"
-val_ratio = 0.25
-max_objects_per_image = 4
-[prompts]
-box_prob = 1.0
-points_prob = 0.0
-box_and_points_prob = 0.0
-[train]
-epochs = {epochs}
-lr = 3e-3
-images_per_batch = 2
-warmup_fraction = 0.0
-[cache]
-dir = "{cache}"
-"#,
-        runs = dir.join("runs").display(),
-        ckpt = fixtures_dir().join("tiny_sam.pth").display(),
-        data = dir.join("data").display(),
-        cache = dir.join("cache").display(),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-    TrainConfig::load(&path, &overrides).unwrap()
 }
 
 fn dataset(dir: &Path) {

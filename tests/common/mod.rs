@@ -2,11 +2,12 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::SafeTensors;
 use samtune::predict::PromptBatch;
+use samtune::train::TrainConfig;
 use serde_json::Value;
 
 /// Runs the `samtune` binary with `args`.
@@ -142,4 +143,40 @@ pub fn prompt_batch(case: &Value) -> PromptBatch {
         })
         .unwrap_or_default();
     PromptBatch::from_boxes_and_points(boxes, points)
+}
+
+/// A training configuration of the tiny test model on `dir/data` (runs and cache under
+/// `dir`), box prompts, with `key=value` overrides.
+pub fn config_with(dir: &Path, name: &str, epochs: usize, overrides: &[&str]) -> TrainConfig {
+    let text = format!(
+        r#"
+name = "{name}"
+runs_dir = "{runs}"
+[model]
+checkpoint = "{ckpt}"
+[data]
+path = "{data}"
+val_ratio = 0.25
+max_objects_per_image = 4
+[prompts]
+box_prob = 1.0
+points_prob = 0.0
+box_and_points_prob = 0.0
+[train]
+epochs = {epochs}
+lr = 3e-3
+images_per_batch = 2
+warmup_fraction = 0.0
+[cache]
+dir = "{cache}"
+"#,
+        runs = dir.join("runs").display(),
+        ckpt = fixtures_dir().join("tiny_sam.pth").display(),
+        data = dir.join("data").display(),
+        cache = dir.join("cache").display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    TrainConfig::load(&path, &overrides).unwrap()
 }
