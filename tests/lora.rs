@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use common::fixtures_dir;
 use samtune::data::synthetic::{write_dataset, Domain};
 use samtune::weights::adapters::Adapters;
@@ -349,4 +349,64 @@ fn a_semantic_head_beside_decoder_adapters_resumes_bit_for_bit() {
     for ((name, a), (_, b)) in straight.iter().zip(&again) {
         assert!(a == b, "{name} differs after the resume");
     }
+}
+
+/// The `A` factors of `model`, in module order.
+fn factors_a(model: &Sam) -> Vec<Vec<f32>> {
+    struct Collect(Vec<String>, Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if self.0.join(".").ends_with(".lora.a") {
+                self.1.push(common::values(&param.val()));
+            }
+        }
+    }
+    let mut collect = Collect(Vec::new(), Vec::new());
+    burn::module::Module::visit(model, &mut collect);
+    collect.1
+}
+
+#[test]
+fn the_initial_factors_depend_on_the_seed_alone() {
+    // burn draws from the device's one generator, which other models and threads advance:
+    // a run's adapters must not depend on what else the process draws
+    let device = Device::default();
+    let path = fixtures_dir().join("tiny_sam.pth");
+    let lora = samtune::model::lora::LoraConfig::default();
+    let patterns = lora.patterns(&[samtune::model::lora::LoraPlace::MaskDecoder]);
+    let adapted = |seed: u64| {
+        let (model, _) = load_sam(&path, None, &device).unwrap();
+        factors_a(&lora.apply(model, &patterns, seed).unwrap())
+    };
+    // another thread reseeding and drawing from the device's generator meanwhile
+    let stop = AtomicBool::new(false);
+    let (first, again) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                device.seed(round);
+                let _ = Tensor::<2>::random([32, 32], burn::tensor::Distribution::Default, &device);
+            }
+        });
+        let drawn = (adapted(7), adapted(7));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drawn
+    });
+    assert!(first.len() >= 8);
+    assert!(first == again, "the same seed drew other factors");
+    let other = adapted(8);
+    assert!(first != other, "another seed drew the same factors");
+    // N(0, 1/rank): the draws have that spread
+    let all: Vec<f32> = first.concat();
+    let std = (all.iter().map(|v| v * v).sum::<f32>() / all.len() as f32).sqrt();
+    let expected = 1.0 / lora.rank as f32;
+    assert!((std - expected).abs() < 0.1 * expected, "std {std}");
 }

@@ -7,8 +7,11 @@
 //! using burn's implementation, which keeps adapters, their records and their merge in one
 //! place.
 
-use burn::module::{Lora, Module, ModuleVisitor, Param, ParamGroup};
-use burn::tensor::Tensor;
+use burn::module::{Lora, Module, ModuleMapper, ModuleVisitor, Param, ParamGroup};
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
 
 use super::architecture::ArchitectureError;
@@ -82,8 +85,10 @@ impl LoraConfig {
 
     /// `model` with adapters on the weights `patterns` match; every other parameter is
     /// frozen (unfreeze what else trains). An error when nothing matches. The `A` factors
-    /// start as burn draws them (`N(0, 1/rank)`, `B = 0`) from the device's generator
-    /// seeded with `seed`, so that a run is reproduced (and resumed) exactly.
+    /// start as burn's (`N(0, 1/rank)`, `B = 0`), drawn again from a generator of our own
+    /// seeded with `seed`: burn draws from the device's one generator, which every other
+    /// random tensor of the process (another model's init, another thread) also advances,
+    /// so seeding it would not reproduce (or resume) a run exactly.
     pub fn apply(
         &self,
         model: Sam,
@@ -98,10 +103,8 @@ impl LoraConfig {
         }
         let group = ParamGroup::from_any_regexes(patterns.to_vec())
             .map_err(|e| ArchitectureError(format!("lora.targets: {e:?}")))?;
-        if let Some(device) = model.devices().first() {
-            device.seed(seed);
-        }
         let model = model.apply_lora(Lora::new(self.rank, self.alpha).set_param_group(group));
+        let model = model.map(&mut SeededFactors::new(seed, 1.0 / self.rank as f64));
         let adapted = adapted_weights(&model);
         if adapted.is_empty() {
             return Err(ArchitectureError(format!(
@@ -132,6 +135,53 @@ pub fn adapter_group() -> ParamGroup {
 /// ordinary SAM under the official keys. Call on a model without autodiff.
 pub fn merged(model: Sam) -> Sam {
     model.materialize()
+}
+
+/// Redraws every `A` factor (`….lora.a`), in module order, from one generator.
+struct SeededFactors {
+    rng: ChaCha8Rng,
+    normal: Normal<f64>,
+    stack: Vec<String>,
+}
+
+impl SeededFactors {
+    fn new(seed: u64, std: f64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            normal: Normal::new(0.0, std).expect("a positive, finite std"),
+            stack: Vec::new(),
+        }
+    }
+}
+
+impl ModuleMapper for SeededFactors {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.stack.last().is_some_and(|n| n == "a")
+            || !self.stack.iter().rev().nth(1).is_some_and(|n| n == "lora")
+        {
+            return param;
+        }
+        param.map(|factor| {
+            let (shape, device, dtype) = (factor.shape(), factor.device(), factor.dtype());
+            let values: Vec<f32> = (0..shape.num_elements())
+                .map(|_| self.normal.sample(&mut self.rng) as f32)
+                .collect();
+            let drawn = Tensor::<D>::from_data(TensorData::new(values, shape), (&device, dtype));
+            if factor.is_require_grad() {
+                drawn.require_grad()
+            } else {
+                drawn
+            }
+        })
+    }
 }
 
 /// Every float parameter's path.
