@@ -47,6 +47,53 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// A JSON Lines file written line by line into a temporary file and renamed into place by
+/// [`JsonLines::finish`]: an unfinished one leaves no partial file behind.
+pub struct JsonLines {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl JsonLines {
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = temp_path(path);
+        let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            out: BufWriter::new(file),
+        })
+    }
+
+    pub fn add(&mut self, value: &impl serde::Serialize) -> Result<()> {
+        let line = serde_json::to_string(value)?;
+        writeln!(self.out, "{line}").with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    /// Syncs and renames the file into place.
+    pub fn finish(self) -> Result<()> {
+        let Self { path, tmp, out } = self;
+        let written = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))
+            .and_then(|()| {
+                fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+            });
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Drops the temporary file (the work it was for failed).
+    pub fn abandon(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
 /// Saves a PNG atomically.
 pub fn save_png<P>(path: &Path, image: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<()>
 where

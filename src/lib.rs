@@ -1,7 +1,7 @@
 //! samtune: fine-tune Meta's Segment Anything Model on your own labeled images.
 //!
 //! The crate is layered, each layer importing only those before it:
-//! `model` < `weights` < `predict` < `data` < `eval` < `annotate` < `train` < `cli`,
+//! `model` < `weights` < `predict` < `data` < `eval` < `annotate` < `train` < `serve` < `cli`,
 //! with `error`, `device` and the file helpers beside them all (`tests/layers.rs` checks
 //! it). What a Rust user calls is re-exported here:
 //!
@@ -34,6 +34,7 @@ pub(crate) mod fsutil;
 mod llvm_stubs;
 pub mod model;
 pub mod predict;
+pub mod serve;
 pub mod train;
 pub mod weights;
 

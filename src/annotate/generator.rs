@@ -164,6 +164,18 @@ impl<'a> MaskGenerator<'a> {
 
     /// `generate`: every mask found in `image`, in the official order.
     pub fn generate(&self, image: &RgbImage) -> Result<Vec<GeneratedMask>> {
+        self.generate_with(image, None, &|_, _| {})
+    }
+
+    /// [`Self::generate`] with the whole image's embedding when it is at hand (`encoded`,
+    /// e.g. from the embedding cache: the first crop is not encoded again), telling
+    /// `progress(done, total)` after each batch of points.
+    pub fn generate_with(
+        &self,
+        image: &RgbImage,
+        encoded: Option<&crate::predict::EncodedImage>,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Vec<GeneratedMask>> {
         let (height, width) = (image.height() as usize, image.width() as usize);
         let crops = generate_crop_boxes(
             height,
@@ -171,9 +183,19 @@ impl<'a> MaskGenerator<'a> {
             self.settings.crop_n_layers,
             self.settings.crop_overlap_ratio,
         );
+        let batches = |crop: &CropBox| {
+            self.grids[crop.layer]
+                .len()
+                .div_ceil(self.settings.points_per_batch)
+        };
+        let total: usize = crops.iter().map(batches).sum();
+        let mut done = 0;
         let mut candidates = Vec::new();
         for crop in &crops {
-            candidates.extend(self.process_crop(image, crop)?);
+            let whole = (crop.layer == 0).then_some(encoded).flatten();
+            let step = |batch: usize| progress(done + batch, total);
+            candidates.extend(self.process_crop(image, crop, whole, &step)?);
+            done += batches(crop);
         }
         if crops.len() > 1 {
             // smaller crops win: their masks see the object at a higher resolution
@@ -191,7 +213,13 @@ impl<'a> MaskGenerator<'a> {
         Ok(candidates.into_iter().map(|c| c.mask).collect())
     }
 
-    fn process_crop(&self, image: &RgbImage, crop: &CropBox) -> Result<Vec<Candidate>> {
+    fn process_crop(
+        &self,
+        image: &RgbImage,
+        crop: &CropBox,
+        whole: Option<&crate::predict::EncodedImage>,
+        progress: &dyn Fn(usize),
+    ) -> Result<Vec<Candidate>> {
         let [x0, y0, _, _] = crop.xyxy;
         let cropped = image::imageops::crop_imm(
             image,
@@ -201,15 +229,20 @@ impl<'a> MaskGenerator<'a> {
             crop.height() as u32,
         )
         .to_image();
-        let encoded = self.predictor.encode(&cropped);
+        // the first layer's crop is the whole image
+        let encoded = match whole {
+            Some(encoded) => encoded.clone(),
+            None => self.predictor.encode(&cropped),
+        };
         let scale = [crop.width() as f64, crop.height() as f64];
         let points: Vec<[f64; 2]> = self.grids[crop.layer]
             .iter()
             .map(|p| [p[0] * scale[0], p[1] * scale[1]])
             .collect();
         let mut candidates = Vec::new();
-        for batch in points.chunks(self.settings.points_per_batch) {
+        for (i, batch) in points.chunks(self.settings.points_per_batch).enumerate() {
             candidates.extend(self.process_batch(&encoded, batch, crop, image)?);
+            progress(i + 1);
         }
         let boxes: Vec<[f32; 4]> = candidates.iter().map(|c| as_f32(c.xyxy)).collect();
         let scores: Vec<f32> = candidates.iter().map(|c| c.mask.predicted_iou).collect();

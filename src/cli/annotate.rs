@@ -3,14 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::open_device;
 use crate::annotate::coco_output::{CocoImage, CocoWriter};
 use crate::annotate::{AmgSettings, MaskGenerator};
-use crate::data::dataset::is_image;
+use crate::data::dataset::list_images;
 use crate::device::DeviceSpec;
 use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
@@ -26,19 +26,13 @@ pub enum Preset {
     Reference,
 }
 
+/// The automatic mask generator's settings, shared by `annotate` and `serve`.
 #[derive(Debug, Args)]
-pub struct AnnotateArgs {
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    #[arg(long, default_value = "auto")]
-    pub variant: VariantChoice,
-    /// A folder of images (not recursive) or one image file.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// The settings to start from when no `--settings` file is given; the flags below
-    /// change either.
-    #[arg(long, value_enum, default_value = "official")]
-    pub preset: Preset,
+pub struct AmgArgs {
+    /// The settings to start from when no `--settings` file is given (annotate:
+    /// official, serve: reference); the flags below change either.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
     /// A TOML file with any of the generator's settings (see configs/README.md).
     #[arg(long)]
     pub settings: Option<PathBuf>,
@@ -56,6 +50,19 @@ pub struct AnnotateArgs {
     pub crop_n_layers: Option<usize>,
     #[arg(long)]
     pub min_mask_region_area: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct AnnotateArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub variant: VariantChoice,
+    /// A folder of images (not recursive) or one image file.
+    #[arg(long)]
+    pub images: PathBuf,
+    #[command(flatten)]
+    pub amg: AmgArgs,
     #[arg(long, default_value = "auto")]
     pub intensity: IntensityScaling,
     #[arg(long, default_value = "auto")]
@@ -65,34 +72,38 @@ pub struct AnnotateArgs {
     pub out: PathBuf,
 }
 
-fn settings(args: &AnnotateArgs) -> Result<AmgSettings> {
-    let mut s = match &args.settings {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+impl AmgArgs {
+    /// The settings file or `preset` (when none is given on the command line), with the
+    /// flags applied.
+    pub fn settings(&self, preset: Preset) -> Result<AmgSettings> {
+        let mut s = match &self.settings {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => match self.preset.unwrap_or(preset) {
+                Preset::Official => AmgSettings::default(),
+                Preset::Reference => AmgSettings::reference_document(),
+            },
+        };
+        if let Some(v) = self.points_per_side {
+            s.points_per_side = Some(v);
+            s.point_grids = None;
         }
-        None => match args.preset {
-            Preset::Official => AmgSettings::default(),
-            Preset::Reference => AmgSettings::reference_document(),
-        },
-    };
-    if let Some(v) = args.points_per_side {
-        s.points_per_side = Some(v);
-        s.point_grids = None;
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { s.$field = v; })* };
+        }
+        set!(
+            points_per_batch,
+            pred_iou_thresh,
+            stability_score_thresh,
+            box_nms_thresh,
+            crop_n_layers,
+            min_mask_region_area
+        );
+        Ok(s)
     }
-    macro_rules! set {
-        ($($field:ident),*) => { $(if let Some(v) = args.$field { s.$field = v; })* };
-    }
-    set!(
-        points_per_batch,
-        pred_iou_thresh,
-        stability_score_thresh,
-        box_nms_thresh,
-        crop_n_layers,
-        min_mask_region_area
-    );
-    Ok(s)
 }
 
 /// The images to annotate and the folder their COCO `file_name`s are relative to.
@@ -101,26 +112,12 @@ fn image_list(path: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         return Ok((vec![path.to_path_buf()], dir));
     }
-    let entries =
-        std::fs::read_dir(path).with_context(|| format!("reading folder {}", path.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let file = entry
-            .with_context(|| format!("reading folder {}", path.display()))?
-            .path();
-        if is_image(&file) {
-            files.push(file);
-        }
-    }
-    files.sort();
-    if files.is_empty() {
-        bail!("{}: no images (png, jpg, tif) found", path.display());
-    }
+    let files = list_images(path)?;
     Ok((files, path.to_path_buf()))
 }
 
 pub fn run(args: AnnotateArgs) -> Result<()> {
-    let settings = settings(&args)?;
+    let settings = args.amg.settings(Preset::Official)?;
     let (files, root) = image_list(&args.images)?;
     let device = open_device(args.device)?;
     let (model, _) = load_sam(&args.checkpoint, args.variant, &device)?;

@@ -10,6 +10,7 @@ mod export;
 mod init;
 mod inspect;
 mod predict;
+mod serve;
 mod train;
 mod variants;
 
@@ -59,6 +60,9 @@ pub enum Command {
     /// Masks for every object in a folder of images (the official automatic mask
     /// generator), as COCO JSON that `train` reads.
     Annotate(annotate::AnnotateArgs),
+    /// A local web page to annotate images by clicking (saved as a COCO dataset that
+    /// `train` reads), pick auto-annotation proposals, and review eval and train runs.
+    Serve(serve::ServeArgs),
     /// Speed and memory of the five benchmark cases (random weights of the real sizes).
     Bench(bench::BenchArgs),
 }
@@ -90,6 +94,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::SampleData(args) => train::run_sample_data(args),
         Command::Bench(args) => bench::run(args),
         Command::Annotate(args) => annotate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Export(args) => export::run(args),
         Command::Init(args) => init::run(args),
         Command::Eval(args) => eval::run(args),

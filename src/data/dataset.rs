@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::coco::{CocoFile, CocoObject};
 use super::mask::BinaryMask;
-use crate::error::{Context, Error, Result};
+use crate::error::{bail, Context, Error, Result};
 
 /// One decoded object of an image.
 #[derive(Debug, Clone)]
@@ -347,6 +347,26 @@ pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// The image files of folder `dir` (not recursive), sorted; an error when it has none.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading folder {}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let file = entry
+            .with_context(|| format!("reading folder {}", dir.display()))?
+            .path();
+        if is_image(&file) {
+            files.push(file);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no images (png, jpg, tif) found", dir.display());
+    }
+    Ok(files)
 }
 
 /// What filtering an index left out.

@@ -99,8 +99,19 @@ pub fn evaluate_each(
     mut sink: impl FnMut(usize, ImageEval) -> Result<()>,
 ) -> Result<()> {
     let predictor = Predictor::new(model);
+    let bar = progress_bar(settings, samples.len());
+    for (index, sample) in samples.iter().enumerate() {
+        sink(index, evaluate_image(&predictor, sample, index, settings)?)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The bar of an evaluation of `images` images (hidden unless `settings.progress`).
+pub fn progress_bar(settings: &EvalSettings, images: usize) -> ProgressBar {
     let bar = if settings.progress {
-        ProgressBar::new(samples.len() as u64)
+        ProgressBar::new(images as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -108,12 +119,7 @@ pub fn evaluate_each(
         ProgressStyle::with_template("eval {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
             .expect("a valid template"),
     );
-    for (index, sample) in samples.iter().enumerate() {
-        sink(index, evaluate_image(&predictor, sample, index, settings)?)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(())
+    bar
 }
 
 /// One image (the `index`-th of its set, which seeds its prompts): every object predicted

@@ -1,7 +1,6 @@
 //! `samtune eval`: a checkpoint on a labeled set, every object's result streamed to
 //! `objects.jsonl`, the best and worst images drawn, and the report written.
 
-use std::io::Write;
 use std::path::Path;
 
 use image::RgbImage;
@@ -10,11 +9,12 @@ use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
 use super::metrics::{Aggregate, Confusion, ObjectResult};
 use super::report::semantic_prompts;
 use super::report::{comparison_overlay, enlarge_for_viewing, write_report, EvalReport};
+use super::review::ReviewImage;
 use crate::data::dataset::Sample;
 use crate::data::prompts::PromptConfig;
 use crate::data::DataConfig;
 use crate::error::{bail, Context, Result};
-use crate::fsutil::{save_png, temp_path};
+use crate::fsutil::{save_png, JsonLines};
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::semantic::Classes;
@@ -33,7 +33,7 @@ pub struct SetEvaluation<'a> {
     pub overlays: usize,
     /// A semantic model's classes: each image segmented without prompts, scored per class.
     pub semantic: Option<&'a Classes>,
-    /// Gets `report.{json,md,html}`, `objects.jsonl` and `overlays/`.
+    /// Gets `report.{json,md,html}`, `objects.jsonl`, `review.jsonl` and `overlays/`.
     pub out: &'a Path,
 }
 
@@ -120,19 +120,20 @@ impl Pictures {
     }
 }
 
-/// Evaluates every image, writing each object's result to `objects.jsonl` (renamed into
-/// place once complete) and keeping the pictures that may be drawn.
+/// The name `review.jsonl` gives the evaluated checkpoint.
+const MODEL: &str = "checkpoint";
+
+/// Evaluates every image, writing each object's result to `objects.jsonl` and each image's
+/// masks to `review.jsonl` (each renamed into place once complete), and keeping the
+/// pictures that may be drawn.
 fn stream_results(
     model: &Sam,
     samples: &[Sample],
     settings: &EvalSettings,
     job: &SetEvaluation,
 ) -> Result<(Vec<ObjectResult>, Pictures, Option<Confusion>)> {
-    let jsonl_path = job.out.join("objects.jsonl");
-    let tmp = temp_path(&jsonl_path);
-    let mut jsonl = std::io::BufWriter::new(
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-    );
+    let mut objects = JsonLines::create(&job.out.join("objects.jsonl"))?;
+    let mut review = JsonLines::create(&job.out.join("review.jsonl"))?;
     let mut results: Vec<ObjectResult> = Vec::new();
     let mut pictures = Pictures::default();
     let mut confusion = job.semantic.map(Confusion::new);
@@ -144,13 +145,13 @@ fn stream_results(
             confusion.add(&classes, &truth, &predicted);
         }
         for r in &eval.results {
-            writeln!(jsonl, "{}", serde_json::to_string(r)?)
-                .with_context(|| format!("writing {}", tmp.display()))?;
+            objects.add(r)?;
         }
+        let sample = &samples[index];
+        review.add(&ReviewImage::new(sample, &[MODEL], &[&eval])?)?;
         let score =
             eval.results.iter().map(|r| r.iou).sum::<f64>() / eval.results.len().max(1) as f64;
         if job.overlays > 0 && pictures.qualifies(score, job.overlays) {
-            let sample = &samples[index];
             let image = load_rgb(&sample.image, settings.intensity)?;
             let picture = comparison_overlay(&image, &eval.objects, &eval.predicted, &eval.prompts);
             pictures.add(score, sample.name(), picture, job.overlays);
@@ -158,19 +159,13 @@ fn stream_results(
         results.extend(eval.results);
         Ok(())
     });
-    let finished = streamed.and_then(|()| {
-        jsonl
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))
-    });
-    if let Err(e) = finished {
-        let _ = std::fs::remove_file(&tmp);
+    if let Err(e) = streamed {
+        objects.abandon();
+        review.abandon();
         return Err(e);
     }
-    std::fs::rename(&tmp, &jsonl_path)
-        .with_context(|| format!("writing {}", jsonl_path.display()))?;
+    objects.finish()?;
+    review.finish()?;
     Ok((results, pictures, confusion))
 }
 

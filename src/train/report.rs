@@ -15,13 +15,14 @@ use super::config::TrainConfig;
 use super::run::{with_task_head, RunData};
 use crate::data::dataset::Sample;
 use crate::eval::charts::{Chart, Reference, Series};
-use crate::eval::evaluate::{evaluate, evaluate_image, EvalSettings};
+use crate::eval::evaluate::{evaluate_image, progress_bar, EvalSettings};
 use crate::eval::metrics::{Aggregate, ObjectResult, Summary};
 use crate::eval::report::{
     class_legend, comparison_overlay, enlarge_for_viewing, escape, semantic_prompts, write_report,
     Report, EMPTY_CASES, STYLE,
 };
-use crate::fsutil::{save_png, write_bytes_atomic};
+use crate::eval::review::ReviewImage;
+use crate::fsutil::{save_png, write_bytes_atomic, JsonLines};
 use crate::model::Sam;
 use crate::predict::image::load_rgb;
 use crate::predict::semantic::Classes;
@@ -137,7 +138,7 @@ pub fn final_report(
     };
     let test = (!data.test.is_empty())
         .then(|| -> Result<TestReport> {
-            let (zero, tuned) = models.score(&data.test, settings)?;
+            let (zero, tuned) = models.score(&data.test, settings, None)?;
             Ok(TestReport {
                 images: data.test.len(),
                 zero_shot: Aggregate::of(&zero),
@@ -167,6 +168,9 @@ pub fn final_report(
     )
 }
 
+/// The models a training run's `report/review.jsonl` compares, in order.
+pub const REVIEWED: [&str; 2] = ["zero-shot", "fine-tuned"];
+
 /// The base (zero-shot) and the fine-tuned model.
 pub struct Models<'a> {
     pub base: &'a Sam,
@@ -174,16 +178,29 @@ pub struct Models<'a> {
 }
 
 impl Models<'_> {
-    /// Every object's result with each model.
+    /// Every object's result with each model, image by image; each image's masks both
+    /// ways into `review` when given.
     fn score(
         &self,
         samples: &[Sample],
         settings: &EvalSettings,
+        mut review: Option<&mut JsonLines>,
     ) -> Result<(Vec<ObjectResult>, Vec<ObjectResult>)> {
-        Ok((
-            evaluate(self.base, samples, settings)?,
-            evaluate(self.fine_tuned, samples, settings)?,
-        ))
+        let (base, tuned) = (Predictor::new(self.base), Predictor::new(self.fine_tuned));
+        let (mut zero, mut fine) = (Vec::new(), Vec::new());
+        let bar = progress_bar(settings, samples.len());
+        for (index, sample) in samples.iter().enumerate() {
+            let a = evaluate_image(&base, sample, index, settings)?;
+            let b = evaluate_image(&tuned, sample, index, settings)?;
+            if let Some(review) = review.as_deref_mut() {
+                review.add(&ReviewImage::new(sample, &REVIEWED, &[&a, &b])?)?;
+            }
+            zero.extend(a.results);
+            fine.extend(b.results);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok((zero, fine))
     }
 
     /// The images at `indices` of `samples` drawn with both models, side by side.
@@ -264,7 +281,16 @@ pub fn write_train_report(
 ) -> Result<TrainReport> {
     std::fs::create_dir_all(dir.join("compare"))
         .with_context(|| format!("creating {}", dir.join("compare").display()))?;
-    let (zero_results, tuned_results) = models.score(val_set, settings)?;
+    let mut review = JsonLines::create(&dir.join("review.jsonl"))?;
+    let scored = models.score(val_set, settings, Some(&mut review));
+    let (zero_results, tuned_results) = match scored {
+        Ok(results) => results,
+        Err(e) => {
+            review.abandon();
+            return Err(e);
+        }
+    };
+    review.finish()?;
     let zero_scores = image_scores(&zero_results);
     let tuned_scores = image_scores(&tuned_results);
     let (most_improved, weakest) = pictured(&zero_scores, &tuned_scores);

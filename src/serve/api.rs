@@ -1,0 +1,617 @@
+//! The HTTP interface of `samtune serve`: the page at `/` and JSON endpoints under
+//! `/api`. Masks travel as COCO's uncompressed RLE (`counts` over the column-major
+//! pixels, starting with a run of 0s), which the page paints without a decoder of its
+//! own. Bad requests get a 4xx and `{"error": "..."}` naming what is wrong; model work
+//! runs on blocking threads, so one slow request does not stall the others.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Json, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::state::{lock_job, ServerState};
+use crate::data::dataset::image_size;
+use crate::data::Rle;
+use crate::predict::{BinaryMask, PromptBatch};
+
+type Shared = Arc<ServerState>;
+
+/// The page: one file, its script and styles inline.
+const PAGE: &str = include_str!("page.html");
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/state", get(overview))
+        .route("/api/images/{image}/file", get(image_file))
+        .route("/api/images/{image}/encode", post(encode))
+        .route("/api/images/{image}/objects", get(objects).post(accept))
+        .route("/api/images/{image}/objects/last", delete(undo))
+        .route("/api/images/{image}/proposals", post(start_proposals))
+        .route("/api/predict", post(predict))
+        .route("/api/jobs/{job}", get(job))
+        .route("/api/reviews/{run}", get(review))
+        .route("/api/reviews/{run}/{entry}", get(review_image))
+        .route(
+            "/api/reviews/{run}/{entry}/{model}/picture",
+            get(review_picture),
+        )
+        .fallback(unknown_route)
+        .with_state(state)
+}
+
+/// An error answer: its status and what to tell the user.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.to_string(),
+        }
+    }
+
+    fn not_found(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.to_string(),
+        }
+    }
+
+    fn internal(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// Failures of the model or the files, after the request was checked.
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> Self {
+        Self::internal(format!("{e:#}"))
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+
+fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Answer<T> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Answer<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request(format!("malformed request body: {}", e.body_text())))
+}
+
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Answer<T> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+/// Runs model or file work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Answer<T> + Send + 'static,
+) -> Answer<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's work failed: {e}")))?
+}
+
+fn png(image: &image::RgbImage) -> Answer<Response> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| ApiError::internal(format!("encoding a PNG: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
+}
+
+/// A mask for the page.
+fn mask_json(mask: &BinaryMask) -> Value {
+    json!({ "area": mask.area(), "counts": Rle::encode(mask).counts })
+}
+
+fn checked_image(state: &ServerState, image: usize) -> Answer<()> {
+    state.image(image).map(|_| ()).map_err(ApiError::not_found)
+}
+
+fn checked_checkpoint(state: &ServerState, checkpoint: usize) -> Answer<()> {
+    state
+        .checkpoint(checkpoint)
+        .map(|_| ())
+        .map_err(ApiError::not_found)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("no such page or endpoint")
+}
+
+async fn overview(State(state): State<Shared>) -> Json<Value> {
+    let store = state.store();
+    let images: Vec<Value> = state
+        .images
+        .iter()
+        .map(|i| json!({ "name": i.name, "objects": store.object_count(&i.name) }))
+        .collect();
+    let checkpoints: Vec<Value> = state
+        .checkpoints
+        .iter()
+        .map(|c| json!({ "name": c.name, "path": c.path }))
+        .collect();
+    let reviews: Vec<Value> = state
+        .reviews
+        .iter()
+        .map(|r| json!({ "name": r.name, "models": r.models, "images": r.entries.len() }))
+        .collect();
+    Json(json!({
+        "images": images,
+        "checkpoints": checkpoints,
+        "categories": store.categories(),
+        "annotations": store.path(),
+        "reviews": reviews,
+    }))
+}
+
+async fn image_file(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+) -> Answer<Response> {
+    let image = path_of(image)?;
+    checked_image(&state, image)?;
+    blocking(move || png(&state.load_image(image)?)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointChoice {
+    #[serde(default)]
+    checkpoint: usize,
+}
+
+async fn encode(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+    query: Result<Query<CheckpointChoice>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let image = path_of(image)?;
+    let checkpoint = query_of(query)?.checkpoint;
+    checked_image(&state, image)?;
+    checked_checkpoint(&state, checkpoint)?;
+    blocking(move || {
+        let started = Instant::now();
+        let was_encoded = state.is_encoded(image, checkpoint);
+        let encoded = state.encoded(image, checkpoint)?;
+        let [height, width] = encoded.original_size;
+        Ok(Json(json!({
+            "width": width,
+            "height": height,
+            "in_memory": was_encoded,
+            "server_ms": started.elapsed().as_secs_f64() * 1e3,
+        })))
+    })
+    .await
+}
+
+/// A page's prompt set on one image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    image: usize,
+    #[serde(default)]
+    checkpoint: usize,
+    /// `[x, y, label]`, label 1 for a positive click and 0 for a negative one.
+    #[serde(default)]
+    points: Vec<[f64; 3]>,
+    /// `[x0, y0, x1, y1]` in image pixels.
+    #[serde(default, rename = "box")]
+    bbox: Option<[f64; 4]>,
+    /// The mask to refine: a candidate of an earlier prediction on this image.
+    #[serde(default)]
+    previous: Option<CandidateRef>,
+    /// Several candidates (default: when the prompt is a single click, as the official
+    /// predictor advises for ambiguous prompts).
+    #[serde(default)]
+    multimask: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateRef {
+    prediction: u64,
+    candidate: usize,
+}
+
+/// The prompt set's batch, each coordinate checked against the image's `[h, w]`.
+fn prompt_batch(request: &PredictRequest, [height, width]: [usize; 2]) -> Answer<PromptBatch> {
+    if request.points.is_empty() && request.bbox.is_none() {
+        return Err(ApiError::bad_request("a prompt needs a point or a box"));
+    }
+    let inside = |x: f64, y: f64| {
+        x.is_finite()
+            && y.is_finite()
+            && (0.0..=width as f64).contains(&x)
+            && (0.0..=height as f64).contains(&y)
+    };
+    let mut points = Vec::new();
+    for &[x, y, label] in &request.points {
+        if !inside(x, y) {
+            return Err(ApiError::bad_request(format!(
+                "point ({x}, {y}) lies outside the {width}x{height} image"
+            )));
+        }
+        if label != 0.0 && label != 1.0 {
+            return Err(ApiError::bad_request(format!(
+                "point label {label}: 1 marks the object, 0 the background"
+            )));
+        }
+        points.push(([x, y], label as i64));
+    }
+    if let Some(b) = request.bbox {
+        if !(inside(b[0], b[1]) && inside(b[2], b[3]) && b[0] < b[2] && b[1] < b[3]) {
+            return Err(ApiError::bad_request(format!(
+                "box {b:?} must be [x0, y0, x1, y1] with x0 < x1, y0 < y1, inside the {width}x{height} image"
+            )));
+        }
+    }
+    Ok(PromptBatch {
+        points: if points.is_empty() {
+            Vec::new()
+        } else {
+            vec![points]
+        },
+        boxes: request.bbox.into_iter().collect(),
+        mask_input: None,
+    })
+}
+
+async fn predict(
+    State(state): State<Shared>,
+    body: Result<Json<PredictRequest>, JsonRejection>,
+) -> Answer<Json<Value>> {
+    let request = body_of(body)?;
+    checked_image(&state, request.image)?;
+    checked_checkpoint(&state, request.checkpoint)?;
+    let size = image_size(&state.image(request.image)?.path)?;
+    let prompts = prompt_batch(&request, size)?;
+    let previous = match &request.previous {
+        None => None,
+        Some(r) => {
+            let earlier = state.prediction(r.prediction).ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "no prediction {} (the latest ones are kept)",
+                    r.prediction
+                ))
+            })?;
+            if (earlier.image, earlier.checkpoint) != (request.image, request.checkpoint) {
+                return Err(ApiError::bad_request(format!(
+                    "prediction {} is of another image or checkpoint",
+                    r.prediction
+                )));
+            }
+            let logits = earlier.low_res.get(r.candidate).cloned().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "prediction {} has no candidate {}",
+                    r.prediction, r.candidate
+                ))
+            })?;
+            Some(logits)
+        }
+    };
+    let multimask = request
+        .multimask
+        .unwrap_or(request.points.len() == 1 && request.bbox.is_none());
+    blocking(move || {
+        let started = Instant::now();
+        let prediction = state.predict(
+            request.image,
+            request.checkpoint,
+            prompts,
+            previous.as_deref(),
+            multimask,
+        )?;
+        let candidates: Vec<Value> = prediction
+            .masks
+            .iter()
+            .zip(&prediction.ious)
+            .map(|(mask, iou)| {
+                let mut m = mask_json(mask);
+                m["iou"] = json!(iou);
+                m
+            })
+            .collect();
+        let best = (0..prediction.ious.len())
+            .max_by(|&a, &b| prediction.ious[a].total_cmp(&prediction.ious[b]))
+            .unwrap_or(0);
+        Ok(Json(json!({
+            "prediction": prediction.id,
+            "width": size[1],
+            "height": size[0],
+            "candidates": candidates,
+            "best": best,
+            "server_ms": started.elapsed().as_secs_f64() * 1e3,
+        })))
+    })
+    .await
+}
+
+/// The saved objects of `image`, for the page.
+fn objects_json(state: &ServerState, image: usize) -> Answer<Value> {
+    let name = &state.image(image)?.name;
+    let objects: Vec<Value> = state
+        .store()
+        .objects(name)?
+        .iter()
+        .map(|o| {
+            let mut m = mask_json(&o.mask);
+            m["id"] = json!(o.id);
+            m["category"] = json!(o.category);
+            m
+        })
+        .collect();
+    Ok(json!({ "objects": objects, "categories": state.store().categories() }))
+}
+
+async fn objects(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+) -> Answer<Json<Value>> {
+    let image = path_of(image)?;
+    checked_image(&state, image)?;
+    blocking(move || objects_json(&state, image).map(Json)).await
+}
+
+/// An object to save: a prediction's candidate or an auto-annotation proposal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptRequest {
+    category: String,
+    #[serde(default)]
+    prediction: Option<u64>,
+    #[serde(default)]
+    candidate: Option<usize>,
+    #[serde(default)]
+    job: Option<u64>,
+    #[serde(default)]
+    proposal: Option<usize>,
+}
+
+/// The mask `request` names, checked to be of `image`.
+fn accepted_mask(state: &ServerState, image: usize, request: &AcceptRequest) -> Answer<BinaryMask> {
+    match (request.prediction, request.job) {
+        (Some(id), None) => {
+            let prediction = state
+                .prediction(id)
+                .ok_or_else(|| ApiError::not_found(format!("no prediction {id}")))?;
+            if prediction.image != image {
+                return Err(ApiError::bad_request(format!(
+                    "prediction {id} is of image {}",
+                    prediction.image
+                )));
+            }
+            let k = request.candidate.unwrap_or(0);
+            prediction.masks.get(k).cloned().ok_or_else(|| {
+                ApiError::bad_request(format!("prediction {id} has no candidate {k}"))
+            })
+        }
+        (None, Some(id)) => {
+            let job = state
+                .job(id)
+                .ok_or_else(|| ApiError::not_found(format!("no auto-annotation job {id}")))?;
+            let job = lock_job(&job);
+            if job.image != image {
+                return Err(ApiError::bad_request(format!(
+                    "job {id} is of image {}",
+                    job.image
+                )));
+            }
+            let Some(Ok(proposals)) = &job.outcome else {
+                return Err(ApiError::bad_request(format!(
+                    "job {id} has no proposals (yet)"
+                )));
+            };
+            let k = request.proposal.unwrap_or(0);
+            let proposal = proposals
+                .get(k)
+                .ok_or_else(|| ApiError::bad_request(format!("job {id} has no proposal {k}")))?;
+            Ok(proposal.rle.decode()?)
+        }
+        _ => Err(ApiError::bad_request(
+            "name either a prediction (and candidate) or a job (and proposal)",
+        )),
+    }
+}
+
+async fn accept(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+    body: Result<Json<AcceptRequest>, JsonRejection>,
+) -> Answer<Json<Value>> {
+    let image = path_of(image)?;
+    let request = body_of(body)?;
+    checked_image(&state, image)?;
+    if request.category.trim().is_empty() {
+        return Err(ApiError::bad_request("an object needs a category name"));
+    }
+    blocking(move || {
+        let mask = accepted_mask(&state, image, &request)?;
+        if mask.area() == 0 {
+            return Err(ApiError::bad_request("the mask is empty: nothing to save"));
+        }
+        let name = state.image(image)?.name.clone();
+        let id = state.store().add(&name, &mask, &request.category)?;
+        let mut answer = objects_json(&state, image)?;
+        answer["id"] = json!(id);
+        Ok(Json(answer))
+    })
+    .await
+}
+
+async fn undo(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+) -> Answer<Json<Value>> {
+    let image = path_of(image)?;
+    checked_image(&state, image)?;
+    blocking(move || {
+        let name = state.image(image)?.name.clone();
+        let removed = state.store().undo(&name)?;
+        let mut answer = objects_json(&state, image)?;
+        answer["removed"] = json!(removed);
+        Ok(Json(answer))
+    })
+    .await
+}
+
+async fn start_proposals(
+    State(state): State<Shared>,
+    image: Result<Path<usize>, PathRejection>,
+    query: Result<Query<CheckpointChoice>, QueryRejection>,
+) -> Answer<Json<Value>> {
+    let image = path_of(image)?;
+    let checkpoint = query_of(query)?.checkpoint;
+    checked_image(&state, image)?;
+    checked_checkpoint(&state, checkpoint)?;
+    let job = state.start_auto_annotation(image, checkpoint)?;
+    Ok(Json(json!({ "job": job })))
+}
+
+#[derive(Serialize)]
+struct Proposal {
+    iou: f32,
+    stability: f32,
+    area: usize,
+    /// `[x, y, w, h]`.
+    bbox: [usize; 4],
+    counts: Vec<u32>,
+}
+
+async fn job(
+    State(state): State<Shared>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Answer<Json<Value>> {
+    let id = path_of(id)?;
+    let job = state
+        .job(id)
+        .ok_or_else(|| ApiError::not_found(format!("no auto-annotation job {id}")))?;
+    let job = lock_job(&job);
+    let mut answer = json!({ "image": job.image, "done": job.done, "total": job.total });
+    match &job.outcome {
+        None => answer["state"] = json!("running"),
+        Some(Err(message)) => {
+            answer["state"] = json!("failed");
+            answer["error"] = json!(message);
+        }
+        Some(Ok(proposals)) => {
+            answer["state"] = json!("done");
+            let proposals: Vec<Proposal> = proposals
+                .iter()
+                .map(|p| Proposal {
+                    iou: p.predicted_iou,
+                    stability: p.stability_score,
+                    area: p.area(),
+                    bbox: p.bbox,
+                    counts: p.rle.counts.clone(),
+                })
+                .collect();
+            answer["proposals"] = json!(proposals);
+        }
+    }
+    Ok(Json(answer))
+}
+
+fn review_run(state: &ServerState, run: usize) -> Answer<&super::review::ReviewRun> {
+    state.reviews.get(run).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no review run {run}: {} are open",
+            state.reviews.len()
+        ))
+    })
+}
+
+async fn review(
+    State(state): State<Shared>,
+    run: Result<Path<usize>, PathRejection>,
+) -> Answer<Json<Value>> {
+    let run = review_run(&state, path_of(run)?)?;
+    let images: Vec<Value> = run
+        .worst_first()
+        .into_iter()
+        .map(|i| {
+            let e = &run.entries[i];
+            json!({ "entry": i, "image": e.image, "objects": e.objects, "mean_iou": e.mean_iou })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "name": run.name, "models": run.models, "images": images }),
+    ))
+}
+
+async fn review_image(
+    State(state): State<Shared>,
+    at: Result<Path<(usize, usize)>, PathRejection>,
+) -> Answer<Json<Value>> {
+    let (run, entry) = path_of(at)?;
+    review_run(&state, run)?;
+    blocking(move || {
+        let run = review_run(&state, run)?;
+        let reviewed = run.image(entry).map_err(ApiError::not_found)?;
+        let objects: Vec<Value> = reviewed
+            .objects
+            .iter()
+            .map(|o| json!({ "category": o.category, "iou": o.iou }))
+            .collect();
+        Ok(Json(json!({
+            "image": reviewed.image,
+            "models": reviewed.models,
+            "width": reviewed.size[1],
+            "height": reviewed.size[0],
+            "objects": objects,
+        })))
+    })
+    .await
+}
+
+async fn review_picture(
+    State(state): State<Shared>,
+    at: Result<Path<(usize, usize, usize)>, PathRejection>,
+) -> Answer<Response> {
+    let (run, entry, model) = path_of(at)?;
+    let reviewed = review_run(&state, run)?;
+    if entry >= reviewed.entries.len() || model >= reviewed.models.len() {
+        return Err(ApiError::not_found(format!(
+            "{}: no image {entry} or model {model}",
+            reviewed.name
+        )));
+    }
+    blocking(move || {
+        let picture = review_run(&state, run)?.picture(entry, model, state.intensity)?;
+        png(&picture)
+    })
+    .await
+}
