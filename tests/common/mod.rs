@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: fixture paths and reference tensors.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
