@@ -7,7 +7,9 @@
 //! is set (CI sets it): there it fails.
 //!
 //! `cargo test --release --test browser -- --ignored --nocapture` measures click-to-mask
-//! latency (`SAMTUNE_BROWSER_CHECKPOINT` picks the checkpoint, e.g. a ViT-B).
+//! latency (`SAMTUNE_BROWSER_CHECKPOINT` picks the checkpoint, e.g. a ViT-B;
+//! `SAMTUNE_BROWSER_DATA` a folder of `images/` and `masks/` named like the bundled ones,
+//! e.g. `samtune sample-data --size 1024`).
 
 mod common;
 
@@ -83,7 +85,10 @@ fn browser() -> Option<Driver> {
     let http = Http::new(format!("127.0.0.1:{port}").parse().unwrap());
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "chromedriver did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut options = json!({
@@ -129,7 +134,11 @@ impl Driver {
     }
 
     fn run(&self, script: &str) -> Value {
-        self.command("POST", "/execute/sync", json!({ "script": script, "args": [] }))
+        self.command(
+            "POST",
+            "/execute/sync",
+            json!({ "script": script, "args": [] }),
+        )
     }
 
     /// Waits (up to 60 s) until `script` returns something truthy; that value.
@@ -140,7 +149,10 @@ impl Driver {
             if !(value.is_null() || value == json!(false) || value == json!(0)) {
                 return value;
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "waited for {script}");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "waited for {script}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -167,7 +179,11 @@ impl Driver {
     fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css);
         self.command("POST", &format!("/element/{id}/clear"), json!({}));
-        self.command("POST", &format!("/element/{id}/value"), json!({ "text": text }));
+        self.command(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({ "text": text }),
+        );
     }
 
     /// A real mouse click on the overlay canvas at image pixel `(x, y)` of an image
@@ -175,7 +191,10 @@ impl Driver {
     fn click_image(&self, [x, y]: [f64; 2], [h, w]: [usize; 2]) {
         let id = self.element("#overlay");
         let rect = self.command("GET", &format!("/element/{id}/rect"), json!({}));
-        let (rw, rh) = (rect["width"].as_f64().unwrap(), rect["height"].as_f64().unwrap());
+        let (rw, rh) = (
+            rect["width"].as_f64().unwrap(),
+            rect["height"].as_f64().unwrap(),
+        );
         // viewport coordinates in CSS pixels (the page does not scroll)
         let vx = (rect["x"].as_f64().unwrap() + x * rw / w as f64).round() as i64;
         let vy = (rect["y"].as_f64().unwrap() + y * rh / h as f64).round() as i64;
@@ -201,14 +220,15 @@ impl Driver {
     }
 }
 
-fn serve(dir: &Path, checkpoint: PathBuf) -> (Server, PathBuf) {
+/// Serves the first three images of `source` (a folder of `images/` and `masks/`),
+/// copied under `dir`.
+fn serve(dir: &Path, checkpoint: PathBuf, source: &Path) -> (Server, PathBuf) {
     let data = dir.join("data");
     for sub in ["images", "masks"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
         for i in 0..3 {
             let name = format!("{i:04}.png");
-            std::fs::copy(repo("data/source").join(sub).join(&name), data.join(sub).join(&name))
-                .unwrap();
+            std::fs::copy(source.join(sub).join(&name), data.join(sub).join(&name)).unwrap();
         }
     }
     let config = ServeConfig {
@@ -246,9 +266,7 @@ fn object(data: &Path, index: usize, label: u16) -> (BinaryMask, [f64; 2], [usiz
 }
 
 fn shown_mask(driver: &Driver, [h, w]: [usize; 2]) -> BinaryMask {
-    let counts = driver.run(
-        "return state.prediction.candidates[state.candidate].counts;",
-    );
+    let counts = driver.run("return state.prediction.candidates[state.candidate].counts;");
     Rle {
         height: h,
         width: w,
@@ -264,8 +282,18 @@ fn shown_mask(driver: &Driver, [h, w]: [usize; 2]) -> BinaryMask {
 }
 
 fn iou(a: &BinaryMask, b: &BinaryMask) -> f64 {
-    let inter = a.data.iter().zip(&b.data).filter(|(x, y)| **x != 0 && **y != 0).count();
-    let union = a.data.iter().zip(&b.data).filter(|(x, y)| **x != 0 || **y != 0).count();
+    let inter = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .filter(|(x, y)| **x != 0 && **y != 0)
+        .count();
+    let union = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .filter(|(x, y)| **x != 0 || **y != 0)
+        .count();
     inter as f64 / union.max(1) as f64
 }
 
@@ -281,7 +309,11 @@ fn open_first_image(driver: &Driver, server: &Server) {
 fn a_click_in_the_page_gives_the_mask_and_the_saved_object_trains() {
     let Some(driver) = browser() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (server, data) = serve(dir.path(), repo("checkpoints/sam_tiny_source.safetensors"));
+    let (server, data) = serve(
+        dir.path(),
+        repo("checkpoints/sam_tiny_source.safetensors"),
+        &repo("data/source"),
+    );
     open_first_image(&driver, &server);
     let (truth, point, size) = object(&data, 0, 1);
     driver.click_image(point, size);
@@ -305,7 +337,8 @@ fn a_click_in_the_page_gives_the_mask_and_the_saved_object_trains() {
 
     // saved as COCO, and samtune train trains on it
     let annotations = dir.path().join("annotations.json");
-    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&annotations).unwrap()).unwrap();
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&annotations).unwrap()).unwrap();
     assert_eq!(saved["annotations"].as_array().unwrap().len(), 1);
     assert_eq!(saved["categories"][0]["name"], "blob");
     let config = dir.path().join("train.toml");
@@ -344,7 +377,10 @@ fn click_to_mask_latency() {
     let checkpoint = std::env::var_os("SAMTUNE_BROWSER_CHECKPOINT")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo("checkpoints/sam_tiny_source.safetensors"));
-    let (server, data) = serve(dir.path(), checkpoint.clone());
+    let source = std::env::var_os("SAMTUNE_BROWSER_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("data/source"));
+    let (server, data) = serve(dir.path(), checkpoint.clone(), &source);
     open_first_image(&driver, &server);
     let (_, point, size) = object(&data, 0, 1);
     let clicks = 21;
@@ -367,8 +403,10 @@ fn click_to_mask_latency() {
     };
     let (total, server_ms) = (stats("total_ms"), stats("server_ms"));
     println!(
-        "{}: click to painted mask {:.1} ms median ({:.1}-{:.1}), server {:.1} ms ({:.1}-{:.1}), {} clicks",
+        "{} on {}x{} images: click to painted mask {:.1} ms median ({:.1}-{:.1}), server {:.1} ms ({:.1}-{:.1}), {} clicks",
         checkpoint.display(),
+        size[1],
+        size[0],
         total.0,
         total.1,
         total.2,

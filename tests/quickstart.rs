@@ -73,6 +73,35 @@ fn quickstart_fine_tuning_beats_zero_shot_in_the_report() {
         "{zero_in_loop} vs {zero}"
     );
 
+    // review.jsonl (what `serve --review` opens): every validation image, both models,
+    // their scores those of the report
+    let (models, entries) =
+        samtune::eval::review::read_review_index(&report_dir.join("review.jsonl")).unwrap();
+    assert_eq!(models, ["zero-shot", "fine-tuned"]);
+    assert_eq!(entries.len(), 16);
+    let objects: usize = entries.iter().map(|e| e.objects).sum();
+    assert_eq!(
+        objects as u64,
+        report["fine_tuned"]["overall"]["objects"].as_u64().unwrap()
+    );
+    let weighted = |k: usize| {
+        entries
+            .iter()
+            .map(|e| e.mean_iou[k] * e.objects as f64)
+            .sum::<f64>()
+            / objects as f64
+    };
+    assert!(
+        (weighted(0) - zero).abs() < 1e-9,
+        "{} vs {zero}",
+        weighted(0)
+    );
+    assert!(
+        (weighted(1) - tuned).abs() < 1e-9,
+        "{} vs {tuned}",
+        weighted(1)
+    );
+
     // pictures: both curves, and every side-by-side image exists and holds two panels
     for svg in ["loss.svg", "val_iou.svg"] {
         let text = std::fs::read_to_string(report_dir.join(svg)).unwrap();

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::state::{lock_job, ServerState};
+use super::store::AnnotationStore;
 use crate::data::dataset::image_size;
 use crate::data::Rle;
 use crate::predict::{BinaryMask, PromptBatch};
@@ -463,11 +464,11 @@ async fn accept(
         if mask.area() == 0 {
             return Err(ApiError::bad_request("the mask is empty: nothing to save"));
         }
-        let name = state.image(image)?.name.clone();
-        let id = state.store().add(&name, &mask, &request.category)?;
-        let mut answer = objects_json(&state, image)?;
-        answer["id"] = json!(id);
-        Ok(Json(answer))
+        change_objects(&state, image, "id", |store, name| {
+            store
+                .add(name, &mask, &request.category)
+                .map(|id| json!(id))
+        })
     })
     .await
 }
@@ -479,13 +480,27 @@ async fn undo(
     let image = path_of(image)?;
     checked_image(&state, image)?;
     blocking(move || {
-        let name = state.image(image)?.name.clone();
-        let removed = state.store().undo(&name)?;
-        let mut answer = objects_json(&state, image)?;
-        answer["removed"] = json!(removed);
-        Ok(Json(answer))
+        change_objects(&state, image, "removed", |store, name| {
+            store.undo(name).map(|id| json!(id))
+        })
     })
     .await
+}
+
+/// Applies `change` to the saved objects of `image` (given the store and the image's
+/// file name); the answer is the image's objects after it, with what `change` returned
+/// under `key`.
+fn change_objects(
+    state: &ServerState,
+    image: usize,
+    key: &str,
+    change: impl FnOnce(&mut AnnotationStore, &str) -> crate::error::Result<Value>,
+) -> Answer<Json<Value>> {
+    let name = state.image(image)?.name.clone();
+    let changed = change(&mut state.store(), &name)?;
+    let mut answer = objects_json(state, image)?;
+    answer[key] = changed;
+    Ok(Json(answer))
 }
 
 async fn start_proposals(

@@ -264,13 +264,18 @@ impl ServerState {
         }
         let state = self.clone();
         std::thread::spawn(move || {
-            let outcome = state
-                .auto_annotate(image, checkpoint, &|done, total| {
+            let run = || {
+                state.auto_annotate(image, checkpoint, &|done, total| {
                     let mut job = lock(&job);
                     job.done = done;
                     job.total = total;
                 })
-                .map_err(|e| format!("{e:#}"));
+            };
+            // a job that dies must still say so, or the page would wait for it forever
+            let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                Ok(generated) => generated.map_err(|e| format!("{e:#}")),
+                Err(_) => Err("the mask generator stopped unexpectedly".to_string()),
+            };
             lock(&job).outcome = Some(outcome);
         });
         Ok(id)
