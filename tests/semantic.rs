@@ -206,4 +206,16 @@ fn ct_volumes_train_into_a_two_organ_segmenter_without_prompts() {
     assert!(diagonal as f64 > 0.9 * total as f64, "{confusion}");
     let html = std::fs::read_to_string(eval2d.join("report.html")).unwrap();
     assert!(html.contains("liver") && html.contains("background:rgb("));
+    // review.jsonl lists the classes each image scored, with the report's scores
+    let (_, entries) =
+        samtune::eval::review::read_review_index(&eval2d.join("review.jsonl")).unwrap();
+    let objects: usize = entries.iter().map(|e| e.objects).sum();
+    let overall = &report["aggregate"]["overall"];
+    assert_eq!(objects as u64, overall["objects"].as_u64().unwrap());
+    let mean = entries
+        .iter()
+        .map(|e| e.mean_iou[0] * e.objects as f64)
+        .sum::<f64>()
+        / objects as f64;
+    assert!((mean - overall["mean_iou"].as_f64().unwrap()).abs() < 1e-9);
 }

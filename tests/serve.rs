@@ -357,6 +357,28 @@ fn bad_requests_get_a_4xx_naming_what_is_wrong() {
         "no checkpoint 7",
     );
     refused(http.get("/nowhere"), 404, "no such page");
+    refused(
+        http.post("/api/images/4/encode", &json!({})),
+        404,
+        "no image 4",
+    );
+    refused(
+        http.post("/api/images/4/proposals", &json!({})),
+        404,
+        "no image 4",
+    );
+    refused(
+        http.post("/api/images/0/proposals?checkpoint=2", &json!({})),
+        404,
+        "no checkpoint 2",
+    );
+    refused(
+        http.post("/api/images/0/encode?checkpoint=x", &json!({})),
+        400,
+        "checkpoint",
+    );
+    refused(http.delete("/api/images/4/objects/last"), 404, "no image 4");
+    refused(http.get("/api/reviews/0"), 404, "no review run 0");
     let predict = |body: Value| http.post("/api/predict", &body);
     refused(
         predict(json!({ "image": 3, "points": [[1, 1, 1]] })),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::evaluate::ImageEval;
+use super::metrics::iou_and_dice;
 use crate::data::dataset::Sample;
 use crate::data::mask::Rle;
 use crate::error::{bail, Context, Result};
@@ -42,15 +43,32 @@ pub struct ReviewImage {
 }
 
 impl ReviewImage {
-    /// `sample` evaluated by each model (`evals` in the order of `models`).
+    /// `sample` evaluated by each model (`evals` in the order of `models`, all of one
+    /// kind: prompted, or semantic). A semantic image lists the classes some model
+    /// scored (in its truth or its prediction); a class one model scored and another did
+    /// not counts for both, an empty class against an empty prediction as IoU 1.
     pub fn new(sample: &Sample, models: &[&str], evals: &[&ImageEval]) -> Result<Self> {
         let Some(first) = evals.first() else {
             bail!("a reviewed image needs at least one model's evaluation");
+        };
+        let n = first.objects.len();
+        if evals
+            .iter()
+            .any(|e| e.objects.len() != n || e.predicted.len() != n)
+        {
+            bail!("{}: the models evaluated other objects", sample.name());
+        }
+        // a semantic evaluation holds every class, scored where truth or prediction has it
+        let scored = |i: usize| {
+            evals
+                .iter()
+                .any(|e| e.objects[i].mask.area() > 0 || e.predicted[i].area() > 0)
         };
         let objects = first
             .objects
             .iter()
             .enumerate()
+            .filter(|&(i, _)| scored(i))
             .map(|(i, object)| {
                 let prompt = first.prompts.get(i);
                 ReviewObject {
@@ -66,7 +84,11 @@ impl ReviewImage {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    iou: evals.iter().map(|e| e.results[i].iou).collect(),
+                    // as the evaluation scored it
+                    iou: evals
+                        .iter()
+                        .map(|e| iou_and_dice(&e.predicted[i], &object.mask).0)
+                        .collect(),
                     predicted: evals
                         .iter()
                         .map(|e| Rle::encode(&e.predicted[i]).to_compressed())
