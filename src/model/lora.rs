@@ -164,9 +164,8 @@ impl ModuleMapper for SeededFactors {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !self.stack.last().is_some_and(|n| n == "a")
-            || !self.stack.iter().rev().nth(1).is_some_and(|n| n == "lora")
-        {
+        let is_factor_a = self.stack.ends_with(&["lora".to_string(), "a".to_string()]);
+        if !is_factor_a {
             return param;
         }
         param.map(|factor| {

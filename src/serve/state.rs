@@ -67,6 +67,9 @@ pub struct Job {
     pub outcome: Option<std::result::Result<Vec<GeneratedMask>, String>>,
 }
 
+/// An embedding's `(image, checkpoint)`.
+type EncodedKey = (usize, usize);
+
 /// Everything the server holds.
 pub struct ServerState {
     pub images: Vec<ServedImage>,
@@ -75,7 +78,8 @@ pub struct ServerState {
     pub amg: AmgSettings,
     pub intensity: IntensityScaling,
     pub device: Device,
-    encoded: Mutex<VecDeque<((usize, usize), Arc<EncodedImage>)>>,
+    /// `(image, checkpoint)` -> its embedding, oldest first.
+    encoded: Mutex<VecDeque<(EncodedKey, Arc<EncodedImage>)>>,
     predictions: Mutex<VecDeque<Arc<StoredPrediction>>>,
     jobs: Mutex<VecDeque<(u64, Arc<Mutex<Job>>)>>,
     /// Saves are serialised by this lock (one writer of the annotation file at a time).
