@@ -223,6 +223,17 @@ impl Driver {
 /// Serves the first three images of `source` (a folder of `images/` and `masks/`),
 /// copied under `dir`.
 fn serve(dir: &Path, checkpoint: PathBuf, source: &Path) -> (Server, PathBuf) {
+    serve_with(dir, checkpoint, source, Vec::new())
+}
+
+/// [`serve`] with runs to review, and generator thresholds the tiny model reaches (as in
+/// CI's annotate check).
+fn serve_with(
+    dir: &Path,
+    checkpoint: PathBuf,
+    source: &Path,
+    reviews: Vec<PathBuf>,
+) -> (Server, PathBuf) {
     let data = dir.join("data");
     for sub in ["images", "masks"] {
         std::fs::create_dir_all(data.join(sub)).unwrap();
@@ -235,10 +246,15 @@ fn serve(dir: &Path, checkpoint: PathBuf, source: &Path) -> (Server, PathBuf) {
         checkpoints: vec![checkpoint],
         images: data.join("images"),
         annotations: dir.join("annotations.json"),
-        reviews: Vec::new(),
+        reviews,
         cache: None,
         intensity: Default::default(),
-        amg: samtune::AmgSettings::reference_document(),
+        amg: samtune::AmgSettings {
+            points_per_side: Some(8),
+            pred_iou_thresh: 0.5,
+            stability_score_thresh: 0.7,
+            ..samtune::AmgSettings::reference_document()
+        },
         address: "127.0.0.1:0".parse().unwrap(),
     };
     (start(&config, Device::default()).unwrap(), data)
@@ -364,6 +380,65 @@ fn a_click_in_the_page_gives_the_mask_and_the_saved_object_trains() {
         .path()
         .join("runs/annotated/checkpoints/last.safetensors")
         .is_file());
+    server.stop().unwrap();
+}
+
+#[test]
+fn the_page_reviews_a_run_and_accepts_auto_annotation_proposals() {
+    let Some(driver) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = repo("checkpoints/sam_tiny_source.safetensors");
+    let out = dir.path().join("eval");
+    let eval = common::samtune([
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        repo("data/source").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let (server, _) = serve_with(dir.path(), checkpoint, &repo("data/source"), vec![out]);
+
+    // auto-annotate: the proposals appear, one is accepted and saved
+    open_first_image(&driver, &server);
+    driver.click("#auto");
+    let shown = driver.wait_for("return document.querySelectorAll('#proposals li').length;");
+    assert!(shown.as_u64().unwrap() >= 1);
+    driver.click("#proposals li button");
+    driver.wait_for("return document.querySelectorAll('#objects li').length === 1;");
+    let remaining = driver.run("return document.querySelectorAll('#proposals li').length;");
+    assert_eq!(remaining.as_u64().unwrap() + 1, shown.as_u64().unwrap());
+    let saved: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("annotations.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["annotations"].as_array().unwrap().len(), 1);
+
+    // review: every image of the run listed, worst first; a row shows its picture
+    driver.click("#tab-review");
+    let rows = driver.wait_for("return document.querySelectorAll('#review-rows tr').length;");
+    assert_eq!(rows, 24, "the bundled source set has 24 images");
+    let scores = driver.run(
+        "return [...document.querySelectorAll('#review-rows tr')].map(r => Number(r.cells[2].textContent));",
+    );
+    let scores: Vec<f64> = scores
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{scores:?}");
+    driver.click("#review-rows tr");
+    let width = driver.wait_for(
+        "const img = document.querySelector('#review-pictures img'); return img && img.complete && img.naturalWidth;",
+    );
+    assert_eq!(width, 256);
     server.stop().unwrap();
 }
 
