@@ -194,6 +194,11 @@ fn a_click_gives_candidates_a_refined_mask_and_a_saved_object_that_train_reads()
     assert_eq!(saved.status, 200, "{}", saved.json);
     assert_eq!(saved.json["objects"].as_array().unwrap().len(), 1);
     assert_eq!(saved.json["categories"], json!(["blob"]));
+    let again = http.post(
+        "/api/images/0/objects",
+        &json!({ "prediction": id, "candidate": best, "category": "blob" }),
+    );
+    assert_eq!(again.status, 409, "a mask is saved once: {}", again.json);
     let listed = http.get("/api/images/0/objects").json;
     assert_eq!(
         page_mask(&listed["objects"][0]["counts"], height, width),
@@ -266,6 +271,15 @@ fn auto_annotation_runs_as_a_job_whose_proposals_can_be_accepted() {
     assert_eq!(
         accepted.json["objects"][0]["counts"], proposals[0]["counts"],
         "the proposal is saved as it was shown"
+    );
+    let again = http.post(
+        "/api/images/0/objects",
+        &json!({ "job": job, "proposal": 0, "category": "auto" }),
+    );
+    assert_eq!(
+        again.status, 409,
+        "a proposal is saved once: {}",
+        again.json
     );
     let missing = http.post(
         "/api/images/0/objects",
@@ -474,15 +488,21 @@ fn concurrent_saves_to_one_file_all_land() {
     let server = serve(dir.path(), &data, Vec::new());
     let http = Arc::new(Http::new(server.address));
     let (_, [x, y]) = object(&data, 0, 1);
-    let made = http
-        .post(
-            "/api/predict",
-            &json!({ "image": 0, "points": [[x, y, 1]] }),
-        )
-        .json;
-    let id = made["prediction"].as_u64().unwrap();
-    let threads: Vec<_> = (0..8)
+    let ids: Vec<u64> = (0..8)
         .map(|k| {
+            let made = http
+                .post(
+                    "/api/predict",
+                    &json!({ "image": 0, "points": [[x + k as f64, y, 1]] }),
+                )
+                .json;
+            made["prediction"].as_u64().unwrap()
+        })
+        .collect();
+    let threads: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(k, id)| {
             let http = http.clone();
             std::thread::spawn(move || {
                 http.post(

@@ -105,6 +105,27 @@ impl ReviewImage {
         })
     }
 
+    /// Every object has a score and a mask for each of the models (`check` before use:
+    /// the other methods index by model).
+    pub fn check(&self) -> Result<()> {
+        let models = self.models.len();
+        if models == 0 {
+            bail!("no models compared");
+        }
+        if let Some(o) = self
+            .objects
+            .iter()
+            .find(|o| o.iou.len() != models || o.predicted.len() != models)
+        {
+            bail!(
+                "an object has {} scores and {} masks for {models} models",
+                o.iou.len(),
+                o.predicted.len()
+            );
+        }
+        Ok(())
+    }
+
     /// Model `k`'s mean IoU over the image's objects (1 without objects).
     pub fn mean_iou(&self, k: usize) -> f64 {
         if self.objects.is_empty() {
@@ -115,10 +136,9 @@ impl ReviewImage {
 }
 
 /// What the index of a `review.jsonl` keeps of a line: where it starts and its scores.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ReviewEntry {
     /// Byte offset of the line.
-    #[serde(skip)]
     pub offset: u64,
     pub image: String,
     pub objects: usize,
@@ -145,7 +165,10 @@ pub fn read_review_index(path: &Path) -> Result<(Vec<String>, Vec<ReviewEntry>)>
         if !line.trim().is_empty() {
             let image: ReviewImage = serde_json::from_str(&line)
                 .with_context(|| format!("{} line {number}", path.display()))?;
-            if number == 1 {
+            image
+                .check()
+                .with_context(|| format!("{} line {number}", path.display()))?;
+            if entries.is_empty() {
                 models = image.models.clone();
             } else if image.models != models {
                 bail!(
@@ -177,7 +200,12 @@ pub fn read_review_line(path: &Path, offset: u64) -> Result<ReviewImage> {
     std::io::BufReader::new(file)
         .read_line(&mut line)
         .with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&line).with_context(|| format!("{} at byte {offset}", path.display()))
+    let image: ReviewImage = serde_json::from_str(&line)
+        .with_context(|| format!("{} at byte {offset}", path.display()))?;
+    image
+        .check()
+        .with_context(|| format!("{} at byte {offset}", path.display()))?;
+    Ok(image)
 }
 
 #[cfg(test)]
@@ -233,5 +261,11 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = read_review_index(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+        // an object without a score for every model
+        let mut short = image("c.png", [0.0, 0.0]);
+        short.objects[0].iou.pop();
+        std::fs::write(&path, serde_json::to_string(&short).unwrap()).unwrap();
+        let err = format!("{:#}", read_review_index(&path).unwrap_err());
+        assert!(err.contains("line 1") && err.contains("1 scores"), "{err}");
     }
 }

@@ -70,6 +70,13 @@ impl ApiError {
         }
     }
 
+    fn conflict(message: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            message: message.to_string(),
+        }
+    }
+
     fn internal(message: impl std::fmt::Display) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,20 +100,35 @@ impl From<crate::error::Error> for ApiError {
 
 type Answer<T> = Result<T, ApiError>;
 
+/// A refused extraction with axum's status, except that a body which is JSON but not
+/// the expected shape (422 there) is a 400 like any other bad body.
+fn rejected(status: StatusCode, message: String) -> ApiError {
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    ApiError { status, message }
+}
+
 fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Answer<T> {
     path.map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+        .map_err(|e| rejected(e.status(), e.body_text()))
 }
 
 fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Answer<T> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::bad_request(format!("malformed request body: {}", e.body_text())))
+    body.map(|Json(b)| b).map_err(|e| {
+        rejected(
+            e.status(),
+            format!("malformed request body: {}", e.body_text()),
+        )
+    })
 }
 
 fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Answer<T> {
     query
         .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
+        .map_err(|e| rejected(e.status(), e.body_text()))
 }
 
 /// Runs model or file work on a blocking thread.
@@ -131,7 +153,18 @@ fn png(image: &image::RgbImage) -> Answer<Response> {
 
 /// A mask for the page.
 fn mask_json(mask: &BinaryMask) -> Value {
-    json!({ "area": mask.area(), "counts": Rle::encode(mask).counts })
+    rle_json(&Rle::encode(mask))
+}
+
+fn rle_json(rle: &Rle) -> Value {
+    let area: u64 = rle
+        .counts
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .map(|&c| c as u64)
+        .sum();
+    json!({ "area": area, "counts": rle.counts })
 }
 
 fn checked_image(state: &ServerState, image: usize) -> Answer<()> {
@@ -163,7 +196,7 @@ async fn overview(State(state): State<Shared>) -> Json<Value> {
     let checkpoints: Vec<Value> = state
         .checkpoints
         .iter()
-        .map(|c| json!({ "name": c.name, "path": c.path }))
+        .map(|c| json!({ "name": c.name, "path": c.path.display().to_string() }))
         .collect();
     let reviews: Vec<Value> = state
         .reviews
@@ -174,7 +207,7 @@ async fn overview(State(state): State<Shared>) -> Json<Value> {
         "images": images,
         "checkpoints": checkpoints,
         "categories": store.categories(),
-        "annotations": store.path(),
+        "annotations": store.path().display().to_string(),
         "reviews": reviews,
     }))
 }
@@ -321,7 +354,7 @@ async fn predict(
                     r.prediction, r.candidate
                 ))
             })?;
-            Some(logits)
+            Some((logits, earlier.low_res_side))
         }
     };
     let multimask = request
@@ -333,7 +366,7 @@ async fn predict(
             request.image,
             request.checkpoint,
             prompts,
-            previous.as_deref(),
+            previous.as_ref().map(|(l, side)| (l.as_slice(), *side)),
             multimask,
         )?;
         let candidates: Vec<Value> = prediction
@@ -341,7 +374,7 @@ async fn predict(
             .iter()
             .zip(&prediction.ious)
             .map(|(mask, iou)| {
-                let mut m = mask_json(mask);
+                let mut m = rle_json(mask);
                 m["iou"] = json!(iou);
                 m
             })
@@ -416,31 +449,44 @@ fn accepted_mask(state: &ServerState, image: usize, request: &AcceptRequest) -> 
                 )));
             }
             let k = request.candidate.unwrap_or(0);
-            prediction.masks.get(k).cloned().ok_or_else(|| {
+            let rle = prediction.masks.get(k).ok_or_else(|| {
                 ApiError::bad_request(format!("prediction {id} has no candidate {k}"))
-            })
+            })?;
+            if !state.mark_accepted(id) {
+                return Err(ApiError::conflict(format!(
+                    "prediction {id} was saved already"
+                )));
+            }
+            Ok(rle.decode()?)
         }
         (None, Some(id)) => {
             let job = state
                 .job(id)
                 .ok_or_else(|| ApiError::not_found(format!("no auto-annotation job {id}")))?;
-            let job = lock_job(&job);
+            let mut job = lock_job(&job);
             if job.image != image {
                 return Err(ApiError::bad_request(format!(
                     "job {id} is of image {}",
                     job.image
                 )));
             }
+            let k = request.proposal.unwrap_or(0);
             let Some(Ok(proposals)) = &job.outcome else {
                 return Err(ApiError::bad_request(format!(
                     "job {id} has no proposals (yet)"
                 )));
             };
-            let k = request.proposal.unwrap_or(0);
             let proposal = proposals
                 .get(k)
                 .ok_or_else(|| ApiError::bad_request(format!("job {id} has no proposal {k}")))?;
-            Ok(proposal.rle.decode()?)
+            let mask = proposal.rle.decode()?;
+            if job.accepted.contains(&k) {
+                return Err(ApiError::conflict(format!(
+                    "proposal {k} of job {id} was saved already"
+                )));
+            }
+            job.accepted.push(k);
+            Ok(mask)
         }
         _ => Err(ApiError::bad_request(
             "name either a prediction (and candidate) or a job (and proposal)",
@@ -460,17 +506,34 @@ async fn accept(
         return Err(ApiError::bad_request("an object needs a category name"));
     }
     blocking(move || {
+        // claimed here, so that two accepts of one mask cannot both save it
         let mask = accepted_mask(&state, image, &request)?;
-        if mask.area() == 0 {
-            return Err(ApiError::bad_request("the mask is empty: nothing to save"));
+        let saved = if mask.area() == 0 {
+            Err(ApiError::bad_request("the mask is empty: nothing to save"))
+        } else {
+            change_objects(&state, image, "id", |store, name| {
+                store
+                    .add(name, &mask, &request.category)
+                    .map(|id| json!(id))
+            })
+        };
+        if saved.is_err() {
+            release(&state, &request);
         }
-        change_objects(&state, image, "id", |store, name| {
-            store
-                .add(name, &mask, &request.category)
-                .map(|id| json!(id))
-        })
+        saved
     })
     .await
+}
+
+/// Gives back the claim of an accept whose save failed (it may be tried again).
+fn release(state: &ServerState, request: &AcceptRequest) {
+    if let Some(id) = request.prediction {
+        state.unmark_accepted(id);
+    }
+    if let Some(job) = request.job.and_then(|id| state.job(id)) {
+        let k = request.proposal.unwrap_or(0);
+        lock_job(&job).accepted.retain(|&a| a != k);
+    }
 }
 
 async fn undo(
@@ -498,7 +561,10 @@ fn change_objects(
 ) -> Answer<Json<Value>> {
     let name = state.image(image)?.name.clone();
     let changed = change(&mut state.store(), &name)?;
-    let mut answer = objects_json(state, image)?;
+    // the change is saved: a listing that fails (an annotation of another tool that does
+    // not decode) must not make it look failed, or the page would save it again
+    let mut answer = objects_json(state, image)
+        .unwrap_or_else(|e| json!({ "objects": [], "listing_error": e.message }));
     answer[key] = changed;
     Ok(Json(answer))
 }
@@ -512,7 +578,9 @@ async fn start_proposals(
     let checkpoint = query_of(query)?.checkpoint;
     checked_image(&state, image)?;
     checked_checkpoint(&state, checkpoint)?;
-    let job = state.start_auto_annotation(image, checkpoint)?;
+    let job = state
+        .start_auto_annotation(image, checkpoint)
+        .map_err(|refused| ApiError::conflict(refused.0))?;
     Ok(Json(json!({ "job": job })))
 }
 
@@ -592,10 +660,16 @@ async fn review_image(
     at: Result<Path<(usize, usize)>, PathRejection>,
 ) -> Answer<Json<Value>> {
     let (run, entry) = path_of(at)?;
-    review_run(&state, run)?;
+    let reviewed = review_run(&state, run)?;
+    if entry >= reviewed.entries.len() {
+        return Err(ApiError::not_found(format!(
+            "{}: no image {entry} ({} reviewed)",
+            reviewed.name,
+            reviewed.entries.len()
+        )));
+    }
     blocking(move || {
-        let run = review_run(&state, run)?;
-        let reviewed = run.image(entry).map_err(ApiError::not_found)?;
+        let reviewed = review_run(&state, run)?.image(entry)?;
         let objects: Vec<Value> = reviewed
             .objects
             .iter()

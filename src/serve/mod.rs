@@ -54,7 +54,8 @@ pub fn start(config: &ServeConfig, device: Device) -> Result<Server> {
     let state = Arc::new(ServerState::open(config, device)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_io()
+        // timers too: axum waits with one after a failed accept (e.g. out of file handles)
+        .enable_all()
         .build()
         .context("starting the server's runtime")?;
     let listener = runtime

@@ -16,11 +16,12 @@ use super::store::AnnotationStore;
 use super::ServeConfig;
 use crate::annotate::{AmgSettings, GeneratedMask, MaskGenerator};
 use crate::data::dataset::list_images;
+use crate::data::Rle;
 use crate::error::{bail, err, Result};
 use crate::fsutil::file_sha256;
 use crate::model::Sam;
 use crate::predict::image::{load_rgb, IntensityScaling};
-use crate::predict::{encode_image, BinaryMask, EmbeddingCache, EncodedImage, Predictor};
+use crate::predict::{encode_image, EmbeddingCache, EncodedImage, Predictor};
 use crate::predict::{tensor_values, PromptBatch};
 use crate::weights::{load_sam, VariantChoice};
 
@@ -30,6 +31,12 @@ const ENCODED_IN_MEMORY: usize = 8;
 const PREDICTIONS_KEPT: usize = 32;
 /// Auto-annotation jobs kept with their proposals.
 const JOBS_KEPT: usize = 8;
+/// Auto-annotation jobs running at once.
+pub const JOBS_RUNNING: usize = 2;
+
+/// Why a job was not started.
+#[derive(Debug)]
+pub struct JobRefused(pub String);
 
 /// One served checkpoint.
 pub struct Checkpoint {
@@ -52,10 +59,12 @@ pub struct StoredPrediction {
     pub id: u64,
     pub image: usize,
     pub checkpoint: usize,
-    /// Each candidate's full-size mask and low-resolution logits (`[256 x 256]`, the
-    /// mask input a next prompt builds on).
-    pub masks: Vec<BinaryMask>,
+    /// Each candidate's full-size mask, run-length encoded (a few kB where the mask
+    /// itself would be megabytes), and its low-resolution logits (`low_res_side`
+    /// squared: the mask input a next prompt builds on).
+    pub masks: Vec<Rle>,
     pub low_res: Vec<Vec<f32>>,
+    pub low_res_side: usize,
     pub ious: Vec<f32>,
 }
 
@@ -65,6 +74,14 @@ pub struct Job {
     pub done: usize,
     pub total: usize,
     pub outcome: Option<std::result::Result<Vec<GeneratedMask>, String>>,
+    /// The proposals saved already (each is saved once).
+    pub accepted: Vec<usize>,
+}
+
+impl Job {
+    fn running(&self) -> bool {
+        self.outcome.is_none()
+    }
 }
 
 /// An embedding's `(image, checkpoint)`.
@@ -81,6 +98,8 @@ pub struct ServerState {
     /// `(image, checkpoint)` -> its embedding, oldest first.
     encoded: Mutex<VecDeque<(EncodedKey, Arc<EncodedImage>)>>,
     predictions: Mutex<VecDeque<Arc<StoredPrediction>>>,
+    /// Predictions saved already (each is saved once: a repeated accept is refused).
+    accepted: Mutex<VecDeque<u64>>,
     jobs: Mutex<VecDeque<(u64, Arc<Mutex<Job>>)>>,
     /// Saves are serialised by this lock (one writer of the annotation file at a time).
     store: Mutex<AnnotationStore>,
@@ -144,6 +163,7 @@ impl ServerState {
             device,
             encoded: Mutex::new(VecDeque::new()),
             predictions: Mutex::new(VecDeque::new()),
+            accepted: Mutex::new(VecDeque::new()),
             jobs: Mutex::new(VecDeque::new()),
             store: Mutex::new(AnnotationStore::open(&config.annotations)?),
             next_id: AtomicU64::new(1),
@@ -173,7 +193,7 @@ impl ServerState {
         load_rgb(&self.image(index)?.path, self.intensity)
     }
 
-    /// Whether `image` is encoded for `checkpoint` (in memory or in the cache on disk).
+    /// Whether `image` is encoded for `checkpoint` and kept in memory.
     pub fn is_encoded(&self, image: usize, checkpoint: usize) -> bool {
         lock(&self.encoded)
             .iter()
@@ -204,34 +224,34 @@ impl ServerState {
     }
 
     /// Predicts `prompts` (one prompt set) on `image`; `previous` is the low-res logits
-    /// of the mask to refine (SAM's mask input), when there is one.
+    /// of the mask to refine (SAM's mask input) and their side, when there is one.
     pub fn predict(
         &self,
         image: usize,
         checkpoint: usize,
         mut prompts: PromptBatch,
-        previous: Option<&[f32]>,
+        previous: Option<(&[f32], usize)>,
         multimask: bool,
     ) -> Result<Arc<StoredPrediction>> {
         let encoded = self.encoded(image, checkpoint)?;
         let model = &self.checkpoint(checkpoint)?.model;
-        if let Some(logits) = previous {
-            let side = (logits.len() as f64).sqrt() as usize;
+        if let Some((logits, side)) = previous {
             prompts.mask_input = Some(Tensor::from_data(
                 TensorData::new(logits.to_vec(), [1, 1, side, side]),
                 &self.device,
             ));
         }
         let prediction = Predictor::new(model).predict(&encoded, &prompts, multimask)?;
-        let [_, m, h, w] = prediction.low_res_logits.dims();
+        let [_, m, side, _] = prediction.low_res_logits.dims();
         let low_res = tensor_values(prediction.low_res_logits.clone())?;
         let planes = prediction.planes()?;
         let stored = Arc::new(StoredPrediction {
             id: self.new_id(),
             image,
             checkpoint,
-            masks: (0..m).map(|k| planes.binary(0, k)).collect(),
-            low_res: low_res.chunks(h * w).map(<[f32]>::to_vec).collect(),
+            masks: (0..m).map(|k| Rle::encode(&planes.binary(0, k))).collect(),
+            low_res: low_res.chunks(side * side).map(<[f32]>::to_vec).collect(),
+            low_res_side: side,
             ious: (0..m).map(|k| planes.predicted_iou(0, k)).collect(),
         });
         let mut kept = lock(&self.predictions);
@@ -242,28 +262,67 @@ impl ServerState {
         Ok(stored)
     }
 
+    /// Marks prediction `id` as saved; false when it was already.
+    pub fn mark_accepted(&self, id: u64) -> bool {
+        let mut accepted = lock(&self.accepted);
+        if accepted.contains(&id) {
+            return false;
+        }
+        accepted.push_back(id);
+        while accepted.len() > 4 * PREDICTIONS_KEPT {
+            accepted.pop_front();
+        }
+        true
+    }
+
+    /// Undoes [`Self::mark_accepted`] (the save failed).
+    pub fn unmark_accepted(&self, id: u64) {
+        lock(&self.accepted).retain(|&a| a != id);
+    }
+
     /// A kept prediction, `None` when unknown or dropped.
     pub fn prediction(&self, id: u64) -> Option<Arc<StoredPrediction>> {
         lock(&self.predictions).iter().find(|p| p.id == id).cloned()
     }
 
     /// Starts the automatic mask generator on `image` in a thread of its own; the job's
-    /// id (its progress and proposals: [`Self::job`]).
-    pub fn start_auto_annotation(self: &Arc<Self>, image: usize, checkpoint: usize) -> Result<u64> {
-        self.image(image)?;
-        self.checkpoint(checkpoint)?;
+    /// id (its progress and proposals: [`Self::job`]). Refused while a job runs on the
+    /// same image or [`JOBS_RUNNING`] run at all (each keeps the cores busy).
+    pub fn start_auto_annotation(
+        self: &Arc<Self>,
+        image: usize,
+        checkpoint: usize,
+    ) -> std::result::Result<u64, JobRefused> {
         let job = Arc::new(Mutex::new(Job {
             image,
             done: 0,
             total: 0,
             outcome: None,
+            accepted: Vec::new(),
         }));
         let id = self.new_id();
         {
             let mut jobs = lock(&self.jobs);
+            if let Some((running, _)) = jobs.iter().find(|(_, j)| {
+                let j = lock(j);
+                j.running() && j.image == image
+            }) {
+                return Err(JobRefused(format!(
+                    "auto-annotation job {running} is still running on this image"
+                )));
+            }
+            if jobs.iter().filter(|(_, j)| lock(j).running()).count() >= JOBS_RUNNING {
+                return Err(JobRefused(format!(
+                    "{JOBS_RUNNING} auto-annotation jobs are running: wait for one to finish"
+                )));
+            }
             jobs.push_back((id, job.clone()));
+            // finished jobs make room; running ones are kept until they end
             while jobs.len() > JOBS_KEPT {
-                jobs.pop_front();
+                let Some(done) = jobs.iter().position(|(_, j)| !lock(j).running()) else {
+                    break;
+                };
+                jobs.remove(done);
             }
         }
         let state = self.clone();
