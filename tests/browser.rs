@@ -19,16 +19,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use burn::tensor::Device;
+use common::annotation::{copy_images, iou, object, page_mask, repo};
 use common::http::Http;
-use samtune::data::dataset::read_labels;
-use samtune::data::Rle;
 use samtune::predict::BinaryMask;
 use samtune::serve::{start, ServeConfig, Server};
 use serde_json::{json, Value};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// chromedriver on a free port, stopped when dropped.
 struct Driver {
@@ -234,14 +229,7 @@ fn serve_with(
     source: &Path,
     reviews: Vec<PathBuf>,
 ) -> (Server, PathBuf) {
-    let data = dir.join("data");
-    for sub in ["images", "masks"] {
-        std::fs::create_dir_all(data.join(sub)).unwrap();
-        for i in 0..3 {
-            let name = format!("{i:04}.png");
-            std::fs::copy(source.join(sub).join(&name), data.join(sub).join(&name)).unwrap();
-        }
-    }
+    let data = copy_images(source, dir, 3);
     let config = ServeConfig {
         checkpoints: vec![checkpoint],
         images: data.join("images"),
@@ -260,57 +248,9 @@ fn serve_with(
     (start(&config, Device::default()).unwrap(), data)
 }
 
-/// Object `label` of bundled mask `index` and the pixel of it nearest its centroid.
-fn object(data: &Path, index: usize, label: u16) -> (BinaryMask, [f64; 2], [usize; 2]) {
-    let (labels, [h, w]) = read_labels(&data.join(format!("masks/{index:04}.png"))).unwrap();
-    let mask = BinaryMask::from_fn(w, h, |x, y| labels[y * w + x] == label);
-    let pixels: Vec<(usize, usize)> = (0..h)
-        .flat_map(|y| (0..w).map(move |x| (x, y)))
-        .filter(|&(x, y)| mask.get(x, y))
-        .collect();
-    let n = pixels.len() as f64;
-    let cx = pixels.iter().map(|p| p.0 as f64).sum::<f64>() / n;
-    let cy = pixels.iter().map(|p| p.1 as f64).sum::<f64>() / n;
-    let &(x, y) = pixels
-        .iter()
-        .min_by(|a, b| {
-            let d = |p: &&(usize, usize)| (p.0 as f64 - cx).powi(2) + (p.1 as f64 - cy).powi(2);
-            d(a).total_cmp(&d(b))
-        })
-        .unwrap();
-    (mask, [x as f64 + 0.5, y as f64 + 0.5], [h, w])
-}
-
-fn shown_mask(driver: &Driver, [h, w]: [usize; 2]) -> BinaryMask {
+fn shown_mask(driver: &Driver, size: [usize; 2]) -> BinaryMask {
     let counts = driver.run("return state.prediction.candidates[state.candidate].counts;");
-    Rle {
-        height: h,
-        width: w,
-        counts: counts
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_u64().unwrap() as u32)
-            .collect(),
-    }
-    .decode()
-    .unwrap()
-}
-
-fn iou(a: &BinaryMask, b: &BinaryMask) -> f64 {
-    let inter = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .filter(|(x, y)| **x != 0 && **y != 0)
-        .count();
-    let union = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .filter(|(x, y)| **x != 0 || **y != 0)
-        .count();
-    inter as f64 / union.max(1) as f64
+    page_mask(&counts, size)
 }
 
 /// Opens image 0 in the page and waits until it is encoded.

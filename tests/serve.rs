@@ -7,32 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::Device;
+use common::annotation::{copy_images, iou, object, page_mask, repo};
 use common::http::Http;
-use samtune::data::dataset::read_labels;
-use samtune::data::{DataConfig, Rle};
-use samtune::predict::BinaryMask;
+use samtune::data::DataConfig;
 use samtune::serve::{start, ServeConfig, Server};
 use serde_json::{json, Value};
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 /// The first `count` bundled source images (and masks) copied under `dir`.
 fn bundled_subset(dir: &Path, count: usize) -> PathBuf {
-    let data = dir.join("data");
-    for sub in ["images", "masks"] {
-        std::fs::create_dir_all(data.join(sub)).unwrap();
-        for i in 0..count {
-            let name = format!("{i:04}.png");
-            std::fs::copy(
-                repo("data/source").join(sub).join(&name),
-                data.join(sub).join(&name),
-            )
-            .unwrap();
-        }
-    }
-    data
+    copy_images(&repo("data/source"), dir, count)
 }
 
 fn serve(dir: &Path, data: &Path, reviews: Vec<PathBuf>) -> Server {
@@ -59,65 +42,6 @@ fn serve(dir: &Path, data: &Path, reviews: Vec<PathBuf>) -> Server {
         address: "127.0.0.1:0".parse().unwrap(),
     };
     start(&config, Device::default()).unwrap()
-}
-
-/// Ground-truth object `label` of bundled mask `index` and a pixel inside it near its
-/// centre.
-fn object(data: &Path, index: usize, label: u16) -> (BinaryMask, [f64; 2]) {
-    let (labels, [h, w]) = read_labels(&data.join(format!("masks/{index:04}.png"))).unwrap();
-    let mask = BinaryMask::from_fn(w, h, |x, y| labels[y * w + x] == label);
-    let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
-    for y in 0..h {
-        for x in 0..w {
-            if mask.get(x, y) {
-                (sx, sy, n) = (sx + x as f64, sy + y as f64, n + 1.0);
-            }
-        }
-    }
-    let (cx, cy) = (sx / n, sy / n);
-    let mut best = (f64::MAX, [0.0, 0.0]);
-    for y in 0..h {
-        for x in 0..w {
-            let d = (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2);
-            if mask.get(x, y) && d < best.0 {
-                best = (d, [x as f64 + 0.5, y as f64 + 0.5]);
-            }
-        }
-    }
-    (mask, best.1)
-}
-
-/// A page mask (uncompressed COCO RLE) as a binary mask.
-fn page_mask(counts: &Value, height: usize, width: usize) -> BinaryMask {
-    let counts = counts
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_u64().unwrap() as u32)
-        .collect();
-    Rle {
-        height,
-        width,
-        counts,
-    }
-    .decode()
-    .unwrap()
-}
-
-fn iou(a: &BinaryMask, b: &BinaryMask) -> f64 {
-    let inter = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .filter(|(x, y)| **x != 0 && **y != 0)
-        .count();
-    let union = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .filter(|(x, y)| **x != 0 || **y != 0)
-        .count();
-    inter as f64 / union.max(1) as f64
 }
 
 #[test]
@@ -149,7 +73,7 @@ fn a_click_gives_candidates_a_refined_mask_and_a_saved_object_that_train_reads()
     assert_eq!(encoded.json["width"], width);
 
     // one click: the three candidates, the best of them close to the object
-    let (truth, [x, y]) = object(&data, 0, 1);
+    let (truth, [x, y], _) = object(&data, 0, 1);
     let one = http.post(
         "/api/predict",
         &json!({ "image": 0, "points": [[x, y, 1]] }),
@@ -158,7 +82,7 @@ fn a_click_gives_candidates_a_refined_mask_and_a_saved_object_that_train_reads()
     let candidates = one.json["candidates"].as_array().unwrap();
     assert_eq!(candidates.len(), 3);
     let best = one.json["best"].as_u64().unwrap() as usize;
-    let mask = page_mask(&candidates[best]["counts"], height, width);
+    let mask = page_mask(&candidates[best]["counts"], [height, width]);
     let first_iou = iou(&mask, &truth);
     assert!(first_iou > 0.8, "IoU {first_iou}");
     assert_eq!(candidates[best]["area"], mask.area());
@@ -201,7 +125,7 @@ fn a_click_gives_candidates_a_refined_mask_and_a_saved_object_that_train_reads()
     assert_eq!(again.status, 409, "a mask is saved once: {}", again.json);
     let listed = http.get("/api/images/0/objects").json;
     assert_eq!(
-        page_mask(&listed["objects"][0]["counts"], height, width),
+        page_mask(&listed["objects"][0]["counts"], [height, width]),
         mask
     );
     assert_eq!(http.get("/api/state").json["images"][0]["objects"], 1);
@@ -487,7 +411,7 @@ fn concurrent_saves_to_one_file_all_land() {
     let data = bundled_subset(dir.path(), 2);
     let server = serve(dir.path(), &data, Vec::new());
     let http = Arc::new(Http::new(server.address));
-    let (_, [x, y]) = object(&data, 0, 1);
+    let (_, [x, y], _) = object(&data, 0, 1);
     let ids: Vec<u64> = (0..8)
         .map(|k| {
             let made = http

@@ -56,32 +56,27 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl std::fmt::Display) -> Self {
+    fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
         Self {
-            status: StatusCode::BAD_REQUEST,
+            status,
             message: message.to_string(),
         }
+    }
+
+    fn bad_request(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
     }
 
     fn not_found(message: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::NOT_FOUND,
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::NOT_FOUND, message)
     }
 
     fn conflict(message: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::CONFLICT,
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::CONFLICT, message)
     }
 
     fn internal(message: impl std::fmt::Display) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.to_string(),
-        }
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }
 
@@ -108,7 +103,7 @@ fn rejected(status: StatusCode, message: String) -> ApiError {
     } else {
         status
     };
-    ApiError { status, message }
+    ApiError::new(status, message)
 }
 
 fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Answer<T> {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fixture paths and reference tensors.
 #![allow(dead_code)]
 
+pub mod annotation;
 pub mod http;
 
 use std::collections::HashMap;
