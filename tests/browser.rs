@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use burn::tensor::Device;
-use common::annotation::{copy_images, iou, object, page_mask, repo};
+use common::annotation::{bundled_eval, copy_images, iou, object, page_mask, repo};
 use common::http::Http;
 use samtune::predict::BinaryMask;
 use samtune::serve::{start, ServeConfig, Server};
@@ -329,20 +329,7 @@ fn the_page_reviews_a_run_and_accepts_auto_annotation_proposals() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = repo("checkpoints/sam_tiny_source.safetensors");
     let out = dir.path().join("eval");
-    let eval = common::samtune([
-        "eval",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        repo("data/source").to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+    bundled_eval(&repo("data/source"), &out);
     let (server, _) = serve_with(dir.path(), checkpoint, &repo("data/source"), vec![out]);
 
     // auto-annotate: the proposals appear, one is accepted and saved

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use common::annotation::{copy_images, iou, object, page_mask, repo};
+use common::annotation::{bundled_eval, copy_images, iou, object, page_mask, repo};
 use common::http::Http;
 use samtune::data::DataConfig;
 use samtune::serve::{start, ServeConfig, Server};
@@ -218,22 +218,7 @@ fn an_eval_run_is_reviewed_worst_first_with_its_pictures() {
     let dir = tempfile::tempdir().unwrap();
     let data = bundled_subset(dir.path(), 4);
     let out = dir.path().join("eval");
-    let eval = common::samtune([
-        "eval",
-        "--checkpoint",
-        repo("checkpoints/sam_tiny_source.safetensors")
-            .to_str()
-            .unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+    bundled_eval(&data, &out);
     let server = serve(dir.path(), &data, vec![out.clone()]);
     let http = Http::new(server.address);
     let state = http.get("/api/state").json;

@@ -73,3 +73,24 @@ pub fn iou(a: &BinaryMask, b: &BinaryMask) -> f64 {
     };
     both(|x, y| x && y) as f64 / both(|x, y| x || y).max(1) as f64
 }
+
+/// `samtune eval` of the bundled model on `data` into `out` (its outputs, review.jsonl
+/// among them, to review).
+pub fn bundled_eval(data: &Path, out: &Path) {
+    let eval = crate::common::samtune([
+        "eval",
+        "--checkpoint",
+        repo("checkpoints/sam_tiny_source.safetensors")
+            .to_str()
+            .unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+}

@@ -1,150 +1,24 @@
-//! The HTTP interface of `samtune serve`: the page at `/` and JSON endpoints under
-//! `/api`. Masks travel as COCO's uncompressed RLE (`counts` over the column-major
-//! pixels, starting with a run of 0s), which the page paints without a decoder of its
-//! own. Bad requests get a 4xx and `{"error": "..."}` naming what is wrong; model work
-//! runs on blocking threads, so one slow request does not stall the others.
+//! The annotation endpoints: an image and its encoding, prompts to masks, the saved
+//! objects (accept, undo) and the automatic mask generator's jobs and proposals.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Json, Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::state::{lock_job, ServerState};
-use super::store::AnnotationStore;
+use super::answer::{
+    blocking, body_of, checked_checkpoint, checked_image, image_and_checkpoint, path_of, png,
+    Answer, ApiError, CheckpointChoice,
+};
+use super::Shared;
 use crate::data::dataset::image_size;
 use crate::data::Rle;
 use crate::predict::{BinaryMask, PromptBatch};
-
-type Shared = Arc<ServerState>;
-
-/// The page: one file, its script and styles inline.
-const PAGE: &str = include_str!("page.html");
-
-pub fn router(state: Shared) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/api/state", get(overview))
-        .route("/api/images/{image}/file", get(image_file))
-        .route("/api/images/{image}/encode", post(encode))
-        .route("/api/images/{image}/objects", get(objects).post(accept))
-        .route("/api/images/{image}/objects/last", delete(undo))
-        .route("/api/images/{image}/proposals", post(start_proposals))
-        .route("/api/predict", post(predict))
-        .route("/api/jobs/{job}", get(job))
-        .route("/api/reviews/{run}", get(review))
-        .route("/api/reviews/{run}/{entry}", get(review_image))
-        .route(
-            "/api/reviews/{run}/{entry}/{model}/picture",
-            get(review_picture),
-        )
-        .fallback(unknown_route)
-        .with_state(state)
-}
-
-/// An error answer: its status and what to tell the user.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
-        Self {
-            status,
-            message: message.to_string(),
-        }
-    }
-
-    fn bad_request(message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-
-    fn not_found(message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
-    }
-
-    fn conflict(message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::CONFLICT, message)
-    }
-
-    fn internal(message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
-    }
-}
-
-/// Failures of the model or the files, after the request was checked.
-impl From<crate::error::Error> for ApiError {
-    fn from(e: crate::error::Error) -> Self {
-        Self::internal(format!("{e:#}"))
-    }
-}
-
-type Answer<T> = Result<T, ApiError>;
-
-/// A refused extraction with axum's status, except that a body which is JSON but not
-/// the expected shape (422 there) is a 400 like any other bad body.
-fn rejected(status: StatusCode, message: String) -> ApiError {
-    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
-        StatusCode::BAD_REQUEST
-    } else {
-        status
-    };
-    ApiError::new(status, message)
-}
-
-fn path_of<T>(path: Result<Path<T>, PathRejection>) -> Answer<T> {
-    path.map(|Path(p)| p)
-        .map_err(|e| rejected(e.status(), e.body_text()))
-}
-
-fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Answer<T> {
-    body.map(|Json(b)| b).map_err(|e| {
-        rejected(
-            e.status(),
-            format!("malformed request body: {}", e.body_text()),
-        )
-    })
-}
-
-fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Answer<T> {
-    query
-        .map(|Query(q)| q)
-        .map_err(|e| rejected(e.status(), e.body_text()))
-}
-
-/// Runs model or file work on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Answer<T> + Send + 'static,
-) -> Answer<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal(format!("the request's work failed: {e}")))?
-}
-
-fn png(image: &image::RgbImage) -> Answer<Response> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| ApiError::internal(format!("encoding a PNG: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
-}
+use crate::serve::state::{lock_job, ServerState};
+use crate::serve::store::AnnotationStore;
 
 /// A mask for the page.
 fn mask_json(mask: &BinaryMask) -> Value {
@@ -162,52 +36,7 @@ fn rle_json(rle: &Rle) -> Value {
     json!({ "area": area, "counts": rle.counts })
 }
 
-fn checked_image(state: &ServerState, image: usize) -> Answer<()> {
-    state.image(image).map(|_| ()).map_err(ApiError::not_found)
-}
-
-fn checked_checkpoint(state: &ServerState, checkpoint: usize) -> Answer<()> {
-    state
-        .checkpoint(checkpoint)
-        .map(|_| ())
-        .map_err(ApiError::not_found)
-}
-
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
-}
-
-async fn unknown_route() -> ApiError {
-    ApiError::not_found("no such page or endpoint")
-}
-
-async fn overview(State(state): State<Shared>) -> Json<Value> {
-    let store = state.store();
-    let images: Vec<Value> = state
-        .images
-        .iter()
-        .map(|i| json!({ "name": i.name, "objects": store.object_count(&i.name) }))
-        .collect();
-    let checkpoints: Vec<Value> = state
-        .checkpoints
-        .iter()
-        .map(|c| json!({ "name": c.name, "path": c.path.display().to_string() }))
-        .collect();
-    let reviews: Vec<Value> = state
-        .reviews
-        .iter()
-        .map(|r| json!({ "name": r.name, "models": r.models, "images": r.entries.len() }))
-        .collect();
-    Json(json!({
-        "images": images,
-        "checkpoints": checkpoints,
-        "categories": store.categories(),
-        "annotations": store.path().display().to_string(),
-        "reviews": reviews,
-    }))
-}
-
-async fn image_file(
+pub(super) async fn image_file(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
 ) -> Answer<Response> {
@@ -216,22 +45,12 @@ async fn image_file(
     blocking(move || png(&state.load_image(image)?)).await
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointChoice {
-    #[serde(default)]
-    checkpoint: usize,
-}
-
-async fn encode(
+pub(super) async fn encode(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
     query: Result<Query<CheckpointChoice>, QueryRejection>,
 ) -> Answer<Json<Value>> {
-    let image = path_of(image)?;
-    let checkpoint = query_of(query)?.checkpoint;
-    checked_image(&state, image)?;
-    checked_checkpoint(&state, checkpoint)?;
+    let (image, checkpoint) = image_and_checkpoint(&state, image, query)?;
     blocking(move || {
         let started = Instant::now();
         let was_encoded = state.is_encoded(image, checkpoint);
@@ -250,7 +69,7 @@ async fn encode(
 /// A page's prompt set on one image.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PredictRequest {
+pub(super) struct PredictRequest {
     image: usize,
     #[serde(default)]
     checkpoint: usize,
@@ -271,7 +90,7 @@ struct PredictRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CandidateRef {
+pub(super) struct CandidateRef {
     prediction: u64,
     candidate: usize,
 }
@@ -319,7 +138,7 @@ fn prompt_batch(request: &PredictRequest, [height, width]: [usize; 2]) -> Answer
     })
 }
 
-async fn predict(
+pub(super) async fn predict(
     State(state): State<Shared>,
     body: Result<Json<PredictRequest>, JsonRejection>,
 ) -> Answer<Json<Value>> {
@@ -406,7 +225,7 @@ fn objects_json(state: &ServerState, image: usize) -> Answer<Value> {
     Ok(json!({ "objects": objects, "categories": state.store().categories() }))
 }
 
-async fn objects(
+pub(super) async fn objects(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
 ) -> Answer<Json<Value>> {
@@ -418,7 +237,7 @@ async fn objects(
 /// An object to save: a prediction's candidate or an auto-annotation proposal.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AcceptRequest {
+pub(super) struct AcceptRequest {
     category: String,
     #[serde(default)]
     prediction: Option<u64>,
@@ -489,7 +308,7 @@ fn accepted_mask(state: &ServerState, image: usize, request: &AcceptRequest) -> 
     }
 }
 
-async fn accept(
+pub(super) async fn accept(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
     body: Result<Json<AcceptRequest>, JsonRejection>,
@@ -531,7 +350,7 @@ fn release(state: &ServerState, request: &AcceptRequest) {
     }
 }
 
-async fn undo(
+pub(super) async fn undo(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
 ) -> Answer<Json<Value>> {
@@ -564,15 +383,12 @@ fn change_objects(
     Ok(Json(answer))
 }
 
-async fn start_proposals(
+pub(super) async fn start_proposals(
     State(state): State<Shared>,
     image: Result<Path<usize>, PathRejection>,
     query: Result<Query<CheckpointChoice>, QueryRejection>,
 ) -> Answer<Json<Value>> {
-    let image = path_of(image)?;
-    let checkpoint = query_of(query)?.checkpoint;
-    checked_image(&state, image)?;
-    checked_checkpoint(&state, checkpoint)?;
+    let (image, checkpoint) = image_and_checkpoint(&state, image, query)?;
     let job = state
         .start_auto_annotation(image, checkpoint)
         .map_err(|refused| ApiError::conflict(refused.0))?;
@@ -589,7 +405,7 @@ struct Proposal {
     counts: Vec<u32>,
 }
 
-async fn job(
+pub(super) async fn job(
     State(state): State<Shared>,
     id: Result<Path<u64>, PathRejection>,
 ) -> Answer<Json<Value>> {
@@ -621,81 +437,4 @@ async fn job(
         }
     }
     Ok(Json(answer))
-}
-
-fn review_run(state: &ServerState, run: usize) -> Answer<&super::review::ReviewRun> {
-    state.reviews.get(run).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "no review run {run}: {} are open",
-            state.reviews.len()
-        ))
-    })
-}
-
-async fn review(
-    State(state): State<Shared>,
-    run: Result<Path<usize>, PathRejection>,
-) -> Answer<Json<Value>> {
-    let run = review_run(&state, path_of(run)?)?;
-    let images: Vec<Value> = run
-        .worst_first()
-        .into_iter()
-        .map(|i| {
-            let e = &run.entries[i];
-            json!({ "entry": i, "image": e.image, "objects": e.objects, "mean_iou": e.mean_iou })
-        })
-        .collect();
-    Ok(Json(
-        json!({ "name": run.name, "models": run.models, "images": images }),
-    ))
-}
-
-async fn review_image(
-    State(state): State<Shared>,
-    at: Result<Path<(usize, usize)>, PathRejection>,
-) -> Answer<Json<Value>> {
-    let (run, entry) = path_of(at)?;
-    let reviewed = review_run(&state, run)?;
-    if entry >= reviewed.entries.len() {
-        return Err(ApiError::not_found(format!(
-            "{}: no image {entry} ({} reviewed)",
-            reviewed.name,
-            reviewed.entries.len()
-        )));
-    }
-    blocking(move || {
-        let reviewed = review_run(&state, run)?.image(entry)?;
-        let objects: Vec<Value> = reviewed
-            .objects
-            .iter()
-            .map(|o| json!({ "category": o.category, "iou": o.iou }))
-            .collect();
-        Ok(Json(json!({
-            "image": reviewed.image,
-            "models": reviewed.models,
-            "width": reviewed.size[1],
-            "height": reviewed.size[0],
-            "objects": objects,
-        })))
-    })
-    .await
-}
-
-async fn review_picture(
-    State(state): State<Shared>,
-    at: Result<Path<(usize, usize, usize)>, PathRejection>,
-) -> Answer<Response> {
-    let (run, entry, model) = path_of(at)?;
-    let reviewed = review_run(&state, run)?;
-    if entry >= reviewed.entries.len() || model >= reviewed.models.len() {
-        return Err(ApiError::not_found(format!(
-            "{}: no image {entry} or model {model}",
-            reviewed.name
-        )));
-    }
-    blocking(move || {
-        let picture = review_run(&state, run)?.picture(entry, model, state.intensity)?;
-        png(&picture)
-    })
-    .await
 }
