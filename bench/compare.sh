@@ -5,6 +5,11 @@
 #   VARIANT=vit_l THREADS=8 ROUNDS=3 bench/compare.sh
 #   EXTRA="--tiny --reps 2" OUT=target/bench-smoke bench/compare.sh   # quick smoke run
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
+#   FAST=0 bench/compare.sh                # without the second PyTorch peer
+# Two PyTorch peers: the official code as it is (fp32, eager), and the same model as a
+# skilled user speeds it up (SDPA attention, bf16 autocast where the hardware has bf16, a
+# torch.compile'd encoder: bench/fast_peer.py). Warm-up runs, compilation included, are
+# not timed.
 # SAMTUNE=path/to/samtune uses a prebuilt binary; PYTHON=python3 a Python that already has
 # torch and segment_anything. On a GPU, nvidia-smi is sampled for each case's peak memory.
 # CASE_TIMEOUT=SECONDS stops a case that runs longer (a first GPU run compiles its kernels)
@@ -18,6 +23,7 @@ EXTRA=${EXTRA:-}
 OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
 DEVICE=${DEVICE:-cpu}
+FAST=${FAST:-1}
 
 if [ -z "${PYTHON:-}" ]; then
     if [ ! -x .venv/bin/python ]; then
@@ -69,6 +75,12 @@ for round in $(seq 1 "$ROUNDS"); do
         # shellcheck disable=SC2086
         measure "$OUT/pytorch-$case-$round.json" "${PYTORCH_MALLOC[@]}" "$PYTHON" bench/reference.py --variant "$VARIANT" --threads "$THREADS" \
             --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/pytorch-$case-$round.json"
+        if [ "$FAST" = 1 ] && [ "$case" != load ]; then
+            # shellcheck disable=SC2086
+            measure "$OUT/pytorch-fast-$case-$round.json" "${PYTORCH_MALLOC[@]}" "$PYTHON" bench/reference.py --peer fast --compile \
+                --variant "$VARIANT" --threads "$THREADS" --device "$DEVICE" --case "$case" $EXTRA \
+                --json "$OUT/pytorch-fast-$case-$round.json"
+        fi
     done
 done
 "$PYTHON" bench/report.py "$OUT" > "$REPORT"

@@ -5,7 +5,11 @@ PyTorch, for a side-by-side comparison (bench/compare.sh runs both).
 Case 4 is a straightforward PyTorch fine-tuning loop as common scripts write it: once
 with the frozen encoder run under no_grad at every step, once with precomputed embeddings.
 
+`--peer fast` is the second peer: the same cases with SDPA attention, bf16 autocast where
+the hardware has bf16, and (`--compile`) a torch.compile'd encoder (bench/fast_peer.py).
+
     python bench/reference.py --variant vit_b --threads 2 --json out.json
+    python bench/reference.py --peer fast --compile --json fast.json
     python bench/reference.py --device cuda --json out.json   # on an NVIDIA GPU
 """
 
@@ -17,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import contextlib
 
 import torch
 
@@ -76,7 +82,7 @@ def time_reps(reps, fn):
     return out
 
 
-def decoder_setup(sam, img, n):
+def decoder_setup(sam, img, n, autocast):
     for p in sam.image_encoder.parameters():
         p.requires_grad = False
     for p in sam.prompt_encoder.parameters():
@@ -87,9 +93,10 @@ def decoder_setup(sam, img, n):
     b = boxes(n, img).to(DEVICE)
 
     def step(embedding):
-        sparse, dense = sam.prompt_encoder(points=None, boxes=b, masks=None)
-        masks, iou = sam.mask_decoder(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
-        loss = sam_loss(masks, iou, targets)
+        with autocast():
+            sparse, dense = sam.prompt_encoder(points=None, boxes=b, masks=None)
+            masks, iou = sam.mask_decoder(embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
+            loss = sam_loss(masks.float(), iou.float(), targets)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.mask_decoder.parameters(), 1.0)
@@ -104,15 +111,34 @@ def run_case(case, args):
     img = sam.image_encoder.img_size
     grid = img // 16
     extra = {}
+    autocast = contextlib.nullcontext
+    mode = "fp32, the official code"
+    x = torch.randn(1, 3, img, img, device=DEVICE)
+    if args.peer == "fast":
+        from fast_peer import Peer
+
+        if case == "encoder":
+            sam.eval()
+            with torch.no_grad():
+                official = sam.image_encoder(x)
+        peer = Peer(sam, DEVICE, args.compile and case in ("encoder", "finetune"), bf16=not args.fp32)
+        autocast = peer.autocast
+        mode = peer.describe()
+
+    def encode(x):
+        with torch.no_grad(), autocast():
+            return sam.image_encoder(x).float()
+
     flops = None
     if case == "encoder":
         sam.eval()
-        x = torch.randn(1, 3, img, img, device=DEVICE)
-        with torch.no_grad():
-            seconds = time_reps(args.reps, lambda: sam.image_encoder(x))
+        seconds = time_reps(args.reps, lambda: encode(x))
+        if args.peer == "fast":
+            error = (encode(x) - official).abs().max() / official.abs().max()
+            extra["error vs the official fp32 encoder (max abs / max)"] = float(error)
         desc = f"image encoder forward {img}x{img}, batch 1"
     elif case == "decoder_step":
-        step = decoder_setup(sam, img, 8)
+        step = decoder_setup(sam, img, 8, autocast)
         emb = torch.randn(1, 256, grid, grid, device=DEVICE)
         seconds = time_reps(args.reps, lambda: step(emb))
         desc = "decoder train step: 8 box prompts, multimask, fwd+bwd+AdamW"
@@ -123,7 +149,7 @@ def run_case(case, args):
         h, w = img * 3 // 4, img
 
         def predict():
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 sparse, dense = sam.prompt_encoder(points=None, boxes=b, masks=None)
                 low, _ = sam.mask_decoder(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense, True)
                 sam.postprocess_masks(low, (h, w), (h, w))
@@ -131,23 +157,18 @@ def run_case(case, args):
         seconds = time_reps(max(args.reps, 10), predict)
         desc = "1 box -> 3 masks at image size, on an encoded image"
     elif case == "finetune":
-        step = decoder_setup(sam, img, args.ft_prompts)
+        step = decoder_setup(sam, img, args.ft_prompts, autocast)
         images = [torch.randn(1, 3, img, img, device=DEVICE) for _ in range(args.ft_images)]
-        with torch.no_grad():  # warm-up
-            e = sam.image_encoder(images[0])
-        step(e)
+        step(encode(images[0]))  # warm-up (and the compiled encoder's compilation)
         sync()
         t = time.perf_counter()
         for _ in range(args.ft_epochs):
             for x in images:
-                with torch.no_grad():
-                    e = sam.image_encoder(x)
-                step(e)
+                step(encode(x))
         sync()
         reencode = time.perf_counter() - t
         t = time.perf_counter()
-        with torch.no_grad():
-            embs = [sam.image_encoder(x) for x in images]
+        embs = [encode(x) for x in images]
         for _ in range(args.ft_epochs):
             for e in embs:
                 step(e)
@@ -181,6 +202,7 @@ def run_case(case, args):
         "median_s": median,
         "spread": (s[-1] - s[0]) / median,
         "flops": flops,
+        "mode": mode,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "extra": extra,
     }
@@ -208,6 +230,10 @@ def main():
     parser.add_argument("--ft-prompts", type=int, default=8)
     parser.add_argument("--ft-epochs", type=int, default=3)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--peer", choices=["official", "fast"], default="official",
+                        help="official: the package as it is; fast: SDPA, bf16 autocast, compile")
+    parser.add_argument("--compile", action="store_true", help="with --peer fast: torch.compile the encoder")
+    parser.add_argument("--fp32", action="store_true", help="with --peer fast: no bf16 autocast")
     parser.add_argument("--case", action="append")
     parser.add_argument("--json")
     parser.add_argument("--child")
@@ -226,7 +252,7 @@ def main():
             cmd = [c for c in cmd if c != args.json]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    doc = {"tool": "pytorch", "torch": torch.__version__, "threads": args.threads, "device": args.device,
+    doc = {"tool": "pytorch" if args.peer == "official" else "pytorch-fast", "torch": torch.__version__, "threads": args.threads, "device": args.device,
            "variant": "tiny" if args.tiny else args.variant, "gemm_peak_gflops": gemm_peak(), "results": results}
     for r in results:
         print(f"{r['case']:<16} {r['median_s']:>10.4f} s  {r['peak_rss_mb']:>8.0f} MB  {r['description']}")

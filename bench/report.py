@@ -14,10 +14,13 @@ FLOP_CASES = {"encoder"}
 
 
 def load(folder, tool):
+    """The results of `tool` (samtune, pytorch, pytorch-fast) by case, one per round."""
     runs = {}
     meta = {}
     for path in sorted(glob.glob(os.path.join(folder, f"{tool}-*.json"))):
         doc = json.load(open(path))
+        if doc.get("tool", "samtune") != tool:
+            continue  # pytorch-*.json also matches pytorch-fast-*.json
         meta = doc
         # compare.sh's GPU memory sample for this file's case, if it ran on a GPU
         gpu = path + ".gpu-mb"
@@ -73,22 +76,57 @@ def main():
           f"sustained fp32 GEMM rate here ({peak:.0f} GFLOP/s).\n" if peak else "\n")
     memory_key = "peak_gpu_mb" if on_gpu else "peak_rss_mb"
     memory_label = "peak GPU MB (nvidia-smi)" if on_gpu else "peak MB"
-    print(f"| case | samtune s | PyTorch s | ratio | FLOP | samtune % of peak | PyTorch % of peak | {memory_label} samtune / PyTorch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    fast, _ = load(folder, "pytorch-fast")
+    if fast:
+        modes = sorted({r.get("mode", "") for rs in fast.values() for r in rs})
+        print(f"PyTorch fast = the second peer ({'; '.join(modes)}): bench/fast_peer.py. "
+              "Ratios below 1: samtune is faster.\n")
+    print(f"| case | samtune s | PyTorch s | ratio | PyTorch fast s | ratio to fast | FLOP | samtune % of peak | "
+          f"PyTorch % of peak | {memory_label} samtune / PyTorch / fast |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case, results in ours.items():
         mine = median_of(results)
-        theirs = median_of(ref[case]) if case in ref else float("nan")
         flops = results[0].get("flops")
-        pct = lambda t: f"{flops / t / 1e9 / peak * 100:.0f}%" if flops and peak else "-"
-        peak_mb = lambda rs: max(r.get(memory_key, float("nan")) for r in rs)
-        mem = f"{peak_mb(results):.0f} / {peak_mb(ref.get(case, [{}])):.0f}"
-        print(f"| {case}: {results[0]['description']} | {mine:.3f} | {theirs:.3f} | {mine / theirs:.2f} | "
-              f"{flops / 1e9:.0f} G | {pct(mine)} | {pct(theirs)} | {mem} |" if flops else
-              f"| {case}: {results[0]['description']} | {mine:.3f} | {theirs:.3f} | {mine / theirs:.2f} | - | - | - | {mem} |")
-        for key in results[0].get("extra", {}):
-            a = statistics.median(r["extra"][key] for r in results)
-            b = statistics.median(r["extra"][key] for r in ref.get(case, [])) if case in ref and key in ref[case][0]["extra"] else float("nan")
-            print(f"| &nbsp;&nbsp;{key} | {a:.3f} | {b:.3f} | {a / b:.2f} | | | | |")
+        pct = lambda t: f"{flops / t / 1e9 / peak * 100:.0f}%" if flops and peak and t == t else "-"
+        peak_mb = lambda rs: max((r.get(memory_key, float("nan")) for r in rs), default=float("nan"))
+        cells = [f"{case}: {results[0]['description']}", timed(results)]
+        for peer in (ref, fast):
+            theirs = median_of(peer[case]) if case in peer else float("nan")
+            cells += [timed(peer.get(case, [])), f"{mine / theirs:.2f}" if theirs == theirs else "-"]
+        theirs = median_of(ref[case]) if case in ref else float("nan")
+        cells += [f"{flops / 1e9:.0f} G" if flops else "-", pct(mine), pct(theirs),
+                  " / ".join(f"{peak_mb(rs):.0f}" for rs in (results, ref.get(case, []), fast.get(case, [])))]
+        print("| " + " | ".join(cells) + " |")
+        keys = dict.fromkeys(list(results[0].get("extra", {})) + [k for rs in (ref, fast) for r in rs.get(case, []) for k in r["extra"]])
+        for key in keys:
+            row = [f"&nbsp;&nbsp;{key}"]
+            values = [extra_of(rs.get(case, []), key) for rs in (ours, ref, fast)]
+            row += [values[0], values[1], ratio(values[0], values[1]), values[2], ratio(values[0], values[2])]
+            print("| " + " | ".join(row) + " | | | | |")
+
+
+def timed(results):
+    """The median over rounds of the per-round medians, with their range (seconds)."""
+    if not results:
+        return "-"
+    rounds = sorted(r["median_s"] for r in results)
+    text = f"{statistics.median(rounds):.3f}"
+    return text if len(rounds) == 1 else f"{text} ({rounds[0]:.3g}-{rounds[-1]:.3g})"
+
+
+def extra_of(results, key):
+    values = [r["extra"][key] for r in results if key in r.get("extra", {})]
+    if not values:
+        return "-"
+    value = statistics.median(values)
+    return f"{value:.2e}" if value < 1e-2 else f"{value:.3f}"
+
+
+def ratio(a, b):
+    try:
+        return f"{float(a) / float(b):.2f}"
+    except (ValueError, ZeroDivisionError):
+        return "-"
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ mod wgpu {
     pub fn open() -> Result<ChosenDevice> {
         let adapters = adapters();
         let Some(adapter) = adapters.first() else {
-            bail!("device wgpu: no Vulkan or OpenGL adapter found (for a software one, install Mesa's lavapipe: mesa-vulkan-drivers)");
+            bail!("device wgpu: no Vulkan, Metal or DX12 adapter found (for a software one, install Mesa's lavapipe: mesa-vulkan-drivers)");
         };
         let chosen = adapters
             .iter()
@@ -286,12 +286,14 @@ mod wgpu {
         format!("wgpu: {} ({:?}{software})", info.name, info.backend)
     }
 
-    /// The adapters CubeCL chooses among (Vulkan, then GL on Linux), listed without opening
-    /// a device or compiling anything: on native targets the future is ready at once.
+    /// The adapters of the APIs real GPUs answer on (Vulkan, Metal, DX12), listed without
+    /// opening a device or compiling anything: on native targets the future is ready at
+    /// once. Not GL: its probe prints EGL errors on every headless Linux machine (each
+    /// `auto` would), and a GPU with a GL driver has a Vulkan one on Linux.
     fn adapters() -> Vec<wgpu::AdapterInfo> {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
-        let backends = wgpu::Backends::VULKAN | wgpu::Backends::GL | wgpu::Backends::METAL;
+        let backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle()

@@ -6,7 +6,8 @@ mod common;
 use std::path::PathBuf;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use common::device::test_device;
 use common::*;
 use samtune::model::image_encoder::get_rel_pos;
 use samtune::predict::transforms::{normalize_and_pad, resize_longest_side};
@@ -108,7 +109,7 @@ fn resize_longest_side_matches_pil_bit_for_bit() {
 #[test]
 fn rel_pos_lookup_and_interpolation_match() {
     let expected = load_expected("tiny_expected.safetensors");
-    let device = Device::default();
+    let device = test_device();
     for case in meta()["rel_pos_cases"].as_array().unwrap() {
         let v: Vec<usize> = case
             .as_array()
@@ -132,7 +133,7 @@ fn rel_pos_lookup_and_interpolation_match() {
 
 #[test]
 fn preprocessing_embedding_and_every_prompt_kind_match() {
-    let device = Device::default();
+    let device = test_device();
     let expected = load_expected("tiny_expected.safetensors");
     let (model, _) = load_sam(checkpoint_path("tiny_sam.pth"), None, &device).unwrap();
     let predictor = Predictor::new(&model);
@@ -209,7 +210,7 @@ fn preprocessing_embedding_and_every_prompt_kind_match() {
 
 #[test]
 fn prompt_encoder_embeddings_match() {
-    let device = Device::default();
+    let device = test_device();
     let expected = load_expected("tiny_expected.safetensors");
     let (model, _) = load_sam(checkpoint_path("tiny_sam.pth"), None, &device).unwrap();
     let case = meta()["cases"]
@@ -229,7 +230,7 @@ fn prompt_encoder_embeddings_match() {
 
 #[test]
 fn wrapped_checkpoint_loads_the_same_weights() {
-    let device = Device::default();
+    let device = test_device();
     let wrapped = Checkpoint::open(checkpoint_path("tiny_sam_wrapped.pth")).unwrap();
     assert_eq!(wrapped.prefix, "model.module.");
     let plain = Checkpoint::open(checkpoint_path("tiny_sam.pth")).unwrap();
@@ -249,7 +250,7 @@ fn wrapped_checkpoint_loads_the_same_weights() {
 fn training_step_loss_and_gradients_match() {
     use samtune::train::loss::{sam_loss, LossConfig};
 
-    let device = Device::default().autodiff();
+    let device = test_device().autodiff();
     let expected = load_expected("tiny_expected.safetensors");
     let (mut model, _) = load_sam(checkpoint_path("tiny_sam.pth"), None, &device).unwrap();
     model.image_encoder = model.image_encoder.freeze();
@@ -382,7 +383,7 @@ fn several_training_steps_follow_pytorchs_losses() {
     use samtune::train::optim::{adamw, clip_global_norm};
     use samtune::train::schedule::lr_at;
 
-    let device = Device::default().autodiff();
+    let device = test_device().autodiff();
     let expected = load_expected("tiny_expected.safetensors");
     let (mut model, _) = load_sam(checkpoint_path("tiny_sam.pth"), None, &device).unwrap();
     model.image_encoder = model.image_encoder.freeze();
@@ -457,7 +458,7 @@ fn adamw_clipping_and_schedule_equal_pytorchs() {
     use samtune::train::optim::{adamw, clip_global_norm};
     use samtune::train::schedule::lr_at;
 
-    let device = Device::default().autodiff();
+    let device = test_device().autodiff();
     let expected = load_expected("tiny_expected.safetensors");
     let tensor = |key: &str| {
         let e = &expected[key];

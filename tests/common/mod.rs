@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod annotation;
+pub mod device;
 pub mod http;
+
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -149,7 +151,7 @@ pub fn prompt_batch(case: &Value) -> PromptBatch {
 }
 
 /// A training configuration of the tiny test model on `dir/data` (runs and cache under
-/// `dir`), box prompts, with `key=value` overrides.
+/// `dir`), box prompts, on the test device, with `key=value` overrides.
 pub fn config_with(dir: &Path, name: &str, epochs: usize, overrides: &[&str]) -> TrainConfig {
     let text = format!(
         r#"
@@ -180,6 +182,9 @@ dir = "{cache}"
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
-    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    // the test device first, so that a test's own `model.device` override wins
+    let overrides: Vec<String> = std::iter::once(format!("model.device={}", device::test_device_spec()))
+        .chain(overrides.iter().map(|s| s.to_string()))
+        .collect();
     TrainConfig::load(&path, &overrides).unwrap()
 }
