@@ -6,6 +6,7 @@
 #   EXTRA="--tiny --reps 2" OUT=target/bench-smoke bench/compare.sh   # quick smoke run
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
 #   FAST=0 bench/compare.sh                # without the second PyTorch peer
+#   CASES=finetune EXTRA="--ft-epochs 10 --ft-images 1" bench/compare.sh   # the 10-epoch run
 # Two PyTorch peers: the official code as it is (fp32, eager), and the same model as a
 # skilled user speeds it up (SDPA attention, bf16 autocast where the hardware has bf16, a
 # torch.compile'd encoder: bench/fast_peer.py). Warm-up runs, compilation included, are
@@ -24,6 +25,7 @@ OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
 DEVICE=${DEVICE:-cpu}
 FAST=${FAST:-1}
+CASES=${CASES:-encoder decoder_step prompt_latency finetune load}
 
 if [ -z "${PYTHON:-}" ]; then
     if [ ! -x .venv/bin/python ]; then
@@ -67,7 +69,7 @@ PYTORCH_MALLOC=(env MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=536870912 
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.gpu-mb
 for round in $(seq 1 "$ROUNDS"); do
-    for case in encoder decoder_step prompt_latency finetune load; do
+    for case in $CASES; do
         echo "round $round: $case" >&2
         # shellcheck disable=SC2086
         measure "$OUT/samtune-$case-$round.json" "$SAMTUNE" bench --variant "$VARIANT" --threads "$THREADS" \

@@ -52,7 +52,7 @@ fn the_generator_finds_the_official_masks() {
     )
     .unwrap();
     let checkpoint = root().join(expected["checkpoint"].as_str().unwrap());
-    let (model, _) = load_sam(&checkpoint, None, &Device::default()).unwrap();
+    let (model, _) = load_sam(&checkpoint, None, &Device::flex()).unwrap();
     let mut total = 0;
     for (case, data) in expected["cases"].as_object().unwrap() {
         let images: Vec<&str> = data["images"]

@@ -245,7 +245,7 @@ fn serve_with(
         },
         address: "127.0.0.1:0".parse().unwrap(),
     };
-    (start(&config, Device::default()).unwrap(), data)
+    (start(&config, Device::flex()).unwrap(), data)
 }
 
 fn shown_mask(driver: &Driver, size: [usize; 2]) -> BinaryMask {

@@ -313,4 +313,26 @@ fn inspect_variants_and_select() {
     assert_eq!(stdout(&out).trim(), expected);
     assert!(String::from_utf8_lossy(&out.stderr).contains("MemAvailable"));
     assert_fails_naming(&samtune(["select", "--device", "wgpu"]), &["--memory-gb"]);
+
+    // --task: the reference figure beside samtune's measured peaks, each variant a line
+    let out = samtune(["select", "--memory-gb", "4", "--task", "finetune"]);
+    assert_eq!(stdout(&out).trim(), "vit_b");
+    let table = String::from_utf8_lossy(&out.stderr);
+    let line = |variant: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(variant))
+            .unwrap_or_else(|| panic!("no {variant} line in:\n{table}"))
+            .to_string()
+    };
+    assert!(
+        line("vit_b").contains("8 GB (12+ GB recommended)"),
+        "{table}"
+    );
+    assert!(
+        line("vit_b").contains("1.03 GB (bench --case finetune"),
+        "{table}"
+    );
+    assert!(line("vit_h").contains("not measured"), "{table}");
+    assert_fails_naming(&samtune(["select", "--task", "train"]), &["train"]);
 }

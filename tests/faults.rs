@@ -100,7 +100,11 @@ fn read_checkpoint(path: &Path) -> samtune::Result<()> {
     let checkpoint = Checkpoint::open(path)?;
     let architecture = checkpoint.architecture()?;
     checkpoint.check_complete(&architecture)?;
-    samtune::load_sam(path, samtune::VariantChoice::Auto, &Default::default())?;
+    samtune::load_sam(
+        path,
+        samtune::VariantChoice::Auto,
+        &burn::tensor::Device::flex(),
+    )?;
     Ok(())
 }
 
@@ -109,7 +113,7 @@ fn checkpoint_files(dir: &Path) -> Vec<PathBuf> {
     let (model, architecture) = samtune::load_sam(
         fixtures_dir().join("tiny_sam.pth"),
         samtune::VariantChoice::Auto,
-        &Default::default(),
+        &burn::tensor::Device::flex(),
     )
     .unwrap();
     let mut files = vec![fixtures_dir().join("tiny_sam.pth")];

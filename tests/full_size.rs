@@ -43,7 +43,7 @@ fn vit_b_random_checkpoint_matches_the_official_model() {
     );
     drop(checkpoint);
 
-    let device = Device::default();
+    let device = Device::flex();
     let (model, _) = load_sam(&path, Some(SamVariant::VitB), &device).unwrap();
     let expected = load_expected_from(&dir.join("vit_b_expected.safetensors"));
     let image = image::open(dir.join("scene_full.png")).unwrap().to_rgb8();

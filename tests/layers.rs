@@ -93,3 +93,44 @@ fn the_scan_sees_an_upward_import() {
         ["train", "cli"]
     );
 }
+
+/// The files of `src/` and `tests/` (this one aside) whose code names burn's default
+/// device. With a GPU backend compiled in (wgpu is a default feature) `Device::default()`
+/// is that GPU, a software adapter included: the CPU is `Device::flex()`, and any other
+/// device comes from `samtune::device`, which chooses and says which.
+fn default_device_uses(dirs: &[&str]) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in dirs {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files
+        .iter()
+        .filter(|file| !file.ends_with("tests/layers.rs"))
+        .filter(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            text.lines().any(names_the_default_device)
+        })
+        .map(|file| file.display().to_string())
+        .collect()
+}
+
+fn names_the_default_device(line: &str) -> bool {
+    let code = line.split("//").next().unwrap_or("");
+    code.contains("Device::default()")
+}
+
+#[test]
+fn no_code_asks_burn_for_its_default_device() {
+    assert!(names_the_default_device("let d = Device::default();"));
+    assert!(!names_the_default_device(
+        "let d = Device::flex(); // not Device::default()"
+    ));
+    let found = default_device_uses(&["src", "tests"]);
+    assert!(
+        found.is_empty(),
+        "Device::default() is the GPU when one is compiled in; use Device::flex() or \
+         samtune::device:\n{}",
+        found.join("\n")
+    );
+}

@@ -113,7 +113,7 @@ fn lora_decoder_training_changes_only_the_adapted_weights_and_merges_exactly() {
 
     // the adapters merged into the base again equal last.safetensors, and the model with
     // the adapters attached (W + alpha/r A B in every forward) predicts what the merged does
-    let device = Device::default();
+    let device = Device::flex();
     let adapters = Adapters::read(&adapters_file).unwrap();
     let attached = adapters
         .attach_to(&fixtures_dir().join("tiny_sam.pth"), &device)
@@ -148,7 +148,7 @@ fn adapters_refuse_a_base_they_were_not_trained_on() {
     bytes.push(b'\n');
     std::fs::write(&other, bytes).unwrap();
     let err = adapters
-        .merge_into(&other, &Device::default())
+        .merge_into(&other, &Device::flex())
         .unwrap_err()
         .to_string();
     assert!(
@@ -258,7 +258,7 @@ fn lora_runs_resume_and_split_across_devices_as_decoder_runs_do() {
 
 #[test]
 fn another_input_size_resizes_the_grid_tensors_and_its_own_size_changes_nothing() {
-    let device = Device::default();
+    let device = Device::flex();
     let path = fixtures_dir().join("tiny_sam.pth");
     let (plain, architecture) = load_sam(&path, None, &device).unwrap();
     let own = architecture.image_encoder.img_size;
@@ -376,7 +376,7 @@ fn factors_a(model: &Sam) -> Vec<Vec<f32>> {
 fn the_initial_factors_depend_on_the_seed_alone() {
     // burn draws from the device's one generator, which other models and threads advance:
     // a run's adapters must not depend on what else the process draws
-    let device = Device::default();
+    let device = Device::flex();
     let path = fixtures_dir().join("tiny_sam.pth");
     let lora = samtune::model::lora::LoraConfig::default();
     let patterns = lora.patterns(&[samtune::model::lora::LoraPlace::MaskDecoder]);

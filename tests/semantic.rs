@@ -157,7 +157,7 @@ fn ct_volumes_train_into_a_two_organ_segmenter_without_prompts() {
         out.to_str().unwrap(),
     ]);
     let written = image::open(out.join("labels.png")).unwrap().to_luma16();
-    let device = burn::tensor::Device::default();
+    let device = burn::tensor::Device::flex();
     let (model, architecture) = load_sam(&best, None, &device).unwrap();
     let classes = checkpoint_classes(&best, &architecture).unwrap().unwrap();
     let image =

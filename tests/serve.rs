@@ -41,7 +41,7 @@ fn serve(dir: &Path, data: &Path, reviews: Vec<PathBuf>) -> Server {
         amg,
         address: "127.0.0.1:0".parse().unwrap(),
     };
-    start(&config, Device::default()).unwrap()
+    start(&config, Device::flex()).unwrap()
 }
 
 #[test]

@@ -60,7 +60,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if out == args.checkpoint {
         bail!("{} is the input file: give another --out", out.display());
     }
-    let device = Device::default();
+    let device = Device::flex();
     let (model, architecture) = if let (true, Some(base)) = (args.merge, &args.base) {
         Adapters::read(&args.checkpoint)?.merge_into(base, &device)?
     } else if args.to == ExportFormat::Pth && args.img_size.is_none() {

@@ -25,7 +25,7 @@ pub struct InitArgs {
 
 pub fn run(args: InitArgs) -> Result<()> {
     let config = resolve_architecture(&args.arch)?;
-    let device = Device::default();
+    let device = Device::flex();
     device.seed(args.seed);
     let model = config.init(&device);
     let metadata = BTreeMap::from([

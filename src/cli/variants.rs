@@ -1,11 +1,13 @@
-//! `samtune variants` and `samtune select [--memory-gb N | --device D]`.
+//! `samtune variants` and `samtune select [--memory-gb N | --device D] [--task T]`.
 
 use anyhow::{bail, Result};
 use clap::Args;
 
 use super::inspect::thousands;
 use crate::device::DeviceSpec;
-use crate::weights::catalog::{official, select_by_memory, OFFICIAL_CHECKPOINTS};
+use crate::weights::catalog::{
+    measured_peak, official, select_by_memory, PeakDevice, Task, OFFICIAL_CHECKPOINTS,
+};
 
 #[derive(Debug, Args)]
 pub struct VariantsArgs {
@@ -23,6 +25,10 @@ pub struct SelectArgs {
     /// answers, else the CPU's available RAM), `cpu`, `cuda:N`.
     #[arg(long, default_value = "auto", conflicts_with = "memory_gb")]
     pub device: DeviceSpec,
+    /// `inference` or `finetune`: also list, for every variant, samtune's own measured
+    /// peak memory for that task (CPU and CUDA) beside the reference document's figure.
+    #[arg(long)]
+    pub task: Option<Task>,
 }
 
 pub fn run_variants(args: VariantsArgs) -> Result<()> {
@@ -82,5 +88,34 @@ pub fn run_select(args: SelectArgs) -> Result<()> {
         c.inference_memory,
         c.fine_tune_memory
     );
+    if let Some(task) = args.task {
+        print_peaks(task);
+    }
     Ok(())
+}
+
+/// The reference document's memory figure for `task` beside samtune's measured peaks.
+fn print_peaks(task: Task) {
+    let peak = |variant, device| {
+        measured_peak(variant, task, device).map_or("not measured".to_string(), |p| {
+            format!("{:.2} GB ({})", p.megabytes as f64 / 1e3, p.how)
+        })
+    };
+    eprintln!(
+        "\n{:<6} {:<27} {:<56} samtune, CUDA (GPU memory of the process)",
+        "model", "reference document", "samtune, CPU (peak RSS)"
+    );
+    for c in &OFFICIAL_CHECKPOINTS {
+        let reference = match task {
+            Task::Inference => c.inference_memory,
+            Task::Finetune => c.fine_tune_memory,
+        };
+        eprintln!(
+            "{:<6} {:<27} {:<56} {}",
+            c.variant.name(),
+            reference,
+            peak(c.variant, PeakDevice::Cpu),
+            peak(c.variant, PeakDevice::Cuda)
+        );
+    }
 }

@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_semantic_head_starts_as_copies_of_the_pretrained_outputs() {
-        let device = Device::default();
+        let device = Device::flex();
         let decoder = decoder(&device);
         let head = SemanticHead::from_pretrained(&decoder, 5);
         assert_eq!(head.classes(), 5);
@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn predict_classes_gives_one_plane_per_class_and_the_background() {
-        let device = Device::default();
+        let device = Device::flex();
         let mut decoder = decoder(&device);
         decoder.semantic = Some(SemanticHead::from_pretrained(&decoder, 3));
         let embedding = Tensor::<4>::random([2, 32, 4, 4], Distribution::Normal(0.0, 1.0), &device);

@@ -458,7 +458,7 @@ mod tests {
                 Route::Projected { fold_output: false },
             ),
         ];
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let attention = AttentionConfig::new(32, 4)
             .with_downsample_rate(2)
             .init(&device);
@@ -565,7 +565,7 @@ mod tests {
     /// A batch-1 side shared by every prompt gives what repeating it per prompt gives.
     #[test]
     fn shared_keys_or_queries_match_the_repeated_batch() {
-        let device = Device::default();
+        let device = Device::flex();
         let attention = AttentionConfig::new(32, 4)
             .with_downsample_rate(2)
             .init(&device);

@@ -302,7 +302,7 @@ mod tests {
         EncodedImage {
             embedding: Tensor::from_data(
                 TensorData::new(vec![value; 8], [1, 2, 2, 2]),
-                &Device::default(),
+                &Device::flex(),
             ),
             original_size: [30, 40],
             input_size: [48, 64],
@@ -317,7 +317,7 @@ mod tests {
         let image = dir.path().join("a.png");
         std::fs::write(&image, b"pixels v1").unwrap();
         let architecture = crate::model::SamVariant::VitB.architecture();
-        let device = Device::default();
+        let device = Device::flex();
         let encodes = Cell::new(0);
         let get = |cache: &EmbeddingCache, value: f32| {
             cache
@@ -384,7 +384,7 @@ mod tests {
         let image = dir.path().join("a.png");
         std::fs::write(&image, b"pixels").unwrap();
         let architecture = crate::model::SamVariant::VitB.architecture();
-        let device = Device::default();
+        let device = Device::flex();
         let values: Vec<f32> = (0..8).map(|i| 0.1 + i as f32 / 3.0).collect();
         for (dtype, round) in [
             (CacheDtype::F32, (|v| v) as fn(f32) -> f32),

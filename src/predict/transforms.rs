@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn normalisation_uses_official_constants_and_zero_padding() {
-        let device = Device::default();
+        let device = Device::flex();
         let img = RgbImage::from_pixel(2, 1, image::Rgb([123, 116, 103]));
         let mean = [123.675, 116.28, 103.53];
         let std = [58.395, 57.12, 57.375];

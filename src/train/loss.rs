@@ -198,7 +198,7 @@ mod tests {
     use super::*;
 
     fn t4(values: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
-        Tensor::from_data(TensorData::new(values, shape), &Device::default())
+        Tensor::from_data(TensorData::new(values, shape), &Device::flex())
     }
 
     fn scalar<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -286,10 +286,8 @@ mod tests {
             vec![-9.0, 9.0, -9.0, 9.0, 9.0, -9.0, 9.0, -9.0],
             [1, 2, 2, 2],
         );
-        let iou_pred = Tensor::<2>::from_data(
-            TensorData::new(vec![0.0f32, 1.0], [1, 2]),
-            &Device::default(),
-        );
+        let iou_pred =
+            Tensor::<2>::from_data(TensorData::new(vec![0.0f32, 1.0], [1, 2]), &Device::flex());
         let terms = sam_loss(logits, iou_pred, targets, &LossConfig::default());
         assert_eq!(scalar(terms.actual_iou), vec![1.0]);
         assert!(scalar(terms.total)[0] < 0.01);

@@ -586,7 +586,7 @@ mod tests {
 
     #[test]
     fn terms_match_hand_computed_values() {
-        let device = Device::default();
+        let device = Device::flex();
         // logits 0 and 2 against targets 1 and 0, alpha 0.25, gamma 2
         let logits = tensor(vec![0.0, 2.0], [1, 1, 2], &device);
         let targets = tensor(vec![1.0, 0.0], [1, 2], &device);
@@ -620,7 +620,7 @@ mod tests {
     fn dice_of_half_probabilities_matches_hand_computed_value() {
         // probabilities 0.5 (logit 0) on 4 pixels, 2 of them foreground:
         // intersection 1, |P| 2, |T| 2 -> 1 - (2 + 1) / (4 + 1) = 0.4
-        let device = Device::default();
+        let device = Device::flex();
         let logits = tensor(vec![0.0; 4], [1, 1, 4], &device);
         let targets = tensor(vec![1.0, 1.0, 0.0, 0.0], [1, 4], &device);
         let dice = values_of(focal_and_dice(logits, targets, 0.25, 2.0))[1];
@@ -632,7 +632,7 @@ mod tests {
     /// far into both tails.
     #[test]
     fn values_and_gradients_match_autodiff_of_the_composed_terms() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let [n, m, count] = [2, 3, 1000];
         let logits = Tensor::<3>::random([n, m, count], Distribution::Normal(0.0, 6.0), &device);
         let weights = Tensor::<3>::random([n, m, 2], Distribution::Normal(1.0, 1.0), &device);
@@ -656,7 +656,7 @@ mod tests {
     /// The composed gradient (the GPU backends' path) agrees with flex's kernel.
     #[test]
     fn composed_backward_matches_the_kernel() {
-        let device = Device::default();
+        let device = Device::flex();
         let flex = |t: Tensor<3>| FlexTensor::from_data(t.into_data());
         let logits = flex(Tensor::random(
             [3, 2, 700],

@@ -83,6 +83,93 @@ pub fn select_by_memory(available_gb: f64) -> SamVariant {
     }
 }
 
+/// What the memory is for, as `samtune select --task` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Encode images and predict masks.
+    Inference,
+    /// Fine-tune the mask decoder on cached embeddings (the encoder frozen).
+    Finetune,
+}
+
+impl std::str::FromStr for Task {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "inference" => Ok(Task::Inference),
+            "finetune" | "fine-tune" => Ok(Task::Finetune),
+            other => Err(format!("task '{other}': expected inference or finetune")),
+        }
+    }
+}
+
+/// The kind of device a peak was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeakDevice {
+    /// Peak resident memory of the process (burn's CPU backend).
+    Cpu,
+    /// Peak GPU memory of the process, its CUDA context included (nvidia-smi).
+    Cuda,
+}
+
+/// samtune's own peak memory for a variant and task, measured with `samtune bench`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeasuredPeak {
+    pub variant: SamVariant,
+    pub task: Task,
+    pub device: PeakDevice,
+    pub megabytes: u32,
+    /// When and how (the bench case; BENCHMARKS.md has the run).
+    pub how: &'static str,
+}
+
+/// Every peak measured so far; a variant, task and device not listed was not measured
+/// (`samtune bench --variant vit_l --case encoder` measures one). Inference is the
+/// `encoder` case (the model loaded, one 1024 px image encoded), fine-tuning the
+/// `finetune` case (images encoded into the cache, decoder steps of 8 box prompts).
+pub const MEASURED_PEAKS: [MeasuredPeak; 4] = [
+    MeasuredPeak {
+        variant: SamVariant::VitB,
+        task: Task::Inference,
+        device: PeakDevice::Cpu,
+        megabytes: 556,
+        how: "bench --case encoder, 2026-12-02, 2 threads",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitB,
+        task: Task::Finetune,
+        device: PeakDevice::Cpu,
+        megabytes: 1026,
+        how: "bench --case finetune, 2026-12-02, 2 threads",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitB,
+        task: Task::Inference,
+        device: PeakDevice::Cuda,
+        megabytes: 2827,
+        how: "bench --case encoder, 2026-11-26, H200",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitB,
+        task: Task::Finetune,
+        device: PeakDevice::Cuda,
+        megabytes: 2861,
+        how: "bench --case finetune, 2026-11-26, H200",
+    },
+];
+
+/// samtune's measured peak for `variant` and `task` on `device`, when there is one.
+pub fn measured_peak(
+    variant: SamVariant,
+    task: Task,
+    device: PeakDevice,
+) -> Option<&'static MeasuredPeak> {
+    MEASURED_PEAKS
+        .iter()
+        .find(|p| p.variant == variant && p.task == task && p.device == device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +182,16 @@ mod tests {
         assert_eq!(select_by_memory(11.9), SamVariant::VitL);
         assert_eq!(select_by_memory(12.0), SamVariant::VitH);
         assert_eq!(select_by_memory(80.0), SamVariant::VitH);
+    }
+
+    #[test]
+    fn tasks_parse_and_peaks_are_found_by_variant_task_and_device() {
+        assert_eq!("Inference".parse::<Task>(), Ok(Task::Inference));
+        assert_eq!("fine-tune".parse::<Task>(), Ok(Task::Finetune));
+        assert!("train".parse::<Task>().unwrap_err().contains("'train'"));
+        let peak = measured_peak(SamVariant::VitB, Task::Finetune, PeakDevice::Cpu).unwrap();
+        assert_eq!(peak.megabytes, 1026);
+        assert!(measured_peak(SamVariant::VitH, Task::Finetune, PeakDevice::Cpu).is_none());
     }
 
     #[test]

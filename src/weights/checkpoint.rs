@@ -410,7 +410,7 @@ impl Checkpoint {
     /// Checks that the file holds every tensor of `architecture`, of the right shape,
     /// and nothing else (a model of it is described, not allocated).
     pub fn check_complete(&self, architecture: &Architecture) -> Result<(), WeightsError> {
-        self.check_against(&architecture.init(&Device::default()))
+        self.check_against(&architecture.init(&Device::flex()))
     }
 
     fn check_against(&self, model: &Sam) -> Result<(), WeightsError> {
@@ -612,7 +612,7 @@ mod tests {
     fn lazy_expected_shapes_equal_the_exported_ones() {
         // the reference: what a materialised model exports under official names
         let vit_b = crate::model::SamVariant::VitB.architecture();
-        let lazy = expected_shapes(&vit_b.init(&Device::default()));
+        let lazy = expected_shapes(&vit_b.init(&Device::flex()));
         let mut tiny = Architecture::default();
         let e = &mut tiny.image_encoder;
         (e.img_size, e.embed_dim, e.depth, e.num_heads, e.window_size) = (64, 32, 2, 2, 2);
@@ -620,7 +620,7 @@ mod tests {
         let d = &mut tiny.decoder;
         (d.prompt_embed_dim, d.mlp_dim, d.iou_head_hidden_dim) = (32, 64, 32);
         tiny.validate().unwrap();
-        let model = tiny.init(&Device::default());
+        let model = tiny.init(&Device::flex());
         let exported: ShapeMap = model
             .collect(
                 None,

@@ -195,7 +195,7 @@ impl ParameterCounts {
     /// Counts for an architecture without allocating its weights: burn initialises
     /// parameters lazily and knows their shapes before.
     pub fn from_architecture(architecture: &Architecture) -> Self {
-        let model = architecture.init(&burn::tensor::Device::default());
+        let model = architecture.init(&burn::tensor::Device::flex());
         let mut counter = LazyShapeCounter::default();
         burn::module::Module::visit(&model, &mut counter);
         counter.counts

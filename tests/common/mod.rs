@@ -5,7 +5,6 @@ pub mod annotation;
 pub mod device;
 pub mod http;
 
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -183,8 +182,9 @@ dir = "{cache}"
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     // the test device first, so that a test's own `model.device` override wins
-    let overrides: Vec<String> = std::iter::once(format!("model.device={}", device::test_device_spec()))
-        .chain(overrides.iter().map(|s| s.to_string()))
-        .collect();
+    let overrides: Vec<String> =
+        std::iter::once(format!("model.device={}", device::test_device_spec()))
+            .chain(overrides.iter().map(|s| s.to_string()))
+            .collect();
     TrainConfig::load(&path, &overrides).unwrap()
 }

@@ -460,7 +460,7 @@ mod tests {
     /// partial last one.
     #[test]
     fn kernel_and_composed_operations_match_f64() {
-        let device = Device::default();
+        let device = Device::flex();
         // (heads, queries, key grid, dim, value dim)
         for (n, queries, [kh, kw], dim, value_dim) in
             [(3, 49, [7, 7], 16, 16), (2, 150, [64, 64], 8, 12)]
@@ -517,7 +517,7 @@ mod tests {
     /// The bias moves the result: a test that ignored it would fail here.
     #[test]
     fn bias_changes_the_result() {
-        let device = Device::default();
+        let device = Device::flex();
         let (q, k, v) = (
             random([1, 16, 8], &device),
             random([1, 16, 8], &device),
@@ -537,7 +537,7 @@ mod tests {
     /// differentiable operations: same values, and gradients reach every input.
     #[test]
     fn autodiff_takes_the_kernel_untracked_and_differentiates_tracked() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let shapes = ([2, 12, 8], [2, 12, 8], [2, 12, 5], [2, 12, 3], [2, 12, 4]);
         let (q, k, v, rows, columns) = (
             random(shapes.0, &device),

@@ -235,7 +235,7 @@ mod tests {
     /// The backend operation and its gradient agree with burn's GELU (libm erf).
     #[test]
     fn backend_gelu_and_gradient_match_burn() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let values = Tensor::<3>::random([3, 70, 700], Distribution::Normal(0.0, 3.0), &device);
         let weights = Tensor::<3>::random([3, 700, 70], Distribution::Default, &device);
         // a strided view exercises the copy to contiguous memory

@@ -280,7 +280,7 @@ mod tests {
     /// Values and gradients (input, gamma, beta) equal burn's composed LayerNorm's.
     #[test]
     fn values_and_gradients_match_burns_layer_norm() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         for d in [64, 100] {
             let random = |shape: [usize; 3]| {
                 Tensor::<3>::random(shape, Distribution::Normal(0.5, 2.0), &device)
@@ -320,7 +320,7 @@ mod tests {
     /// The composed backward (the GPU backends' path) agrees with flex's kernel.
     #[test]
     fn composed_backward_matches_the_kernel() {
-        let device = Device::default();
+        let device = Device::flex();
         let tensor = |shape: Vec<usize>| {
             let t = Tensor::<2>::random(
                 [shape[0], shape[1]],

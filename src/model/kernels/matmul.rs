@@ -263,7 +263,7 @@ mod tests {
     /// columns 10..70 transposed.
     #[test]
     fn matrices_match_burns_matmul() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         assert_matches_burn(
             random([300, 70], &device),
             random([300, 90], &device),
@@ -275,7 +275,7 @@ mod tests {
     /// A transposed left operand (its gradient computed transposed, in its layout).
     #[test]
     fn transposed_left_operand_matches_burns_matmul() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         assert_matches_burn(
             random([2, 70, 300], &device),
             random([2, 70, 40], &device),
@@ -289,7 +289,7 @@ mod tests {
     /// has them.
     #[test]
     fn batches_match_burns_matmul() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         assert_matches_burn(
             random([1, 4, 50, 16], &device),
             random([3, 4, 7, 16], &device),
@@ -301,7 +301,7 @@ mod tests {
     /// Different batch shapes (burn's broadcasting) take burn's matmul, gradients summed.
     #[test]
     fn broadcast_batches_fall_back_to_burns_matmul() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         assert_matches_burn(
             random([5, 30, 8], &device),
             random([1, 8, 6], &device),
@@ -313,7 +313,7 @@ mod tests {
     /// Only the tracked operand gets a gradient (the frozen side keeps none).
     #[test]
     fn a_frozen_operand_gets_no_gradient() {
-        let device = Device::default().autodiff();
+        let device = Device::flex().autodiff();
         let x = random([4, 3], &device);
         let w = random([3, 2], &device).require_grad();
         let grads = matmul(x.clone(), w.clone()).sum().backward();
