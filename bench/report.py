@@ -78,9 +78,11 @@ def main():
     memory_label = "peak GPU MB (nvidia-smi)" if on_gpu else "peak MB"
     fast, _ = load(folder, "pytorch-fast")
     if fast:
-        modes = sorted({r.get("mode", "") for rs in fast.values() for r in rs})
-        print(f"PyTorch fast = the second peer ({'; '.join(modes)}): bench/fast_peer.py. "
-              "Ratios below 1: samtune is faster.\n")
+        print("PyTorch fast = the second peer, the same model as a skilled user speeds it up "
+              "(bench/fast_peer.py); what each case ran:\n")
+        for case, rs in fast.items():
+            print(f"- {case}: {rs[0].get('mode', '')}")
+        print()
     print(f"| case | samtune s | PyTorch s | ratio | PyTorch fast s | ratio to fast | FLOP | samtune % of peak | "
           f"PyTorch % of peak | {memory_label} samtune / PyTorch / fast |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -88,14 +90,14 @@ def main():
         mine = median_of(results)
         flops = results[0].get("flops")
         pct = lambda t: f"{flops / t / 1e9 / peak * 100:.0f}%" if flops and peak and t == t else "-"
-        peak_mb = lambda rs: max((r.get(memory_key, float("nan")) for r in rs), default=float("nan"))
+        peak_mb = lambda rs: f"{max(r.get(memory_key, float('nan')) for r in rs):.0f}" if rs else "-"
         cells = [f"{case}: {results[0]['description']}", timed(results)]
         for peer in (ref, fast):
             theirs = median_of(peer[case]) if case in peer else float("nan")
             cells += [timed(peer.get(case, [])), f"{mine / theirs:.2f}" if theirs == theirs else "-"]
         theirs = median_of(ref[case]) if case in ref else float("nan")
         cells += [f"{flops / 1e9:.0f} G" if flops else "-", pct(mine), pct(theirs),
-                  " / ".join(f"{peak_mb(rs):.0f}" for rs in (results, ref.get(case, []), fast.get(case, [])))]
+                  " / ".join(peak_mb(rs) for rs in (results, ref.get(case, []), fast.get(case, [])))]
         print("| " + " | ".join(cells) + " |")
         keys = dict.fromkeys(list(results[0].get("extra", {})) + [k for rs in (ref, fast) for r in rs.get(case, []) for k in r["extra"]])
         for key in keys:
