@@ -333,6 +333,10 @@ fn inspect_variants_and_select() {
         line("vit_b").contains("1.03 GB (bench --case finetune"),
         "{table}"
     );
+    assert!(
+        line("vit_h").contains("3.09 GB (bench --case finetune"),
+        "{table}"
+    );
     assert!(line("vit_h").contains("not measured"), "{table}");
     assert_fails_naming(&samtune(["select", "--task", "train"]), &["train"]);
 }

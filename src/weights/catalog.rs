@@ -128,7 +128,7 @@ pub struct MeasuredPeak {
 /// (`samtune bench --variant vit_l --case encoder` measures one). Inference is the
 /// `encoder` case (the model loaded, one 1024 px image encoded), fine-tuning the
 /// `finetune` case (images encoded into the cache, decoder steps of 8 box prompts).
-pub const MEASURED_PEAKS: [MeasuredPeak; 4] = [
+pub const MEASURED_PEAKS: [MeasuredPeak; 8] = [
     MeasuredPeak {
         variant: SamVariant::VitB,
         task: Task::Inference,
@@ -142,6 +142,34 @@ pub const MEASURED_PEAKS: [MeasuredPeak; 4] = [
         device: PeakDevice::Cpu,
         megabytes: 1026,
         how: "bench --case finetune, 2026-12-02, 2 threads",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitL,
+        task: Task::Inference,
+        device: PeakDevice::Cpu,
+        megabytes: 1475,
+        how: "bench --case encoder, 2026-12-02, 2 threads",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitL,
+        task: Task::Finetune,
+        device: PeakDevice::Cpu,
+        megabytes: 1837,
+        how: "bench --case finetune, 2026-12-02, 1 image",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitH,
+        task: Task::Inference,
+        device: PeakDevice::Cpu,
+        megabytes: 2748,
+        how: "bench --case encoder, 2026-12-02, 2 threads",
+    },
+    MeasuredPeak {
+        variant: SamVariant::VitH,
+        task: Task::Finetune,
+        device: PeakDevice::Cpu,
+        megabytes: 3092,
+        how: "bench --case finetune, 2026-12-02, 1 image",
     },
     MeasuredPeak {
         variant: SamVariant::VitB,
@@ -191,7 +219,7 @@ mod tests {
         assert!("train".parse::<Task>().unwrap_err().contains("'train'"));
         let peak = measured_peak(SamVariant::VitB, Task::Finetune, PeakDevice::Cpu).unwrap();
         assert_eq!(peak.megabytes, 1026);
-        assert!(measured_peak(SamVariant::VitH, Task::Finetune, PeakDevice::Cpu).is_none());
+        assert!(measured_peak(SamVariant::VitH, Task::Finetune, PeakDevice::Cuda).is_none());
     }
 
     #[test]
