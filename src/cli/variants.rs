@@ -6,7 +6,7 @@ use clap::Args;
 use super::inspect::thousands;
 use crate::device::DeviceSpec;
 use crate::weights::catalog::{
-    measured_peak, official, select_by_memory, PeakDevice, Task, OFFICIAL_CHECKPOINTS,
+    measured_peak, official, select_by_memory, PeakDevice, Workload, OFFICIAL_CHECKPOINTS,
 };
 
 #[derive(Debug, Args)]
@@ -28,7 +28,7 @@ pub struct SelectArgs {
     /// `inference` or `finetune`: also list, for every variant, samtune's own measured
     /// peak memory for that task (CPU and CUDA) beside the reference document's figure.
     #[arg(long)]
-    pub task: Option<Task>,
+    pub task: Option<Workload>,
 }
 
 pub fn run_variants(args: VariantsArgs) -> Result<()> {
@@ -95,7 +95,7 @@ pub fn run_select(args: SelectArgs) -> Result<()> {
 }
 
 /// The reference document's memory figure for `task` beside samtune's measured peaks.
-fn print_peaks(task: Task) {
+fn print_peaks(task: Workload) {
     let peak = |variant, device| {
         measured_peak(variant, task, device).map_or("not measured".to_string(), |p| {
             format!("{:.2} GB ({})", p.megabytes as f64 / 1e3, p.how)
@@ -107,8 +107,8 @@ fn print_peaks(task: Task) {
     );
     for c in &OFFICIAL_CHECKPOINTS {
         let reference = match task {
-            Task::Inference => c.inference_memory,
-            Task::Finetune => c.fine_tune_memory,
+            Workload::Inference => c.inference_memory,
+            Workload::Finetune => c.fine_tune_memory,
         };
         eprintln!(
             "{:<6} {:<27} {:<56} {}",

@@ -83,22 +83,23 @@ pub fn select_by_memory(available_gb: f64) -> SamVariant {
     }
 }
 
-/// What the memory is for, as `samtune select --task` names it.
+/// What the memory is for, as `samtune select --task` names it (not the training task of
+/// `train::config`: promptable or semantic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Task {
+pub enum Workload {
     /// Encode images and predict masks.
     Inference,
     /// Fine-tune the mask decoder on cached embeddings (the encoder frozen).
     Finetune,
 }
 
-impl std::str::FromStr for Task {
+impl std::str::FromStr for Workload {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "inference" => Ok(Task::Inference),
-            "finetune" | "fine-tune" => Ok(Task::Finetune),
+            "inference" => Ok(Workload::Inference),
+            "finetune" | "fine-tune" => Ok(Workload::Finetune),
             other => Err(format!("task '{other}': expected inference or finetune")),
         }
     }
@@ -117,7 +118,7 @@ pub enum PeakDevice {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MeasuredPeak {
     pub variant: SamVariant,
-    pub task: Task,
+    pub workload: Workload,
     pub device: PeakDevice,
     pub megabytes: u32,
     /// When and how (the bench case; BENCHMARKS.md has the run).
@@ -131,71 +132,71 @@ pub struct MeasuredPeak {
 pub const MEASURED_PEAKS: [MeasuredPeak; 8] = [
     MeasuredPeak {
         variant: SamVariant::VitB,
-        task: Task::Inference,
+        workload: Workload::Inference,
         device: PeakDevice::Cpu,
         megabytes: 556,
         how: "bench --case encoder, 2026-12-02, 2 threads",
     },
     MeasuredPeak {
         variant: SamVariant::VitB,
-        task: Task::Finetune,
+        workload: Workload::Finetune,
         device: PeakDevice::Cpu,
         megabytes: 1026,
         how: "bench --case finetune, 2026-12-02, 2 threads",
     },
     MeasuredPeak {
         variant: SamVariant::VitL,
-        task: Task::Inference,
+        workload: Workload::Inference,
         device: PeakDevice::Cpu,
         megabytes: 1475,
         how: "bench --case encoder, 2026-12-02, 2 threads",
     },
     MeasuredPeak {
         variant: SamVariant::VitL,
-        task: Task::Finetune,
+        workload: Workload::Finetune,
         device: PeakDevice::Cpu,
         megabytes: 1837,
         how: "bench --case finetune, 2026-12-02, 1 image",
     },
     MeasuredPeak {
         variant: SamVariant::VitH,
-        task: Task::Inference,
+        workload: Workload::Inference,
         device: PeakDevice::Cpu,
         megabytes: 2748,
         how: "bench --case encoder, 2026-12-02, 2 threads",
     },
     MeasuredPeak {
         variant: SamVariant::VitH,
-        task: Task::Finetune,
+        workload: Workload::Finetune,
         device: PeakDevice::Cpu,
         megabytes: 3092,
         how: "bench --case finetune, 2026-12-02, 1 image",
     },
     MeasuredPeak {
         variant: SamVariant::VitB,
-        task: Task::Inference,
+        workload: Workload::Inference,
         device: PeakDevice::Cuda,
         megabytes: 2827,
         how: "bench --case encoder, 2026-11-26, H200",
     },
     MeasuredPeak {
         variant: SamVariant::VitB,
-        task: Task::Finetune,
+        workload: Workload::Finetune,
         device: PeakDevice::Cuda,
         megabytes: 2861,
         how: "bench --case finetune, 2026-11-26, H200",
     },
 ];
 
-/// samtune's measured peak for `variant` and `task` on `device`, when there is one.
+/// samtune's measured peak for `variant` and `workload` on `device`, when there is one.
 pub fn measured_peak(
     variant: SamVariant,
-    task: Task,
+    workload: Workload,
     device: PeakDevice,
 ) -> Option<&'static MeasuredPeak> {
     MEASURED_PEAKS
         .iter()
-        .find(|p| p.variant == variant && p.task == task && p.device == device)
+        .find(|p| p.variant == variant && p.workload == workload && p.device == device)
 }
 
 #[cfg(test)]
@@ -214,12 +215,12 @@ mod tests {
 
     #[test]
     fn tasks_parse_and_peaks_are_found_by_variant_task_and_device() {
-        assert_eq!("Inference".parse::<Task>(), Ok(Task::Inference));
-        assert_eq!("fine-tune".parse::<Task>(), Ok(Task::Finetune));
-        assert!("train".parse::<Task>().unwrap_err().contains("'train'"));
-        let peak = measured_peak(SamVariant::VitB, Task::Finetune, PeakDevice::Cpu).unwrap();
+        assert_eq!("Inference".parse::<Workload>(), Ok(Workload::Inference));
+        assert_eq!("fine-tune".parse::<Workload>(), Ok(Workload::Finetune));
+        assert!("train".parse::<Workload>().unwrap_err().contains("'train'"));
+        let peak = measured_peak(SamVariant::VitB, Workload::Finetune, PeakDevice::Cpu).unwrap();
         assert_eq!(peak.megabytes, 1026);
-        assert!(measured_peak(SamVariant::VitH, Task::Finetune, PeakDevice::Cuda).is_none());
+        assert!(measured_peak(SamVariant::VitH, Workload::Finetune, PeakDevice::Cuda).is_none());
     }
 
     #[test]
