@@ -1,7 +1,8 @@
 //! samtune: fine-tune Meta's Segment Anything Model on your own labeled images.
 //!
 //! The crate is layered, each layer importing only those before it:
-//! `model` < `weights` < `predict` < `data` < `eval` < `annotate` < `train` < `serve` < `cli`,
+//! `model` < `weights` < `predict` < `data` < `eval` < `annotate` < `train` < `serve` < `bench`
+//! < `cli`,
 //! with `error`, `device` and the file helpers beside them all (`tests/layers.rs` checks
 //! it). What a Rust user calls is re-exported here:
 //!
@@ -23,6 +24,7 @@
 
 pub(crate) mod alloc;
 pub mod annotate;
+pub mod bench;
 #[doc(hidden)]
 pub mod cli;
 pub mod data;

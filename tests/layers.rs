@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-const LAYERS: [&str; 9] = [
-    "model", "weights", "predict", "data", "eval", "annotate", "train", "serve", "cli",
+const LAYERS: [&str; 10] = [
+    "model", "weights", "predict", "data", "eval", "annotate", "train", "serve", "bench", "cli",
 ];
 const BESIDE: [&str; 5] = ["error", "device", "fsutil", "alloc", "llvm_stubs"];
 

@@ -2,7 +2,6 @@
 
 mod annotate;
 mod bench;
-mod bench_data;
 mod download;
 mod eval;
 mod eval_volumes;

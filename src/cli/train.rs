@@ -6,14 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::dataset::Sample;
 use crate::data::synthetic::{write_dataset, Domain};
-use crate::fsutil::file_sha256;
-use crate::predict::{encode_image, EmbeddingCache};
+use crate::train::embed::fill_cache;
 use crate::train::{train, TrainConfig};
-use crate::weights::load_sam_at;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -89,55 +85,16 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-/// Fills the embedding cache for every train and val image of a config.
+/// Fills the embedding cache for every train, val and test image of a config.
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let config = TrainConfig::load(&args.config, &args.overrides)?;
     let device = super::open_device(config.model.device)?;
-    // at the run's input size: the cache key holds the architecture, img_size included
-    let (model, sam_config) = load_sam_at(
-        &config.model.checkpoint,
-        config.model.variant,
-        config.model.img_size,
-        &device,
-    )?;
-    let cache = EmbeddingCache::open(
-        &config.cache,
-        &config.model.checkpoint,
-        &file_sha256(&config.model.checkpoint)?,
-        &sam_config,
-        config.data.sample_intensity(),
-    )?;
-    let split = config.data.open()?.split;
-    let (shard, shards) = args.shard.unwrap_or((0, 1));
-    let mine: Vec<&Sample> = split
-        .train
-        .iter()
-        .chain(&split.val)
-        .chain(&split.test)
-        .enumerate()
-        .filter(|(i, _)| i % shards == shard)
-        .map(|(_, p)| p)
-        .collect();
-    let bar = ProgressBar::new(mine.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
-            .expect("valid template"),
-    );
-    for sample in &mine {
-        encode_image(
-            &model,
-            &sample.image,
-            Some(&cache),
-            config.data.sample_intensity(),
-            &device,
-        )?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let (hits, misses) = cache.stats();
+    let outcome = fill_cache(&config, &device, args.shard.unwrap_or((0, 1)), true)?;
     println!(
-        "{}: {misses} images encoded, {hits} already cached",
-        cache.dir().display()
+        "{}: {} images encoded, {} already cached",
+        outcome.dir.display(),
+        outcome.encoded,
+        outcome.cached
     );
     Ok(())
 }

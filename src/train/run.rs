@@ -2,9 +2,8 @@
 //! data, the embedding cache and the loop state, with one method per phase of `train()`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
-use burn::module::{Module, ParamGroup};
+use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,17 +11,17 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoints::{
-    save_epoch, save_resume, EpochProgress, EpochRecord, ResumePoint, RunDirs, TrainState,
-};
-use super::config::{Task, TrainConfig, Trainable};
+use super::checkpoints::{save_epoch, save_resume, EpochRecord, ResumePoint, RunDirs, TrainState};
+use super::config::{Task, TrainConfig};
+use super::epoch_training::EpochTraining;
 use super::examples::{example_seed, BatchPlan, BatchStream, ClassTable, ExampleBuilder};
 use super::log::RunLog;
+use super::model_setup::{autodiff_device, freeze, with_task_head};
 use super::optim::adamw;
 use super::report::{final_report, write_val_report, TrainReport};
+use super::run_data::RunData;
 use super::schedule::lr_at;
-use super::step::{BatchLoss, Stepper};
-use crate::data::dataset::Sample;
+use super::step::Stepper;
 use crate::device::ChosenDevice;
 use crate::error::{bail, Context, Result};
 use crate::eval::evaluate::{evaluate_each, EvalSettings};
@@ -30,59 +29,10 @@ use crate::eval::metrics::{Aggregate, ObjectResult};
 use crate::eval::report::comparison_overlay;
 use crate::fsutil::{file_sha256, remove_stale_temps, write_bytes_atomic};
 use crate::model::lora::merged;
-use crate::model::mask_decoder::SemanticHead;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::EmbeddingCache;
 use crate::weights::load_sam_at;
-
-/// The indexed train, validation and test images (no mask decoded).
-pub struct RunData {
-    pub train: Vec<Sample>,
-    pub val: Vec<Sample>,
-    pub test: Vec<Sample>,
-}
-
-impl RunData {
-    /// Indexes the dataset of `config`; small objects and images without objects are
-    /// left out, and said.
-    pub fn load(config: &TrainConfig, log: &mut RunLog) -> Result<Self> {
-        let d = &config.data;
-        let dataset = d.open()?;
-        let split = dataset.split;
-        if split.train.is_empty() {
-            bail!(
-                "no training images with objects of at least {} px",
-                d.min_area
-            );
-        }
-        let objects = |s: &[Sample]| s.iter().map(Sample::object_count).sum::<usize>();
-        let test = if split.test.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", {} test images ({} objects)",
-                split.test.len(),
-                objects(&split.test)
-            )
-        };
-        log.line(&format!(
-            "data: {} train images ({} objects), {} val images ({} objects){test}; {} objects below {} px skipped, {} images without objects left out",
-            split.train.len(),
-            objects(&split.train),
-            split.val.len(),
-            objects(&split.val),
-            dataset.filtered.small_objects,
-            d.min_area,
-            dataset.filtered.empty_images,
-        ));
-        Ok(Self {
-            train: split.train,
-            val: split.val,
-            test: split.test,
-        })
-    }
-}
 
 /// How the epoch loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,76 +42,6 @@ pub enum Ending {
     Interrupted,
     /// `train.patience` epochs without a better validation mIoU.
     StoppedEarly,
-}
-
-/// One epoch's training, before validation.
-struct EpochTraining {
-    started: Instant,
-    /// Seconds of this epoch before a resume.
-    seconds_before: f64,
-    /// Loss, focal, dice and IoU terms summed over batches.
-    sums: [f64; 4],
-    batches: usize,
-    lr: f64,
-    /// Time the steps waited for their data (`waited_before` of it before a resume).
-    waited: Duration,
-    waited_before: Duration,
-    interrupted: bool,
-}
-
-impl EpochTraining {
-    fn new(lr: f64) -> Self {
-        Self {
-            started: Instant::now(),
-            seconds_before: 0.0,
-            sums: [0.0; 4],
-            batches: 0,
-            lr,
-            waited: Duration::ZERO,
-            waited_before: Duration::ZERO,
-            interrupted: false,
-        }
-    }
-
-    fn resumed(progress: EpochProgress) -> Self {
-        let waited = Duration::from_secs_f64(progress.data_wait_seconds);
-        Self {
-            seconds_before: progress.seconds,
-            sums: progress.sums,
-            batches: progress.batches,
-            waited,
-            waited_before: waited,
-            ..Self::new(progress.lr)
-        }
-    }
-
-    fn seconds(&self) -> f64 {
-        self.seconds_before + self.started.elapsed().as_secs_f64()
-    }
-
-    /// Where the epoch stands, for a resume inside it.
-    fn progress(&self) -> EpochProgress {
-        EpochProgress {
-            batches: self.batches,
-            sums: self.sums,
-            lr: self.lr,
-            seconds: self.seconds(),
-            data_wait_seconds: self.waited.as_secs_f64(),
-        }
-    }
-
-    fn record(&mut self, batch: BatchLoss) {
-        self.sums[0] += batch.loss;
-        for k in 0..3 {
-            self.sums[k + 1] += batch.parts[k];
-        }
-        self.batches += 1;
-    }
-
-    /// The share of the epoch's training time spent waiting for data.
-    fn wait_share(&self) -> f64 {
-        self.waited.as_secs_f64() / self.seconds().max(1e-9)
-    }
 }
 
 pub struct Run<'a> {
@@ -663,86 +543,6 @@ impl<'a> Run<'a> {
             ));
         }
         Ok(report)
-    }
-}
-
-/// The model with the head its task needs: for `task = "semantic"`, the checkpoint's
-/// head when it has one for as many classes, else a new one started from the pretrained
-/// multimask outputs (`SemanticHead::from_pretrained`).
-pub fn with_task_head(
-    mut model: Sam,
-    mut architecture: Architecture,
-    config: &TrainConfig,
-) -> Result<(Sam, Architecture)> {
-    let Some(classes) = config.classes()? else {
-        return Ok((model, architecture));
-    };
-    match &model.mask_decoder.semantic {
-        Some(head) if head.classes() != classes.len() => bail!(
-            "{} has a semantic head of {} classes, data.classes names {}",
-            config.model.checkpoint.display(),
-            head.classes(),
-            classes.len()
-        ),
-        Some(_) => {}
-        None => {
-            model.mask_decoder.semantic = Some(SemanticHead::from_pretrained(
-                &model.mask_decoder,
-                classes.len(),
-            ))
-        }
-    }
-    architecture.decoder.semantic_classes = classes.len();
-    Ok((model, architecture))
-}
-
-/// The model with what `model.trainable` leaves out frozen, and LoRA adapters attached
-/// in the LoRA modes; the prompt encoder's positional-encoding matrix is a buffer upstream
-/// and never trains.
-pub fn freeze(mut model: Sam, config: &TrainConfig) -> Result<Sam> {
-    let trainable = config.model.trainable;
-    let places = trainable.lora_places();
-    if !places.is_empty() {
-        let patterns = config.lora.patterns(places);
-        // every base parameter frozen, adapters trainable
-        let model = config
-            .lora
-            .apply(model, &patterns, config.train.seed)
-            .map_err(|e| crate::error::Error::config("lora.targets", e))?;
-        let model = if trainable.trains_decoder() {
-            let decoder = ParamGroup::ids_from_module(model.mask_decoder.clone());
-            model.unfreeze_group(decoder)
-        } else {
-            model
-        };
-        // a semantic head is new: it trains in full whatever else has adapters
-        return Ok(match model.mask_decoder.semantic.clone() {
-            Some(head) => model.unfreeze_group(ParamGroup::ids_from_module(head)),
-            None => model,
-        });
-    }
-    if trainable.encoder_frozen() {
-        model.image_encoder = model.image_encoder.freeze();
-    }
-    if trainable == Trainable::Decoder {
-        model.prompt_encoder = model.prompt_encoder.freeze();
-    }
-    let pe = &mut model
-        .prompt_encoder
-        .pe_layer
-        .positional_encoding_gaussian_matrix;
-    *pe = pe.clone().set_require_grad(false);
-    Ok(model)
-}
-
-/// `device` with autodiff, recomputing memory-bound operations in the backward pass with
-/// `train.checkpoint_activations`.
-fn autodiff_device(device: &Device, config: &TrainConfig) -> Device {
-    let autodiff = device.clone().autodiff();
-    if config.train.checkpoint_activations {
-        autodiff.gradient_checkpointing()
-    } else {
-        autodiff
     }
 }
 

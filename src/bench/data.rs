@@ -1,33 +1,34 @@
-//! `samtune bench --case data`: what a dataset's size costs. Generated sets of flat-shape
-//! images (only their masks and cached embeddings matter) with label PNGs and a COCO file
-//! (compressed RLE) are indexed and trained on with a warm embedding cache, each in a
-//! process of its own, so that its peak memory is its own: time to index, peak resident
-//! memory, step time and the share of it spent waiting for data. And a COCO file the
-//! size of COCO train2017's instances, indexed.
+//! The data case of the benchmark (`samtune bench --case data`): what a dataset's size
+//! costs. Generated sets of flat-shape images (only their masks and cached embeddings
+//! matter) with label PNGs and a COCO file (compressed RLE) are indexed and trained on with
+//! a warm embedding cache, each step of it in a process of its own (the command line
+//! runs them), so that its peak memory is its own: time to index, peak resident memory,
+//! step time and the share of it spent waiting for data. And a COCO file the size of COCO
+//! train2017's instances, indexed.
 
+use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
 use image::{ImageBuffer, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::bench::peak_rss_mb;
+use super::peak_rss_mb;
 use crate::data::mask::{BinaryMask, Rle};
 use crate::data::{DataConfig, DataSource};
+use crate::error::{bail, Error, Result};
 use crate::fsutil::save_png;
-use crate::predict::encode_image;
 use crate::train::TrainConfig;
 
-#[derive(Debug, Args, Clone)]
-pub struct DataBenchArgs {
+/// The generated sets and the model they are trained with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataSettings {
     /// Images of each generated set.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     pub data_sizes: Vec<usize>,
@@ -70,87 +71,141 @@ pub struct DataResult {
     pub file_mb: f64,
 }
 
-/// The data case: prepares each set (once), then measures each in a child process.
-pub fn run(args: &DataBenchArgs, exe: &Path, threads: Option<usize>) -> Result<Vec<DataResult>> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let mut results = Vec::new();
-    for &n in &args.data_sizes {
-        child(exe, threads, args, &format!("data-prepare:{n}"))?;
-        for format in ["labels", "coco"] {
-            eprintln!("data: {format}, {n} images ...");
-            let line = child(exe, threads, args, &format!("data-train:{format}:{n}"))?;
-            results.push(serde_json::from_str(line.trim())?);
-        }
-    }
-    if args.coco_images > 0 {
-        eprintln!(
-            "data: a COCO file of {} images, {} annotations ...",
-            args.coco_images, args.coco_annotations
-        );
-        child(exe, threads, args, "data-coco-prepare")?;
-        let line = child(exe, threads, args, "data-coco-index")?;
-        results.push(serde_json::from_str(line.trim())?);
-    }
-    Ok(results)
+/// The data formats a generated set is trained from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetFormat {
+    /// Label PNGs beside the images.
+    Labels,
+    /// A COCO file of compressed RLE masks.
+    Coco,
 }
 
-/// Runs `samtune bench --child <case>` with the data options; its standard output.
-fn child(exe: &Path, threads: Option<usize>, args: &DataBenchArgs, case: &str) -> Result<String> {
-    let mut cmd = Command::new(exe);
-    cmd.args(["bench", "--child", case])
-        .arg("--data-sizes")
-        .arg(
-            args.data_sizes
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        )
-        .args(["--data-side", &args.data_side.to_string()])
-        .args(["--data-objects", &args.data_objects.to_string()])
-        .args(["--data-steps", &args.data_steps.to_string()])
-        .args(["--coco-images", &args.coco_images.to_string()])
-        .args(["--coco-annotations", &args.coco_annotations.to_string()])
-        .arg("--data-dir")
-        .arg(&args.data_dir)
-        .arg("--data-checkpoint")
-        .arg(&args.data_checkpoint);
-    if let Some(threads) = threads {
-        cmd.env("RAYON_NUM_THREADS", threads.to_string());
-    }
-    let output = cmd.output().with_context(|| format!("running {case}"))?;
-    if !output.status.success() {
-        bail!(
-            "{case} failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
+impl SetFormat {
+    pub const ALL: [SetFormat; 2] = [SetFormat::Labels, SetFormat::Coco];
 
-/// One child's work: `data-prepare:N`, `data-train:FORMAT:N`, `data-coco-prepare`,
-/// `data-coco-index`.
-pub fn run_child(case: &str, args: &DataBenchArgs) -> Result<()> {
-    let parts: Vec<&str> = case.split(':').collect();
-    match parts.as_slice() {
-        ["data-prepare", n] => prepare_set(args, n.parse()?),
-        ["data-train", format, n] => {
-            let result = train_set(args, format, n.parse()?)?;
-            println!("{}", serde_json::to_string(&result)?);
-            Ok(())
+    fn name(self) -> &'static str {
+        match self {
+            SetFormat::Labels => "labels",
+            SetFormat::Coco => "coco",
         }
-        ["data-coco-prepare"] => prepare_big_coco(args),
-        ["data-coco-index"] => {
-            let result = index_big_coco(args)?;
-            println!("{}", serde_json::to_string(&result)?);
-            Ok(())
-        }
-        _ => bail!("unknown data case {case}"),
     }
 }
 
-fn set_dir(args: &DataBenchArgs, n: usize) -> PathBuf {
+/// One step of the data case, each run in a process of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataStep {
+    /// Generates the set of N images and fills its embedding cache (once; kept).
+    Prepare(usize),
+    /// Indexes the set of N images from nothing and trains on it.
+    Train(SetFormat, usize),
+    /// Writes the train2017-sized COCO file (once; kept).
+    CocoPrepare,
+    /// Indexes it.
+    CocoIndex,
+}
+
+impl DataStep {
+    /// Every step of the case, in order.
+    pub fn plan(settings: &DataSettings) -> Vec<DataStep> {
+        let mut steps = Vec::new();
+        for &n in &settings.data_sizes {
+            steps.push(DataStep::Prepare(n));
+            steps.extend(SetFormat::ALL.map(|format| DataStep::Train(format, n)));
+        }
+        if settings.coco_images > 0 {
+            steps.extend([DataStep::CocoPrepare, DataStep::CocoIndex]);
+        }
+        steps
+    }
+
+    /// Does the step; its measurement, for the steps that measure.
+    pub fn run(self, settings: &DataSettings) -> Result<Option<DataResult>> {
+        Ok(match self {
+            DataStep::Prepare(n) => {
+                prepare_set(settings, n)?;
+                None
+            }
+            DataStep::Train(format, n) => Some(train_set(settings, format, n)?),
+            DataStep::CocoPrepare => {
+                prepare_big_coco(settings)?;
+                None
+            }
+            DataStep::CocoIndex => Some(index_big_coco(settings)?),
+        })
+    }
+
+    /// What the step says while it runs.
+    pub fn describe(self, settings: &DataSettings) -> String {
+        match self {
+            DataStep::Prepare(n) => format!("data: preparing the set of {n} images ..."),
+            DataStep::Train(format, n) => format!("data: {}, {n} images ...", format.name()),
+            DataStep::CocoPrepare => format!(
+                "data: writing a COCO file of {} images, {} annotations ...",
+                settings.coco_images, settings.coco_annotations
+            ),
+            DataStep::CocoIndex => "data: indexing it ...".to_string(),
+        }
+    }
+
+    /// The options a child process needs besides the step itself.
+    pub fn args(settings: &DataSettings) -> Vec<String> {
+        let sizes: Vec<String> = settings.data_sizes.iter().map(|n| n.to_string()).collect();
+        vec![
+            "--data-sizes".into(),
+            sizes.join(","),
+            "--data-side".into(),
+            settings.data_side.to_string(),
+            "--data-objects".into(),
+            settings.data_objects.to_string(),
+            "--data-steps".into(),
+            settings.data_steps.to_string(),
+            "--coco-images".into(),
+            settings.coco_images.to_string(),
+            "--coco-annotations".into(),
+            settings.coco_annotations.to_string(),
+            "--data-dir".into(),
+            settings.data_dir.display().to_string(),
+            "--data-checkpoint".into(),
+            settings.data_checkpoint.display().to_string(),
+        ]
+    }
+}
+
+/// As a child process's argument: `data-prepare:N`, `data-train:FORMAT:N`,
+/// `data-coco-prepare`, `data-coco-index`.
+impl fmt::Display for DataStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataStep::Prepare(n) => write!(f, "data-prepare:{n}"),
+            DataStep::Train(format, n) => write!(f, "data-train:{}:{n}", format.name()),
+            DataStep::CocoPrepare => f.write_str("data-coco-prepare"),
+            DataStep::CocoIndex => f.write_str("data-coco-index"),
+        }
+    }
+}
+
+impl FromStr for DataStep {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let format_named = |name: &str| {
+            SetFormat::ALL
+                .into_iter()
+                .find(|f| f.name() == name)
+                .ok_or_else(|| Error::msg(format!("unknown data format {name}")))
+        };
+        Ok(match parts.as_slice() {
+            ["data-prepare", n] => DataStep::Prepare(n.parse()?),
+            ["data-train", f, n] => DataStep::Train(format_named(f)?, n.parse()?),
+            ["data-coco-prepare"] => DataStep::CocoPrepare,
+            ["data-coco-index"] => DataStep::CocoIndex,
+            _ => bail!("unknown data step {s}"),
+        })
+    }
+}
+
+fn set_dir(args: &DataSettings, n: usize) -> PathBuf {
     args.data_dir.join(format!(
         "set-{n}-{}px-{}obj",
         args.data_side, args.data_objects
@@ -194,7 +249,7 @@ fn flat_image(
 
 /// The set of `n` images (label PNGs and a COCO file of the same masks), and every
 /// image's embedding in the cache; done once, kept for later runs.
-fn prepare_set(args: &DataBenchArgs, n: usize) -> Result<()> {
+fn prepare_set(args: &DataSettings, n: usize) -> Result<()> {
     let dir = set_dir(args, n);
     let done = dir.join("ready");
     if done.is_file() {
@@ -264,21 +319,20 @@ fn write_set_coco(
 
 /// The training config of a set in `format` (`labels` or `coco`): no validation,
 /// `data_steps` batches an epoch.
-fn set_config(args: &DataBenchArgs, dir: &Path, format: &str, n: usize) -> Result<TrainConfig> {
+fn set_config(args: &DataSettings, dir: &Path, format: SetFormat, n: usize) -> TrainConfig {
     let source = match format {
-        "labels" => DataSource::Folder {
+        SetFormat::Labels => DataSource::Folder {
             path: dir.to_path_buf(),
         },
-        "coco" => DataSource::Coco {
+        SetFormat::Coco => DataSource::Coco {
             annotations: dir.join("annotations.json"),
             images: Some(dir.join("images")),
             val_annotations: None,
             categories: Vec::new(),
         },
-        other => bail!("unknown data format {other}"),
     };
     let mut config = TrainConfig {
-        name: format!("{format}-{n}"),
+        name: format!("{}-{n}", format.name()),
         runs_dir: args.data_dir.join("runs"),
         data: DataConfig {
             source,
@@ -294,38 +348,21 @@ fn set_config(args: &DataBenchArgs, dir: &Path, format: &str, n: usize) -> Resul
     config.train.images_per_batch = 2;
     config.report.zero_shot = false;
     config.report.overlays_per_epoch = 0;
-    Ok(config)
+    config
 }
 
-/// Every image of the set in the embedding cache (as `samtune embed` fills it).
-fn fill_cache(args: &DataBenchArgs, dir: &Path) -> Result<()> {
-    let config = set_config(args, dir, "labels", 0)?;
+/// Every image of the set in the embedding cache, as `samtune embed` fills it.
+fn fill_cache(args: &DataSettings, dir: &Path) -> Result<()> {
+    let config = set_config(args, dir, SetFormat::Labels, 0);
     let device = config.model.device.device()?;
-    let (model, architecture) =
-        crate::weights::load_sam(&config.model.checkpoint, config.model.variant, &device)?;
-    let cache = crate::predict::EmbeddingCache::open(
-        &config.cache,
-        &config.model.checkpoint,
-        &crate::fsutil::file_sha256(&config.model.checkpoint)?,
-        &architecture,
-        config.data.sample_intensity(),
-    )?;
-    for sample in config.data.open()?.split.train {
-        encode_image(
-            &model,
-            &sample.image,
-            Some(&cache),
-            config.data.sample_intensity(),
-            &device,
-        )?;
-    }
+    crate::train::embed::fill_cache(&config, &device, (0, 1), false)?;
     Ok(())
 }
 
 /// Indexes a set and trains on it: the first epoch warms up, the next two are timed.
-fn train_set(args: &DataBenchArgs, format: &str, n: usize) -> Result<DataResult> {
+fn train_set(args: &DataSettings, format: SetFormat, n: usize) -> Result<DataResult> {
     let dir = set_dir(args, n);
-    let config = set_config(args, &dir, format, n)?;
+    let config = set_config(args, &dir, format, n);
     // cold: the label counts are not kept yet (the run below reads them back)
     let _ = std::fs::remove_file(dir.join(".samtune-index.json"));
     let started = Instant::now();
@@ -347,13 +384,15 @@ fn train_set(args: &DataBenchArgs, format: &str, n: usize) -> Result<DataResult>
     let wait: f64 = timed.iter().map(|r| r.data_wait_seconds).sum();
     let total: f64 = timed.iter().map(|r| r.seconds).sum();
     let file = match format {
-        "coco" => dir.join("annotations.json"),
-        _ => dir.join(".samtune-index.json"),
+        SetFormat::Coco => dir.join("annotations.json"),
+        SetFormat::Labels => dir.join(".samtune-index.json"),
     };
     Ok(DataResult {
         set: format!(
-            "{format}, {}px, {} objects",
-            args.data_side, args.data_objects
+            "{}, {}px, {} objects",
+            format.name(),
+            args.data_side,
+            args.data_objects
         ),
         images: n,
         objects,
@@ -365,7 +404,7 @@ fn train_set(args: &DataBenchArgs, format: &str, n: usize) -> Result<DataResult>
     })
 }
 
-fn big_coco_dir(args: &DataBenchArgs) -> PathBuf {
+fn big_coco_dir(args: &DataSettings) -> PathBuf {
     args.data_dir.join(format!(
         "coco-{}-{}",
         args.coco_images, args.coco_annotations
@@ -375,7 +414,7 @@ fn big_coco_dir(args: &DataBenchArgs) -> PathBuf {
 /// A COCO file shaped like train2017's instances: polygons of 12 to 36 points with two
 /// decimals, an RLE crowd now and then, `area` and `bbox`; empty image files (indexing
 /// only checks that they exist).
-fn prepare_big_coco(args: &DataBenchArgs) -> Result<()> {
+fn prepare_big_coco(args: &DataSettings) -> Result<()> {
     let dir = big_coco_dir(args);
     let path = dir.join("instances.json");
     if path.is_file() {
@@ -438,7 +477,7 @@ fn prepare_big_coco(args: &DataBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn index_big_coco(args: &DataBenchArgs) -> Result<DataResult> {
+fn index_big_coco(args: &DataSettings) -> Result<DataResult> {
     let dir = big_coco_dir(args);
     let path = dir.join("instances.json");
     crate::alloc::release_free_memory();
@@ -458,23 +497,53 @@ fn index_big_coco(args: &DataBenchArgs) -> Result<DataResult> {
     })
 }
 
-/// The data table as printed.
-pub fn print_table(results: &[DataResult]) {
-    println!(
-        "{:<34} {:>7} {:>8} {:>9} {:>8} {:>8} {:>10} {:>8}",
-        "data set", "images", "objects", "index s", "peak MB", "step ms", "data wait", "file MB"
-    );
-    for r in results {
-        println!(
-            "{:<34} {:>7} {:>8} {:>9.2} {:>8.0} {:>8.1} {:>9.1}% {:>8.1}",
-            r.set,
-            r.images,
-            r.objects,
-            r.index_seconds,
-            r.peak_rss_mb,
-            r.step_ms,
-            100.0 * r.data_wait_share,
-            r.file_mb
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings a command line gives (after `samtune bench`).
+    fn parsed<S: Into<String>>(args: impl IntoIterator<Item = S>) -> DataSettings {
+        #[derive(clap::Parser)]
+        struct Parsed {
+            #[command(flatten)]
+            data: DataSettings,
+        }
+        let args = std::iter::once("bench".to_string()).chain(args.into_iter().map(Into::into));
+        <Parsed as clap::Parser>::parse_from(args).data
+    }
+
+    fn settings() -> DataSettings {
+        parsed(["--data-sizes", "6,20", "--coco-images", "3"])
+    }
+
+    #[test]
+    fn the_plan_prepares_each_set_before_training_on_it_in_both_formats() {
+        let plan = DataStep::plan(&settings());
+        use DataStep::*;
+        use SetFormat::*;
+        assert_eq!(
+            plan,
+            [
+                Prepare(6),
+                Train(Labels, 6),
+                Train(Coco, 6),
+                Prepare(20),
+                Train(Labels, 20),
+                Train(Coco, 20),
+                CocoPrepare,
+                CocoIndex
+            ]
         );
+        for step in plan {
+            assert_eq!(step.to_string().parse::<DataStep>().unwrap(), step);
+        }
+        assert!("data-train:json:6".parse::<DataStep>().is_err());
+    }
+
+    #[test]
+    fn a_child_reads_the_settings_it_is_given() {
+        let given = settings();
+        let read = parsed(DataStep::args(&given));
+        assert_eq!(format!("{read:?}"), format!("{given:?}"));
     }
 }
