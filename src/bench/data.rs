@@ -71,6 +71,31 @@ pub struct DataResult {
     pub file_mb: f64,
 }
 
+impl DataSettings {
+    /// What the command line gives a step's child process to work on the same sets.
+    pub fn args(&self) -> Vec<String> {
+        let sizes: Vec<String> = self.data_sizes.iter().map(|n| n.to_string()).collect();
+        vec![
+            "--data-sizes".into(),
+            sizes.join(","),
+            "--data-side".into(),
+            self.data_side.to_string(),
+            "--data-objects".into(),
+            self.data_objects.to_string(),
+            "--data-steps".into(),
+            self.data_steps.to_string(),
+            "--coco-images".into(),
+            self.coco_images.to_string(),
+            "--coco-annotations".into(),
+            self.coco_annotations.to_string(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--data-checkpoint".into(),
+            self.data_checkpoint.display().to_string(),
+        ]
+    }
+}
+
 /// The data formats a generated set is trained from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetFormat {
@@ -145,29 +170,6 @@ impl DataStep {
             ),
             DataStep::CocoIndex => "data: indexing it ...".to_string(),
         }
-    }
-
-    /// The options a child process needs besides the step itself.
-    pub fn args(settings: &DataSettings) -> Vec<String> {
-        let sizes: Vec<String> = settings.data_sizes.iter().map(|n| n.to_string()).collect();
-        vec![
-            "--data-sizes".into(),
-            sizes.join(","),
-            "--data-side".into(),
-            settings.data_side.to_string(),
-            "--data-objects".into(),
-            settings.data_objects.to_string(),
-            "--data-steps".into(),
-            settings.data_steps.to_string(),
-            "--coco-images".into(),
-            settings.coco_images.to_string(),
-            "--coco-annotations".into(),
-            settings.coco_annotations.to_string(),
-            "--data-dir".into(),
-            settings.data_dir.display().to_string(),
-            "--data-checkpoint".into(),
-            settings.data_checkpoint.display().to_string(),
-        ]
     }
 }
 
@@ -543,7 +545,7 @@ mod tests {
     #[test]
     fn a_child_reads_the_settings_it_is_given() {
         let given = settings();
-        let read = parsed(DataStep::args(&given));
+        let read = parsed(given.args());
         assert_eq!(format!("{read:?}"), format!("{given:?}"));
     }
 }

@@ -6,6 +6,7 @@
 //! memory is its own.
 
 pub mod data;
+mod trainer;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,21 +15,13 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use burn::tensor::{Device, Distribution, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::prompts::{Multimask, ObjectPrompt, PromptConfig};
+use self::trainer::BenchTrainer;
 use crate::error::{Error, Result};
-use crate::model::{Architecture, Sam, SamVariant};
+use crate::model::{Architecture, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
-use crate::train::examples::Drawn;
-use crate::train::model_setup::freeze;
-use crate::train::optim::adamw;
-use crate::train::step::Stepper;
-use crate::train::TrainConfig;
 
 /// A timed case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,76 +389,6 @@ fn finetune_case(
         None,
         extra,
     ))
-}
-
-/// `samtune train`'s own step (`train::step::Stepper`) on a synthetic example: frozen
-/// encoders, `n` box prompts on one image embedding, all three masks trained
-/// (`prompts.multimask = "always"`, as the PyTorch side does), global gradient clipping,
-/// AdamW.
-struct BenchTrainer {
-    model: Sam,
-    optim: ModuleOptimizer,
-    stepper: Stepper,
-    config: TrainConfig,
-    prompts: Vec<ObjectPrompt>,
-    low_res: Vec<f32>,
-    img: usize,
-}
-
-impl BenchTrainer {
-    fn new(architecture: &Architecture, n: usize, device: &Device) -> Self {
-        let autodiff = device.clone().autodiff();
-        let config = TrainConfig {
-            prompts: PromptConfig {
-                multimask: Multimask::Always,
-                ..PromptConfig::default()
-            },
-            ..TrainConfig::default()
-        };
-        let model =
-            freeze(architecture.init(&autodiff), &config).expect("decoder training freezes");
-        let optim = adamw(&model, &config.train);
-        let img = architecture.image_encoder.img_size;
-        let low = architecture.grid() * 4;
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        Self {
-            model,
-            optim,
-            stepper: Stepper::new(vec![autodiff]),
-            config,
-            prompts: random_boxes(n, img as f64)
-                .into_iter()
-                .map(|b| ObjectPrompt {
-                    bbox: Some(b),
-                    points: Vec::new(),
-                })
-                .collect(),
-            low_res: (0..n * low * low)
-                .map(|_| (rng.random::<f64>() < 0.3) as u8 as f32)
-                .collect(),
-            img,
-        }
-    }
-
-    /// `embedding`: `[1, 256, H, W]`, on the model's device without autodiff.
-    fn step(&mut self, embedding: Tensor<4>) -> Result<()> {
-        let example = Drawn::embedded(
-            EncodedImage {
-                embedding,
-                original_size: [self.img, self.img],
-                input_size: [self.img, self.img],
-            },
-            self.prompts.clone(),
-            self.low_res.clone(),
-        );
-        self.stepper
-            .batch(&self.model, vec![example], &self.config)?;
-        let model = self.model.clone();
-        self.model = self
-            .stepper
-            .apply(model, &mut self.optim, 1e-4, &self.config);
-        sync(self.model.mask_decoder.iou_token.weight.val())
-    }
 }
 
 fn stats(

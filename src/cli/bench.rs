@@ -150,12 +150,7 @@ fn run_data(args: &BenchArgs, exe: &Path) -> Result<Vec<DataResult>> {
     let mut results = Vec::new();
     for step in DataStep::plan(&args.data) {
         eprintln!("{}", step.describe(&args.data));
-        let line = run_in_child(
-            exe,
-            &step.to_string(),
-            &DataStep::args(&args.data),
-            args.threads,
-        )?;
+        let line = run_in_child(exe, &step.to_string(), &args.data.args(), args.threads)?;
         if !line.trim().is_empty() {
             results.push(
                 serde_json::from_str(line.trim())
