@@ -6,6 +6,8 @@
 #   EXTRA="--tiny --reps 2" OUT=target/bench-smoke bench/compare.sh   # quick smoke run
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
 #   FAST=0 bench/compare.sh                # without the second PyTorch peer
+#   BF16=0 bench/compare.sh                # without samtune's bf16 encoder (run by default
+#                                          # on a CPU with AMX, for the encoder and finetune cases)
 #   CASES=finetune EXTRA="--ft-epochs 10 --ft-images 1" bench/compare.sh   # the 10-epoch run
 # Two PyTorch peers: the official code as it is (fp32, eager), and the same model as a
 # skilled user speeds it up (SDPA attention, bf16 autocast where the hardware has bf16, a
@@ -25,6 +27,7 @@ OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
 DEVICE=${DEVICE:-cpu}
 FAST=${FAST:-1}
+if [ "$DEVICE" = cpu ] && grep -qw amx_bf16 /proc/cpuinfo 2> /dev/null; then BF16=${BF16:-1}; else BF16=${BF16:-0}; fi
 CASES=${CASES:-encoder decoder_step prompt_latency finetune load}
 
 if [ -z "${PYTHON:-}" ]; then
@@ -77,6 +80,11 @@ for round in $(seq 1 "$ROUNDS"); do
         # shellcheck disable=SC2086
         measure "$OUT/pytorch-$case-$round.json" "${PYTORCH_MALLOC[@]}" "$PYTHON" bench/reference.py --variant "$VARIANT" --threads "$THREADS" \
             --device "$DEVICE" --case "$case" $EXTRA --json "$OUT/pytorch-$case-$round.json"
+        if [ "$BF16" = 1 ] && { [ "$case" = encoder ] || [ "$case" = finetune ]; }; then
+            # shellcheck disable=SC2086
+            measure "$OUT/samtune_bf16-$case-$round.json" "$SAMTUNE" bench --variant "$VARIANT" --threads "$THREADS" \
+                --device "$DEVICE" --case "$case" --encoder-precision bf16 $EXTRA --json "$OUT/samtune_bf16-$case-$round.json"
+        fi
         if [ "$FAST" = 1 ] && [ "$case" != load ]; then
             # shellcheck disable=SC2086
             measure "$OUT/pytorch-fast-$case-$round.json" "${PYTORCH_MALLOC[@]}" "$PYTHON" bench/reference.py --peer fast --compile \

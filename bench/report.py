@@ -14,7 +14,8 @@ FLOP_CASES = {"encoder"}
 
 
 def load(folder, tool):
-    """The results of `tool` (samtune, pytorch, pytorch-fast) by case, one per round."""
+    """The results of `tool` (samtune, samtune_bf16, pytorch, pytorch-fast) by case, one per
+    round."""
     runs = {}
     meta = {}
     for path in sorted(glob.glob(os.path.join(folder, f"{tool}-*.json"))):
@@ -86,12 +87,16 @@ def main():
     print(f"| case | samtune s | PyTorch s | ratio | PyTorch fast s | ratio to fast | FLOP | samtune % of peak | "
           f"PyTorch % of peak | {memory_label} samtune / PyTorch / fast |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for case, results in ours.items():
+    bf16, _ = load(folder, "samtune_bf16")
+    rows = [(case, results, ours) for case, results in ours.items()]
+    rows += [(f"{case} (samtune bf16)", results, bf16) for case, results in bf16.items()]
+    for label, results, side in rows:
+        case = results[0]["case"]
         mine = median_of(results)
         flops = results[0].get("flops")
         pct = lambda t: f"{flops / t / 1e9 / peak * 100:.0f}%" if flops and peak and t == t else "-"
         peak_mb = lambda rs: f"{max(r.get(memory_key, float('nan')) for r in rs):.0f}" if rs else "-"
-        cells = [f"{case}: {results[0]['description']}", timed(results)]
+        cells = [f"{label}: {results[0]['description']}", timed(results)]
         for peer in (ref, fast):
             theirs = median_of(peer[case]) if case in peer else float("nan")
             cells += [timed(peer.get(case, [])), f"{mine / theirs:.2f}" if theirs == theirs else "-"]
@@ -102,7 +107,7 @@ def main():
         keys = dict.fromkeys(list(results[0].get("extra", {})) + [k for rs in (ref, fast) for r in rs.get(case, []) for k in r["extra"]])
         for key in keys:
             row = [f"&nbsp;&nbsp;{key}"]
-            values = [extra_of(rs.get(case, []), key) for rs in (ours, ref, fast)]
+            values = [extra_of(rs.get(case, []), key) for rs in (side, ref, fast)]
             row += [values[0], values[1], ratio(values[0], values[1]), values[2], ratio(values[0], values[2])]
             print("| " + " | ".join(row) + " | | | | |")
 

@@ -78,6 +78,12 @@ impl From<crate::model::ArchitectureError> for Error {
     }
 }
 
+impl From<crate::model::PrecisionError> for Error {
+    fn from(e: crate::model::PrecisionError) -> Self {
+        Error::Message(e.to_string())
+    }
+}
+
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Error::Message(message)

@@ -15,6 +15,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -25,11 +26,14 @@ use samtune::predict::BinaryMask;
 use samtune::serve::{start, ServeConfig, Server};
 use serde_json::{json, Value};
 
-/// chromedriver on a free port, stopped when dropped.
+/// chromedriver on a free port, stopped when dropped. One at a time in this binary:
+/// two headless Chromiums on 2 cores slow each other past the page's timeouts, and a
+/// port one test picked could be taken by the other's browser before its driver binds it.
 struct Driver {
     child: Child,
     http: Http,
     session: String,
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Drop for Driver {
@@ -70,8 +74,34 @@ fn browser() -> Option<Driver> {
         eprintln!("skipped: no chromedriver (Debian: apt install chromium chromium-driver)");
         return None;
     };
+    static TURN: Mutex<()> = Mutex::new(());
+    // a test that failed holding the turn poisons it; the next one can still run
+    let turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // a driver that loses its port to another process between `free_port` and its own
+    // bind exits, or leaves the port to something that is not a WebDriver (CI once saw
+    // the connection reset): start another on a new port
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match start_session(&chromedriver) {
+            Ok((child, http, session)) => {
+                return Some(Driver {
+                    child,
+                    http,
+                    session,
+                    _turn: turn,
+                })
+            }
+            Err(why) => failures.push(why),
+        }
+    }
+    panic!("no WebDriver session: {}", failures.join("; "))
+}
+
+/// chromedriver on a free port with a headless Chromium session: the process, its
+/// client and the session id.
+fn start_session(chromedriver: &Path) -> Result<(Child, Http, String), String> {
     let port = free_port();
-    let child = Command::new(chromedriver)
+    let mut child = Command::new(chromedriver)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -79,11 +109,18 @@ fn browser() -> Option<Driver> {
         .expect("starting chromedriver");
     let http = Http::new(format!("127.0.0.1:{port}").parse().unwrap());
     let started = Instant::now();
+    let stop = |mut child: Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
+    };
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "chromedriver did not start"
-        );
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("chromedriver on port {port} exited ({status})"));
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            return stop(child, format!("chromedriver did not listen on port {port}"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut options = json!({
@@ -96,21 +133,22 @@ fn browser() -> Option<Driver> {
     {
         options["binary"] = json!(binary);
     }
-    let session = http.post(
+    let answer = http.try_post(
         "/session",
         &json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome", "goog:chromeOptions": options } } }),
     );
-    assert_eq!(session.status, 200, "{}", session.json);
-    let session = session.json["value"]["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    Some(Driver {
-        child,
-        http,
-        session,
-    })
+    let session = match answer {
+        Ok(answer) if answer.status == 200 => answer.json["value"]["sessionId"]
+            .as_str()
+            .map(str::to_string),
+        Ok(answer) => return stop(child, format!("session refused: {}", answer.json)),
+        Err(error) => return stop(child, format!("port {port}: {error}")),
+    };
+    match session {
+        Some(session) => Ok((child, http, session)),
+        None => stop(child, "a session answer without its id".into()),
+    }
 }
 
 impl Driver {
@@ -237,6 +275,7 @@ fn serve_with(
         reviews,
         cache: None,
         intensity: Default::default(),
+        encoder_precision: Default::default(),
         amg: samtune::AmgSettings {
             points_per_side: Some(8),
             pred_iou_thresh: 0.5,

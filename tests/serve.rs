@@ -38,6 +38,7 @@ fn serve(dir: &Path, data: &Path, reviews: Vec<PathBuf>) -> Server {
             ..Default::default()
         }),
         intensity: Default::default(),
+        encoder_precision: Default::default(),
         amg,
         address: "127.0.0.1:0".parse().unwrap(),
     };

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use self::trainer::BenchTrainer;
 use crate::error::{Error, Result};
-use crate::model::{Architecture, SamVariant};
+use crate::model::{Architecture, Precision, SamVariant};
 use crate::predict::{EncodedImage, Predictor, PromptBatch};
 
 /// A timed case.
@@ -111,6 +111,10 @@ pub struct CaseSettings {
     /// The encoder input size (the variant's own by default), as `model.img_size`.
     #[arg(long)]
     pub img_size: Option<usize>,
+    /// The image encoder's arithmetic in the encoder and fine-tuning cases (`bf16`: CPUs
+    /// with Intel AMX).
+    #[arg(long, default_value = "f32")]
+    pub encoder_precision: Precision,
 }
 
 impl CaseSettings {
@@ -135,6 +139,8 @@ impl CaseSettings {
             v.push("--img-size".into());
             v.push(size.to_string());
         }
+        v.push("--encoder-precision".into());
+        v.push(self.encoder_precision.to_string());
         v
     }
 
@@ -188,18 +194,32 @@ pub fn run_case(case: Case, settings: &CaseSettings, device: &Device) -> Result<
     let grid = img / config.image_encoder.patch_size;
     match case {
         Case::Encoder => {
-            let model = config.init(device);
+            let model = config
+                .init(device)
+                .with_encoder_precision(settings.encoder_precision, device)?;
             let input =
                 Tensor::<4>::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), device);
             let seconds = time_reps(settings.reps, || {
                 sync(model.image_encoder.forward(input.clone()))
             })?;
+            let mut extra = BTreeMap::new();
+            if settings.encoder_precision != Precision::F32 {
+                let f32_model = model.clone().with_encoder_precision(Precision::F32, device)?;
+                let error = max_relative_error(
+                    model.image_encoder.forward(input.clone()),
+                    f32_model.image_encoder.forward(input),
+                );
+                extra.insert("error vs samtune's fp32 encoder (max abs / max)".into(), error);
+            }
             Ok(stats(
                 case.name(),
-                format!("image encoder forward {img}x{img}, batch 1"),
+                format!(
+                    "image encoder forward {img}x{img}, batch 1, {}",
+                    settings.encoder_precision
+                ),
                 seconds,
                 Some(encoder_flops(&config)),
-                BTreeMap::new(),
+                extra,
             ))
         }
         Case::DecoderStep => {
@@ -337,6 +357,13 @@ fn cache_dtype_case(architecture: &Architecture, device: &Device) -> Result<Case
     ))
 }
 
+/// `max |a - b| / max |b|`, the error measure of the PyTorch peers' encoder case.
+fn max_relative_error(a: Tensor<4>, b: Tensor<4>) -> f64 {
+    let scale = b.clone().abs().max().into_scalar::<f32>() as f64;
+    let difference = (a - b).abs().max().into_scalar::<f32>() as f64;
+    difference / scale.max(f64::MIN_POSITIVE)
+}
+
 /// Case 4: a decoder fine-tune over `ft_images` images x `ft_prompts` prompts for
 /// `ft_epochs` epochs, with embeddings computed once (the cache) and re-encoded every step.
 fn finetune_case(
@@ -346,7 +373,10 @@ fn finetune_case(
 ) -> Result<CaseResult> {
     let img = config.image_encoder.img_size;
     let mut trainer = BenchTrainer::new(config, settings.ft_prompts, device);
-    let encoder = trainer.model.valid();
+    let encoder = trainer
+        .model
+        .valid()
+        .with_encoder_precision(settings.encoder_precision, device)?;
     let images: Vec<Tensor<4>> = (0..settings.ft_images)
         .map(|_| Tensor::random([1, 3, img, img], Distribution::Normal(0.0, 1.0), device))
         .collect();
@@ -525,6 +555,7 @@ mod tests {
             ft_epochs: 10,
             tiny: true,
             img_size: Some(512),
+            encoder_precision: Precision::Bf16,
         };
         let args = std::iter::once("bench".to_string()).chain(settings.args());
         let parsed = <Parsed as clap::Parser>::parse_from(args).settings;

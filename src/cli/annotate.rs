@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::open_device;
+use super::{open_device, EncoderArgs};
 use crate::annotate::coco_output::{CocoImage, CocoWriter};
 use crate::annotate::{AmgSettings, MaskGenerator};
 use crate::data::dataset::list_images;
@@ -67,6 +67,8 @@ pub struct AnnotateArgs {
     pub intensity: IntensityScaling,
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
     /// Gets `annotations.json` and `overlays/`.
     #[arg(long)]
     pub out: PathBuf,
@@ -121,6 +123,7 @@ pub fn run(args: AnnotateArgs) -> Result<()> {
     let (files, root) = image_list(&args.images)?;
     let device = open_device(args.device)?;
     let (model, _) = load_sam(&args.checkpoint, args.variant, &device)?;
+    let model = args.encoder.apply(model, &device)?;
     let generator = MaskGenerator::new(Predictor::new(&model), settings)?;
     std::fs::create_dir_all(args.out.join("overlays"))
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -12,6 +12,7 @@ use super::open_device;
 use crate::bench::data::{DataResult, DataSettings, DataStep};
 use crate::bench::{run_case, Case, CaseResult, CaseSettings};
 use crate::device::DeviceSpec;
+use crate::model::Precision;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -109,7 +110,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let doc = serde_json::json!({
-            "tool": "samtune",
+            "tool": match args.settings.encoder_precision {
+                Precision::F32 => "samtune",
+                Precision::Bf16 => "samtune_bf16",
+            },
+            "encoder_precision": args.settings.encoder_precision,
             "variant": args.settings.model_name(),
             "device": args.device.to_string(),
             "threads": args.threads,

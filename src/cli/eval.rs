@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::open_device;
+use super::{open_device, EncoderArgs};
 use crate::data::prompts::{Multimask, PromptConfig, PromptMode};
 use crate::data::DataConfig;
 use crate::device::DeviceSpec;
@@ -74,6 +74,8 @@ pub struct EvalArgs {
     pub overlays: usize,
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -88,6 +90,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     prompts.validate()?;
     let device = open_device(args.device)?;
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
+    let model = args.encoder.apply(model, &device)?;
     let classes = checkpoint_classes(&args.checkpoint, &config)?;
     let report = evaluate_set(
         &model,

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::eval::EvalPromptArgs;
-use super::open_device;
+use super::{open_device, EncoderArgs};
 use crate::data::volumes::SliceAxis;
 use crate::device::DeviceSpec;
 use crate::eval::volumes::{evaluate_volumes, VolumesEvaluation};
@@ -44,6 +44,8 @@ pub struct EvalVolumesArgs {
     pub labels: Vec<(u16, String)>,
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
     /// Gets report.{json,md,html}, predictions/*.nii.gz and pictures/.
     #[arg(long)]
     pub out: PathBuf,
@@ -63,6 +65,7 @@ fn parse_label(s: &str) -> Result<(u16, String), String> {
 pub fn run(args: EvalVolumesArgs) -> Result<()> {
     let device = open_device(args.device)?;
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
+    let model = args.encoder.apply(model, &device)?;
     let classes = checkpoint_classes(&args.checkpoint, &config)?;
     let report = evaluate_volumes(
         &model,

@@ -15,9 +15,10 @@ mod variants;
 
 use anyhow::Result;
 use burn::tensor::Device;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::device::DeviceSpec;
+use crate::model::{Precision, Sam};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +101,23 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::EvalVolumes(args) => eval_volumes::run(args),
     }?;
     Ok(0)
+}
+
+/// The image encoder's arithmetic, for the commands that encode images.
+#[derive(Debug, Args)]
+pub struct EncoderArgs {
+    /// `f32` (the official arithmetic) or `bf16`: the encoder's matrix products on bf16
+    /// operands summed in f32, as PyTorch's bf16 autocast runs them (CPUs with Intel AMX;
+    /// README, bf16 encoding).
+    #[arg(long = "encoder-precision", default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl EncoderArgs {
+    /// `model`, encoding in the chosen precision on `device`.
+    pub fn apply(&self, model: Sam, device: &Device) -> Result<Sam> {
+        Ok(model.with_encoder_precision(self.precision, device)?)
+    }
 }
 
 /// Opens the device of a `--device` argument and says which one it is.

@@ -9,7 +9,7 @@ use clap::Args;
 use image::{GrayImage, ImageBuffer, Luma, RgbImage};
 use serde::Serialize;
 
-use super::open_device;
+use super::{open_device, EncoderArgs};
 use crate::device::DeviceSpec;
 use crate::fsutil::{save_png, write_atomic};
 use crate::model::Sam;
@@ -55,6 +55,8 @@ pub struct PredictArgs {
     pub intensity: IntensityScaling,
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -117,6 +119,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let start = Instant::now();
     let mut timings = BTreeMap::new();
     let (model, config) = load_sam_at(&args.checkpoint, args.variant, args.img_size, &device)?;
+    let model = args.encoder.apply(model, &device)?;
     timings.insert("load", ms(start));
     let image = load_rgb(&args.image, args.intensity)?;
     if args.semantic {

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::annotate::{AmgArgs, Preset};
-use super::open_device;
+use super::{open_device, EncoderArgs};
 use crate::device::DeviceSpec;
 use crate::predict::image::IntensityScaling;
 use crate::predict::CacheConfig;
@@ -45,6 +45,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
     #[command(flatten)]
+    pub encoder: EncoderArgs,
+    #[command(flatten)]
     pub amg: AmgArgs,
 }
 
@@ -63,6 +65,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ..CacheConfig::default()
         }),
         intensity: args.intensity,
+        encoder_precision: args.encoder.precision,
         amg: args.amg.settings(Preset::Reference)?,
         address: SocketAddr::new(args.host, args.port),
     };

@@ -13,6 +13,7 @@ use super::common::{
     MlpBlockConfig,
 };
 use super::kernels::attention::{attention, RelPosBias};
+use super::precision::Precision;
 
 /// Official defaults are those of `build_sam.py` (ViT-B); see [`crate::model::SamVariant`]
 /// for the three presets.
@@ -122,6 +123,7 @@ impl ImageEncoderViTConfig {
             pos_embed,
             blocks,
             neck,
+            precision: Precision::F32,
         }
     }
 }
@@ -133,19 +135,25 @@ pub struct ImageEncoderViT {
     pub blocks: Vec<Block>,
     /// `neck.{0,1,2,3}` in the official state_dict (see `weights::keymap`).
     pub neck: Neck,
+    /// The arithmetic of its matrix products: f32 unless chosen (see [`Precision`]); not
+    /// part of the checkpoint.
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl ImageEncoderViT {
     /// `[B, 3, S, S]` normalised, padded images -> `[B, out_chans, S/16, S/16]` embeddings.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.patch_embed.forward(x);
-        if let Some(pos_embed) = &self.pos_embed {
-            x = x + pos_embed.val();
-        }
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        self.neck.forward(x.permute([0, 3, 1, 2]))
+        self.precision.scope(|| {
+            let mut x = self.patch_embed.forward(x);
+            if let Some(pos_embed) = &self.pos_embed {
+                x = x + pos_embed.val();
+            }
+            for block in &self.blocks {
+                x = block.forward(x);
+            }
+            self.neck.forward(x.permute([0, 3, 1, 2]))
+        })
     }
 }
 

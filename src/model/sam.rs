@@ -11,6 +11,7 @@ use burn::tensor::{Device, Tensor};
 use super::architecture::Architecture;
 use super::image_encoder::{ImageEncoderViT, ImageEncoderViTConfig};
 use super::mask_decoder::{DecoderOutput, MaskDecoder, MaskDecoderConfig};
+use super::precision::{Precision, PrecisionError};
 use super::prompt_encoder::{PointPrompts, PromptEncoder, PromptEncoderConfig};
 
 /// The three released checkpoints.
@@ -121,6 +122,18 @@ pub struct Prompts {
 }
 
 impl Sam {
+    /// Encodes images in `precision` from now on, where `device` (the model's, not an
+    /// autodiff wrapper of it) can run it.
+    pub fn with_encoder_precision(
+        mut self,
+        precision: Precision,
+        device: &Device,
+    ) -> Result<Self, PrecisionError> {
+        precision.check(device)?;
+        self.image_encoder.precision = precision;
+        Ok(self)
+    }
+
     /// Prompt encoder + mask decoder on precomputed image embeddings
     /// (`[1 or B, C, H, W]`); all mask outputs, before multimask selection.
     pub fn decode(&self, image_embeddings: Tensor<4>, prompts: Prompts) -> DecoderOutput {

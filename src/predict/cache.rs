@@ -16,7 +16,7 @@ use super::image::{load_rgb, IntensityScaling};
 use super::{tensor_values, EncodedImage, Predictor};
 use crate::error::{bail, err, Context, Result};
 use crate::fsutil::{file_sha256, hex, FileStamp};
-use crate::model::{Architecture, Sam};
+use crate::model::{Architecture, Precision, Sam};
 use crate::weights::{write_safetensors, RawTensor};
 
 /// `[cache]` of a training config.
@@ -135,13 +135,15 @@ pub struct EmbeddingCache {
 
 impl EmbeddingCache {
     /// The cache for `checkpoint` (whose content hash the caller has) with
-    /// `architecture`'s preprocessing and `scaling`, under `config.dir`.
+    /// `architecture`'s preprocessing and `scaling`, encoded in `precision`, under
+    /// `config.dir`.
     pub fn open(
         config: &CacheConfig,
         checkpoint: &Path,
         checkpoint_sha256: &str,
         architecture: &Architecture,
         scaling: IntensityScaling,
+        precision: Precision,
     ) -> Result<Self> {
         let mut preprocessing = format!(
             "{CACHE_FORMAT};img_size={};mean={:?};std={:?};resize=pillow-bilinear;intensity={}",
@@ -152,6 +154,10 @@ impl EmbeddingCache {
         );
         if config.dtype != CacheDtype::F32 {
             preprocessing.push_str(&format!(";dtype={:?}", config.dtype));
+        }
+        // f32 entries keep the keys they had before the encoder had a precision
+        if precision != Precision::F32 {
+            preprocessing.push_str(&format!(";encoder={precision}"));
         }
         let key = format!(
             "{}-{}",
@@ -327,14 +333,16 @@ mod tests {
                 })
                 .unwrap()
         };
-        let open = |scaling| {
+        let open_in = |scaling, precision| {
             let sha = file_sha256(&checkpoint).unwrap();
             let config = CacheConfig {
                 dir: dir.path().to_path_buf(),
                 ..CacheConfig::default()
             };
-            EmbeddingCache::open(&config, &checkpoint, &sha, &architecture, scaling).unwrap()
+            EmbeddingCache::open(&config, &checkpoint, &sha, &architecture, scaling, precision)
+                .unwrap()
         };
+        let open = |scaling| open_in(scaling, Precision::F32);
         let cache = open(IntensityScaling::Auto);
         get(&cache, 1.0);
         let again = get(&cache, 2.0);
@@ -365,17 +373,21 @@ mod tests {
         let other = open(IntensityScaling::Full);
         get(&other, 4.0);
         assert_eq!(encodes.get(), 3, "other preprocessing is a miss");
+        let bf16 = open_in(IntensityScaling::Full, Precision::Bf16);
+        get(&bf16, 4.5);
+        assert_eq!(encodes.get(), 4, "another encoder precision is a miss");
+        assert_ne!(bf16.dir(), other.dir());
 
         std::fs::write(&checkpoint, b"weights v2").unwrap();
         let retrained = open(IntensityScaling::Auto);
         assert_ne!(retrained.dir(), cache.dir());
         get(&retrained, 5.0);
-        assert_eq!(encodes.get(), 4, "other weights are a miss");
+        assert_eq!(encodes.get(), 5, "other weights are a miss");
 
         // a damaged entry is re-computed, not an error
         std::fs::write(retrained.entry_path(&image).unwrap(), b"garbage").unwrap();
         get(&retrained, 6.0);
-        assert_eq!(encodes.get(), 5);
+        assert_eq!(encodes.get(), 6);
     }
 
     #[test]
@@ -402,6 +414,7 @@ mod tests {
                 "0123456789abcdef0123",
                 &architecture,
                 IntensityScaling::Auto,
+                Precision::F32,
             )
             .unwrap();
             let encode = || {

@@ -18,6 +18,7 @@ use burn::tensor::Device;
 use crate::annotate::AmgSettings;
 use crate::error::{Context, Result};
 use crate::predict::image::IntensityScaling;
+use crate::model::Precision;
 use crate::predict::CacheConfig;
 use state::ServerState;
 
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     /// Where encoded images are kept between sessions (and shared with training).
     pub cache: Option<CacheConfig>,
     pub intensity: IntensityScaling,
+    /// The image encoder's arithmetic.
+    pub encoder_precision: Precision,
     /// The automatic mask generator's settings.
     pub amg: AmgSettings,
     pub address: SocketAddr,

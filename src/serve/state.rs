@@ -129,6 +129,7 @@ impl ServerState {
         let mut checkpoints = Vec::new();
         for path in &config.checkpoints {
             let (model, architecture) = load_sam(path, VariantChoice::Auto, &device)?;
+            let model = model.with_encoder_precision(config.encoder_precision, &device)?;
             let cache = config
                 .cache
                 .as_ref()
@@ -139,6 +140,7 @@ impl ServerState {
                         &file_sha256(path)?,
                         &architecture,
                         config.intensity,
+                        config.encoder_precision,
                     )
                 })
                 .transpose()?;

@@ -12,6 +12,7 @@ use crate::data::source::DataConfig;
 use crate::device::{ChosenDevice, DeviceSpec};
 use crate::error::{bail, check_setting, Context, Error, Result};
 use crate::model::lora::{LoraConfig, LoraPlace};
+use crate::model::Precision;
 use crate::predict::semantic::Classes;
 use crate::predict::CacheConfig;
 use crate::weights::VariantChoice;
@@ -76,6 +77,10 @@ pub struct ModelConfig {
     /// (`cuda:0`, `cuda:1`, ...; `cpu`), their gradients summed on the first, which
     /// holds the optimizer. Empty: `device` alone.
     pub devices: Vec<DeviceSpec>,
+    /// The image encoder's arithmetic: `f32` (the official one) or `bf16` (its matrix
+    /// products on bf16 operands summed in f32, as PyTorch's bf16 autocast; CPUs with Intel
+    /// AMX), for a frozen encoder: filling the embedding cache and encoding batches.
+    pub encoder_precision: Precision,
 }
 
 impl Default for ModelConfig {
@@ -87,6 +92,7 @@ impl Default for ModelConfig {
             trainable: Trainable::Decoder,
             img_size: None,
             devices: Vec::new(),
+            encoder_precision: Precision::F32,
         }
     }
 }
@@ -350,6 +356,17 @@ impl TrainConfig {
                 ">= 16 (a multiple of the patch size)",
             )?;
         }
+        if self.model.encoder_precision != Precision::F32 && !self.model.trainable.encoder_frozen()
+        {
+            return Err(Error::config(
+                "model.encoder_precision",
+                format!(
+                    "{} is for a frozen image encoder; trainable = \"{}\" trains it in f32",
+                    self.model.encoder_precision,
+                    self.model.trainable.name()
+                ),
+            ));
+        }
         let lora = &self.lora;
         check_setting("lora.rank", lora.rank, lora.rank >= 1, ">= 1")?;
         check_setting(
@@ -471,5 +488,32 @@ mod tests {
             TrainConfig::load(&path, &["oops".into()]).unwrap_err()
         );
         assert!(err.contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn bf16_encoding_reads_and_is_refused_for_a_trained_encoder() {
+        let (_d, path) = write(MINIMAL);
+        let c = TrainConfig::load(&path, &["model.encoder_precision=bf16".into()]).unwrap();
+        assert_eq!(c.model.encoder_precision, Precision::Bf16);
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(&path, &["model.encoder_precision=fp16".into()]).unwrap_err()
+        );
+        assert!(err.contains("'fp16'") && err.contains("bf16"), "{err}");
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(
+                &path,
+                &[
+                    "model.encoder_precision=bf16".into(),
+                    "model.trainable=lora-encoder".into()
+                ]
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.contains("model.encoder_precision") && err.contains("lora-encoder"),
+            "{err}"
+        );
     }
 }

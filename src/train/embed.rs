@@ -39,12 +39,14 @@ pub fn fill_cache(
         config.model.img_size,
         device,
     )?;
+    let model = model.with_encoder_precision(config.model.encoder_precision, device)?;
     let cache = EmbeddingCache::open(
         &config.cache,
         &config.model.checkpoint,
         &file_sha256(&config.model.checkpoint)?,
         &architecture,
         config.data.sample_intensity(),
+        config.model.encoder_precision,
     )?;
     let split = config.data.open()?.split;
     let mine: Vec<&Sample> = split

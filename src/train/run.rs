@@ -112,7 +112,8 @@ impl<'a> Run<'a> {
             &autodiff,
         )?;
         let (model, architecture) = with_task_head(model, architecture, config)?;
-        let model = freeze(model, config)?;
+        let model = freeze(model, config)?
+            .with_encoder_precision(config.model.encoder_precision, &device)?;
         let (model, optim, state) = match resumed {
             Some(point) => {
                 let (model, optim, state) = point.restore(model, config)?;
@@ -146,6 +147,7 @@ impl<'a> Run<'a> {
                 &base_sha,
                 &architecture,
                 config.data.sample_intensity(),
+                config.model.encoder_precision,
             )?)
         } else {
             None

@@ -32,7 +32,13 @@ impl Http {
     }
 
     fn answer(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-        let mut response = response.expect("the server answers");
+        Self::try_answer(response).expect("the server answers")
+    }
+
+    fn try_answer(
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Answer, ureq::Error> {
+        let mut response = response?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -47,12 +53,12 @@ impl Http {
             .read_to_vec()
             .unwrap();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
+        Ok(Answer {
             status,
             json,
             bytes,
             content_type,
-        }
+        })
     }
 
     pub fn get(&self, path: &str) -> Answer {
@@ -75,5 +81,15 @@ impl Http {
 
     pub fn post(&self, path: &str, body: &Value) -> Answer {
         self.post_text(path, &body.to_string())
+    }
+
+    /// [`Self::post`], a connection that fails returned rather than raised.
+    pub fn try_post(&self, path: &str, body: &Value) -> Result<Answer, ureq::Error> {
+        Self::try_answer(
+            self.agent
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .send(body.to_string()),
+        )
     }
 }

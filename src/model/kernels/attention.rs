@@ -22,7 +22,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::softmax::softmax_in_place;
-use super::{f32_values, vectorised, zeroed_f32};
+use super::{bf16, f32_values, product_precision, vectorised, zeroed_f32};
+use crate::model::Precision;
 
 /// The decomposed relative-position terms of the logits, for a key grid `kh x kw`:
 /// `rows [N, Lq, kh]` is added to every key of a grid row, `columns [N, Lq, kw]` to every
@@ -152,6 +153,8 @@ const BLOCK_LOGITS: usize = 1 << 18;
 thread_local! {
     /// Each thread's logits buffer, reused from block to block.
     static LOGITS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's bf16 left operand (the queries, then the softmax weights).
+    static LEFT: RefCell<bf16::Left> = RefCell::new(bf16::Left::default());
 }
 
 impl AttentionBackend for Flex {
@@ -198,6 +201,8 @@ fn flex_attention(
         .map(|[rows, columns]| [f32_values(rows), f32_values(columns)]);
 
     let block = (BLOCK_LOGITS / keys).clamp(1, queries);
+    // read here: the heads run on rayon's threads, which do not share this one's setting
+    let bf16 = product_precision() == Precision::Bf16 && bf16::available();
     let mut out = zeroed_f32(Shape::new([n, queries, value_dim]));
     out.storage_mut::<f32>()
         .par_chunks_mut(queries * value_dim)
@@ -205,6 +210,7 @@ fn flex_attention(
         .for_each(|(head, head_out)| {
             let k = &k[head * keys * dim..][..keys * dim];
             let v = &v[head * keys * value_dim..][..keys * value_dim];
+            let products = Products::for_head(k, v, [dim, value_dim], bf16);
             head_out
                 .par_chunks_mut(block * value_dim)
                 .enumerate()
@@ -220,7 +226,7 @@ fn flex_attention(
                             grid_columns,
                         }
                     });
-                    attend_block(q, k, v, [dim, value_dim], scale as f32, bias, out_rows);
+                    attend_block(q, &products, scale as f32, bias, out_rows);
                 });
         });
     out
@@ -286,78 +292,169 @@ struct Bias<'a> {
     grid_columns: usize,
 }
 
-/// `out [rows, Dv] = softmax(scale q kᵀ + bias) v` for `q [rows, D]`, `k [Lk, D]` and
-/// `v [Lk, Dv]`, all row-major.
+/// How one head's two products are computed: f32 on `k [Lk, D]` and `v [Lk, Dv]` (row-major),
+/// or, in the bf16 precision, on their bf16 tiles, packed once per head.
+enum Products<'a> {
+    F32 {
+        k: &'a [f32],
+        v: &'a [f32],
+        dims: [usize; 2],
+    },
+    Bf16 {
+        keys_transposed: bf16::Right,
+        values: bf16::Right,
+        dim: usize,
+    },
+}
+
+impl<'a> Products<'a> {
+    fn for_head(k: &'a [f32], v: &'a [f32], [dim, value_dim]: [usize; 2], bf16: bool) -> Self {
+        if !bf16 {
+            return Products::F32 {
+                k,
+                v,
+                dims: [dim, value_dim],
+            };
+        }
+        let keys = k.len() / dim;
+        let (mut keys_transposed, mut values) = (bf16::Right::default(), bf16::Right::default());
+        // SAFETY: both views lie within `k` and `v`.
+        unsafe {
+            keys_transposed.fill(bf16::Strided {
+                start: k.as_ptr(),
+                rows: dim,
+                columns: keys,
+                row_stride: 1,
+                column_stride: dim as isize,
+            });
+            values.fill(bf16::Strided::rows_of(v, keys, value_dim));
+        }
+        Products::Bf16 {
+            keys_transposed,
+            values,
+            dim,
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Products::F32 { dims, .. } => dims[0],
+            Products::Bf16 { dim, .. } => *dim,
+        }
+    }
+}
+
+/// `out [rows, Dv] = softmax(scale q kᵀ + bias) v` for `q [rows, D]`, all row-major.
 fn attend_block(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    [dim, value_dim]: [usize; 2],
+    products: &Products,
     scale: f32,
     bias: Option<Bias>,
     out: &mut [f32],
 ) {
-    let (rows, keys) = (q.len() / dim, k.len() / dim);
-    assert!(
-        q.len() == rows * dim && v.len() == keys * value_dim && out.len() == rows * value_dim,
-        "attention block slices disagree with their shapes"
-    );
+    let rows = q.len() / products.dim();
+    let keys = match products {
+        Products::F32 { k, dims, .. } => k.len() / dims[0],
+        Products::Bf16 { values, .. } => values.depth(),
+    };
     LOGITS.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.resize(rows * keys, 0.0);
         let logits = &mut buffer[..];
-        // SAFETY: every pointer spans its matrix for the sizes and strides given (checked
-        // above; `logits` was just sized), and `logits` and `out` alias nothing.
-        unsafe {
-            // logits = scale * q kᵀ: k read column by column, without a transposed copy
-            gemm(
-                rows,
-                keys,
+        match products {
+            Products::F32 { k, v, dims } => {
+                f32_logits(q, k, *dims, scale, logits);
+                vectorised::run(BiasedSoftmax { logits, keys, bias });
+                f32_weighted_values(logits, v, *dims, out);
+            }
+            Products::Bf16 {
+                keys_transposed,
+                values,
                 dim,
-                logits.as_mut_ptr(),
-                1,
-                keys as isize,
-                false,
-                q.as_ptr(),
-                1,
-                dim as isize,
-                k.as_ptr(),
-                dim as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
-        vectorised::run(BiasedSoftmax { logits, keys, bias });
-        // SAFETY: as above.
-        unsafe {
-            gemm(
-                rows,
-                value_dim,
-                keys,
-                out.as_mut_ptr(),
-                1,
-                value_dim as isize,
-                false,
-                logits.as_ptr(),
-                1,
-                keys as isize,
-                v.as_ptr(),
-                1,
-                value_dim as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
+            } => LEFT.with(|left| {
+                let mut left = left.borrow_mut();
+                left.fill_rows(q, *dim, scale);
+                bf16::product(&left, keys_transposed, bf16::as_uninit(logits), keys);
+                vectorised::run(BiasedSoftmax {
+                    logits: &mut *logits,
+                    keys,
+                    bias,
+                });
+                left.fill_rows(logits, keys, 1.0);
+                let value_dim = values.columns();
+                bf16::product(&left, values, bf16::as_uninit(out), value_dim);
+            }),
         }
     });
+}
+
+/// `logits [rows, Lk] = scale * q kᵀ` in f32, `k` read column by column without a
+/// transposed copy.
+fn f32_logits(q: &[f32], k: &[f32], [dim, value_dim]: [usize; 2], scale: f32, logits: &mut [f32]) {
+    let (rows, keys) = (q.len() / dim, k.len() / dim);
+    assert!(
+        q.len() == rows * dim && logits.len() == rows * keys && value_dim > 0,
+        "attention block slices disagree with their shapes"
+    );
+    // SAFETY: every pointer spans its matrix for the sizes and strides given (checked
+    // above), and `logits` aliases nothing.
+    unsafe {
+        gemm(
+            rows,
+            keys,
+            dim,
+            logits.as_mut_ptr(),
+            1,
+            keys as isize,
+            false,
+            q.as_ptr(),
+            1,
+            dim as isize,
+            k.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `out [rows, Dv] = weights [rows, Lk] v` in f32.
+fn f32_weighted_values(weights: &[f32], v: &[f32], [_, value_dim]: [usize; 2], out: &mut [f32]) {
+    let keys = v.len() / value_dim;
+    let rows = weights.len() / keys;
+    assert!(
+        v.len() == keys * value_dim && out.len() == rows * value_dim,
+        "attention block slices disagree with their shapes"
+    );
+    // SAFETY: as in `f32_logits`; `out` aliases nothing.
+    unsafe {
+        gemm(
+            rows,
+            value_dim,
+            keys,
+            out.as_mut_ptr(),
+            1,
+            value_dim as isize,
+            false,
+            weights.as_ptr(),
+            1,
+            keys as isize,
+            v.as_ptr(),
+            1,
+            value_dim as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 /// Adds the bias to rows of `keys` logits and turns each row into its softmax, in place.
@@ -511,6 +608,115 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `reference` with the kernel's bf16 roundings: the scaled queries, keys, softmax
+    /// weights and values rounded to bf16, everything else in f64.
+    fn bf16_reference(
+        [q, k, v]: [&Tensor<3>; 3],
+        scale: f64,
+        [rows, columns]: [&Tensor<3>; 2],
+    ) -> Vec<f32> {
+        let round = |t: Tensor<3>| {
+            let rounded: Vec<f32> = t
+                .to_data()
+                .convert::<f32>()
+                .as_slice::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| f32::from_bits((bf16::to_bf16(x) as u32) << 16))
+                .collect();
+            Tensor::<3>::from_data(TensorData::new(rounded, t.dims()), &t.device())
+        };
+        // softmax weights are rounded after the softmax: emulated by rounding each weight
+        // of the f64 result's rows, one query at a time
+        let [n, queries, _] = q.dims();
+        let (keys, value_dim) = (k.dims()[1], v.dims()[2]);
+        let (q, k, v) = (round(q.clone() * scale), round(k.clone()), round(v.clone()));
+        let identity = Tensor::<3>::from_data(
+            TensorData::new(
+                (0..n * keys * keys)
+                    .map(|i| ((i % (keys * keys)) % (keys + 1) == 0) as u8 as f32)
+                    .collect::<Vec<f32>>(),
+                [n, keys, keys],
+            ),
+            &q.device(),
+        );
+        // the weights themselves: attention with the identity as values
+        let weights = reference([&q, &k, &identity], 1.0, Some([rows, columns]));
+        let weights = round(Tensor::<3>::from_data(
+            TensorData::new(weights, [n, queries, keys]),
+            &q.device(),
+        ));
+        let (weights, v) = (
+            weights.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            v.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+        );
+        let mut out = Vec::with_capacity(n * queries * value_dim);
+        for head in 0..n {
+            for i in 0..queries {
+                let row = &weights[(head * queries + i) * keys..][..keys];
+                for c in 0..value_dim {
+                    let value: f64 = (0..keys)
+                        .map(|j| row[j] as f64 * v[(head * keys + j) * value_dim + c] as f64)
+                        .sum();
+                    out.push(value as f32);
+                }
+            }
+        }
+        out
+    }
+
+    fn mean_difference(a: &[f32], b: &[f32]) -> f64 {
+        let total: f64 = a.iter().zip(b).map(|(a, b)| (a - b).abs() as f64).sum();
+        total / a.len() as f64
+    }
+
+    /// In the bf16 precision, the kernel's two products round their operands to bf16 and
+    /// sum in f32: the result is the f64 result with those roundings, up to the f32 sums
+    /// and the rounding of a few softmax weights that f32 puts on the other side of a bf16
+    /// step; and it is as far from the f32 result as bf16 makes it. For a window (one
+    /// block per head, ragged tiles) and a grid of several blocks, on every engine here.
+    #[test]
+    fn bf16_kernel_rounds_as_bf16_does() {
+        if !bf16::available() {
+            eprintln!("skipped: this CPU has no bf16 matrix hardware");
+            return;
+        }
+        let device = Device::flex();
+        for (n, queries, [kh, kw], dim) in [(3, 49, [7, 7], 16), (2, 300, [32, 32], 64)] {
+            let keys = kh * kw;
+            let (q, k, v) = (
+                random([n, queries, dim], &device),
+                random([n, keys, dim], &device),
+                random([n, keys, dim], &device),
+            );
+            let (rows, columns) = (
+                random([n, queries, kh], &device),
+                random([n, queries, kw], &device),
+            );
+            let scale = 1.0 / (dim as f64).sqrt();
+            let exact = reference([&q, &k, &v], scale, Some([&rows, &columns]));
+            let rounded = bf16_reference([&q, &k, &v], scale, [&rows, &columns]);
+            let [q, k, v, rows, columns] = [q, k, v, rows, columns].map(flex);
+            let got = Precision::Bf16
+                .scope(|| Flex::biased_attention(q, k, v, scale, rows, columns))
+                .into_data();
+            let got = got.as_slice::<f32>().unwrap();
+            // means: a softmax weight that f32 and f64 round to neighbouring bf16 values
+            // moves its output by up to a bf16 step of weight x value, rarely, so the
+            // largest difference is not a stable measure
+            let (from_rounded, from_exact) =
+                (mean_difference(got, &rounded), mean_difference(got, &exact));
+            println!(
+                "bf16 attention, {keys} keys: mean difference {from_rounded:e} from the \
+                 rounded f64 result, {from_exact:e} from the exact one"
+            );
+            // measured: 3.2e-8 and 1.6e-7 from the rounded result, 2.1e-3 and 1.7e-3 from
+            // the exact one (f32 products: about 1e-7 from it)
+            assert!(from_rounded < 1e-3 * from_exact, "{keys} keys: {from_rounded:e}");
+            assert!(from_exact > 5e-4, "{keys} keys: {from_exact:e} is not bf16 rounding");
         }
     }
 

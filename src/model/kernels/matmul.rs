@@ -24,7 +24,8 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::{filled_f32, zeroed_f32};
+use super::{bf16, filled_f32, zeroed_f32};
+use crate::model::Precision;
 
 /// `lhs [..., M, K] x rhs [..., K, N] -> [..., M, N]`.
 pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
@@ -84,6 +85,9 @@ impl MatmulBackend for Flex {
             return zeroed_f32(Shape::from(out_dims));
         }
         let (lhs_matrix, rhs_matrix) = (Matrix::of(&lhs), Matrix::of(&rhs));
+        if rank == 2 && super::product_precision() == Precision::Bf16 && bf16::available() {
+            return bf16_product(&lhs_matrix, &rhs_matrix, [m, k, n]);
+        }
         let product = |batch: usize, dst: &mut [MaybeUninit<f32>], parallelism: Parallelism| {
             // SAFETY: the operands' pointers and strides describe their own layouts (offset
             // included), and `dst` is this batch's `[m, n]` block, which gemm writes
@@ -129,6 +133,31 @@ impl MatmulBackend for Flex {
                 }
             })
         }
+    }
+}
+
+/// `lhs [m, k] x rhs [k, n]` on bf16 operands ([`bf16`]): the linear layers' products in
+/// the image encoder's bf16 precision. (The batched products there, the rel-pos terms,
+/// are a thousandth of the arithmetic and stay f32.)
+fn bf16_product(lhs: &Matrix, rhs: &Matrix, [m, k, n]: [usize; 3]) -> FlexTensor {
+    let strided = |matrix: &Matrix, rows, columns| bf16::Strided {
+        start: matrix.first(0),
+        rows,
+        columns,
+        row_stride: matrix.rows,
+        column_stride: matrix.columns,
+    };
+    let (mut left, mut right) = (bf16::Left::default(), bf16::Right::default());
+    // SAFETY: the views are the operands' own layouts (offset included).
+    unsafe {
+        left.fill(strided(lhs, m, k), 1.0);
+        right.fill(strided(rhs, k, n));
+    }
+    // SAFETY: `product_parallel` writes every result.
+    unsafe {
+        filled_f32(Shape::new([m, n]), |out| {
+            bf16::product_parallel(&left, &right, out)
+        })
     }
 }
 

@@ -3,6 +3,7 @@
 //! the loops compiled for the CPU's vector unit. Other backends run burn's own operations.
 
 pub mod attention;
+pub mod bf16;
 pub mod bilinear;
 pub mod broadcast_add;
 pub mod gelu;
@@ -14,7 +15,35 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{DType, TensorMetadata};
 use burn::tensor::{Bytes, Shape};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::mem::MaybeUninit;
+
+use super::Precision;
+
+thread_local! {
+    /// The arithmetic of this thread's matrix products (see [`with_product_precision`]).
+    static PRODUCTS: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// The arithmetic of matrix products on this thread now.
+pub(crate) fn product_precision() -> Precision {
+    PRODUCTS.with(Cell::get)
+}
+
+/// Runs `f` with this thread's matrix products (the linear layers' and the attention
+/// kernel's, on the CPU backend) in `precision`, restoring the previous one after, also
+/// when `f` panics. A setting of the thread, not of the model, because the products are
+/// backend operations that only see tensors.
+pub(crate) fn with_product_precision<R>(precision: Precision, f: impl FnOnce() -> R) -> R {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PRODUCTS.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PRODUCTS.with(|p| p.replace(precision)));
+    f()
+}
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to
 /// split a 1M-element tensor over the threads.

@@ -135,6 +135,10 @@ pub fn final_report(
     let (base, architecture) = with_task_head(base, architecture, config)?;
     let best = dirs.checkpoints.join("best.safetensors");
     let (fine_tuned, _) = load_sam(&best, None, device)?;
+    // the run's cache holds embeddings in the run's precision: both models encode so too
+    let precision = config.model.encoder_precision;
+    let base = base.with_encoder_precision(precision, device)?;
+    let fine_tuned = fine_tuned.with_encoder_precision(precision, device)?;
     let classes = config.classes()?;
     let models = Models {
         base: &base,

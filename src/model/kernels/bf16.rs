@@ -1,0 +1,653 @@
+//! bf16 matrix products on Intel AMX tiles or AVX512-BF16, for the image encoder's `bf16` precision
+//! ([`crate::model::Precision`]): f32 operands rounded to bf16 (to nearest, ties to even,
+//! as PyTorch's `.to(torch.bfloat16)`), the products summed in f32, f32 results. This is
+//! what `torch.autocast("cpu", dtype=torch.bfloat16)` gives the official encoder's matrix
+//! products through oneDNN's kernels.
+//!
+//! Written here because no crate serves: `gemm` multiplies f16 (AVX-512 FP16), not bf16,
+//! and burn's CPU backend has no bf16 product; Rust's AMX intrinsics are unstable, so the
+//! tile instructions are inline assembly (AVX512-BF16's intrinsics are stable).
+//!
+//! Layout: the left operand is bf16 rows padded to whole tiles (`[32k rows, 32k depth]`);
+//! the right operand is packed as AMX wants it (each tile 16 pairs of depth rows by 16
+//! columns, a pair's two values side by side), tiles of one 16-column panel consecutive
+//! over the depth. Each step multiplies a 32 x 32 block of results: in four tiles on AMX;
+//! on AVX512-BF16 8 rows at a time in registers, from the same packed operands (a right
+//! tile's row of pairs is what `vdpbf16ps` takes).
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+/// Rows of a left or result tile.
+const TILE_ROWS: usize = 16;
+/// bf16 values in a row of a left tile (64 bytes): the depth one tile product covers.
+const TILE_DEPTH: usize = 32;
+/// Columns of a right or result tile (64 bytes of f32).
+const TILE_COLUMNS: usize = 16;
+/// bf16 values in a tile (1 KB).
+const TILE_VALUES: usize = TILE_ROWS * TILE_DEPTH;
+/// Results per register block side: 2 x 2 result tiles.
+const BLOCK: usize = 32;
+/// Result rows per parallel task: the task's left rows (with a 768 depth, 48 KB per 32
+/// rows) stay in the core's L2 cache while it goes through every column panel.
+const TASK_ROWS: usize = 4 * BLOCK;
+
+/// The bf16 matrix hardware a CPU can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// AMX tiles (Intel Xeon 4th generation, Sapphire Rapids, and later): 16 x 16 x 32
+    /// products per instruction.
+    Amx,
+    /// AVX512-BF16's pairwise dot products into 16 f32 lanes (AMD Zen 4 and later, Intel
+    /// Cooper Lake and later).
+    Avx512Bf16,
+}
+
+/// The best bf16 hardware of this CPU that the OS lets this process use (asked once),
+/// or `None`.
+pub fn engine() -> Option<Engine> {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    *ENGINE.get_or_init(|| engines().into_iter().next())
+}
+
+/// Whether bf16 products can run here.
+pub fn available() -> bool {
+    engine().is_some()
+}
+
+/// Every engine this CPU has, best first.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn engines() -> Vec<Engine> {
+    let mut engines = Vec::new();
+    if amx_permitted() {
+        engines.push(Engine::Amx);
+    }
+    if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f") {
+        engines.push(Engine::Avx512Bf16);
+    }
+    engines
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn engines() -> Vec<Engine> {
+    Vec::new()
+}
+
+/// Whether the CPU has AMX with bf16 and Linux grants this process the tile state.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_permitted() -> bool {
+    // CPUID leaf 7: EDX bit 22 is AMX-BF16, bit 24 AMX-TILE
+    let features = std::arch::x86_64::__cpuid_count(7, 0).edx;
+    let has_amx = features & (1 << 22) != 0 && features & (1 << 24) != 0;
+    extern "C" {
+        fn syscall(number: std::ffi::c_long, ...) -> std::ffi::c_long;
+    }
+    const SYS_ARCH_PRCTL: std::ffi::c_long = 158;
+    const ARCH_REQ_XCOMP_PERM: std::ffi::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: std::ffi::c_long = 18;
+    // Linux saves a process's tile data only once it has asked for it; without the
+    // permission the first tile instruction faults.
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) takes a feature number and touches no memory.
+    has_amx && unsafe { syscall(SYS_ARCH_PRCTL, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+}
+
+/// `values` as a results buffer for [`product`].
+pub fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and only initialised f32 values are
+    // ever written through the result.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `x` rounded to the nearest bf16, ties to even; NaN stays NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        rounded
+    }
+}
+
+/// A strided f32 matrix, in elements: `(i, j)` is at `start + i * row_stride + j *
+/// column_stride`.
+#[derive(Clone, Copy)]
+pub struct Strided {
+    pub start: *const f32,
+    pub rows: usize,
+    pub columns: usize,
+    pub row_stride: isize,
+    pub column_stride: isize,
+}
+
+impl Strided {
+    /// A row-major matrix in `values`.
+    pub fn rows_of(values: &[f32], rows: usize, columns: usize) -> Self {
+        assert!(values.len() >= rows * columns, "matrix larger than its values");
+        Self {
+            start: values.as_ptr(),
+            rows,
+            columns,
+            row_stride: columns as isize,
+            column_stride: 1,
+        }
+    }
+
+    /// Row `i` as a slice (contiguous rows only).
+    ///
+    /// # Safety
+    /// `start`, the strides and sizes describe live f32 values, and `column_stride` is 1.
+    unsafe fn row(&self, i: usize) -> &[f32] {
+        std::slice::from_raw_parts(self.start.offset(i as isize * self.row_stride), self.columns)
+    }
+
+    /// # Safety
+    /// As [`Self::row`], any strides.
+    unsafe fn at(&self, i: usize, j: usize) -> f32 {
+        *self
+            .start
+            .offset(i as isize * self.row_stride + j as isize * self.column_stride)
+    }
+}
+
+fn padded(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// The left operand: `rows x depth` bf16, row-major, padded with zeros to whole blocks.
+#[derive(Default)]
+pub struct Left {
+    values: Vec<u16>,
+    rows: usize,
+    /// Padded depth: the row stride.
+    depth: usize,
+}
+
+impl Left {
+    /// Refills `self` (keeping its allocation) with `scale * m`.
+    ///
+    /// # Safety
+    /// `m` describes live f32 values.
+    pub unsafe fn fill(&mut self, m: Strided, scale: f32) {
+        let depth = padded(m.columns, TILE_DEPTH);
+        self.rows = m.rows;
+        self.depth = depth;
+        self.values.clear();
+        self.values.resize(padded(m.rows, BLOCK) * depth, 0);
+        for (i, row) in self.values.chunks_exact_mut(depth).take(m.rows).enumerate() {
+            if m.column_stride == 1 {
+                super::vectorised::run(RoundRow(&mut row[..m.columns], m.row(i), scale));
+            } else {
+                for (j, value) in row[..m.columns].iter_mut().enumerate() {
+                    *value = to_bf16(scale * m.at(i, j));
+                }
+            }
+        }
+    }
+
+    /// Row-major `rows x columns` values, `scale`d.
+    pub fn fill_rows(&mut self, values: &[f32], columns: usize, scale: f32) {
+        let m = Strided::rows_of(values, values.len() / columns, columns);
+        // SAFETY: `m` lies within `values`.
+        unsafe { self.fill(m, scale) }
+    }
+}
+
+/// `out[j] = bf16(scale * x[j])`.
+struct RoundRow<'a>(&'a mut [u16], &'a [f32], f32);
+
+impl super::vectorised::Loop for RoundRow<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let RoundRow(out, x, scale) = self;
+        for (out, &x) in out.iter_mut().zip(x) {
+            *out = to_bf16(scale * x);
+        }
+    }
+}
+
+/// `out[2j] = bf16(first[j])`, `out[2j + 1] = bf16(second[j])`.
+struct InterleaveRows<'a>(&'a mut [u16], &'a [f32], &'a [f32]);
+
+impl super::vectorised::Loop for InterleaveRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let InterleaveRows(out, first, second) = self;
+        for ((out, &a), &b) in out.chunks_exact_mut(2).zip(first).zip(second) {
+            out[0] = to_bf16(a);
+            out[1] = to_bf16(b);
+        }
+    }
+}
+
+/// The right operand, `depth x columns`, packed in AMX's pair-interleaved tiles and
+/// padded with zeros to whole blocks.
+#[derive(Default)]
+pub struct Right {
+    values: Vec<u16>,
+    depth: usize,
+    columns: usize,
+    /// Depth steps of one tile each.
+    steps: usize,
+}
+
+impl Right {
+    /// Refills `self` (keeping its allocation) with `m`.
+    ///
+    /// # Safety
+    /// `m` describes live f32 values.
+    pub unsafe fn fill(&mut self, m: Strided) {
+        let steps = padded(m.rows, TILE_DEPTH) / TILE_DEPTH;
+        self.depth = m.rows;
+        self.columns = m.columns;
+        self.steps = steps;
+        self.values.clear();
+        self.values
+            .resize(padded(m.columns, BLOCK) * steps * TILE_DEPTH, 0);
+        if m.column_stride == 1 {
+            self.fill_from_rows(m);
+            return;
+        }
+        // one column at a time: along the operand's contiguous axis when it is transposed
+        for j in 0..m.columns {
+            for k in 0..m.rows {
+                let tile = (j / TILE_COLUMNS) * steps + k / TILE_DEPTH;
+                let pair = (k % TILE_DEPTH) / 2;
+                self.values
+                    [tile * TILE_VALUES + pair * 2 * TILE_COLUMNS + (j % TILE_COLUMNS) * 2 + k % 2] =
+                    to_bf16(m.at(k, j));
+            }
+        }
+    }
+
+    /// [`Self::fill`] of a matrix with contiguous rows: two rows at a time, each 16-column
+    /// piece of the pair interleaved into one 64-byte row of its tile.
+    ///
+    /// # Safety
+    /// As [`Self::fill`], and `m.column_stride` is 1.
+    unsafe fn fill_from_rows(&mut self, m: Strided) {
+        let zeros = vec![0.0; m.columns];
+        for k in (0..m.rows).step_by(2) {
+            let first = m.row(k);
+            let second = if k + 1 < m.rows { m.row(k + 1) } else { &zeros };
+            let offset = (k / TILE_DEPTH) * TILE_VALUES + ((k % TILE_DEPTH) / 2) * 2 * TILE_COLUMNS;
+            for (panel, (first, second)) in first
+                .chunks(TILE_COLUMNS)
+                .zip(second.chunks(TILE_COLUMNS))
+                .enumerate()
+            {
+                let start = panel * self.steps * TILE_VALUES + offset;
+                let row = &mut self.values[start..][..2 * first.len()];
+                super::vectorised::run(InterleaveRows(row, first, second));
+            }
+        }
+    }
+
+    /// The operand's depth (rows), unpadded.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    pub fn columns(&self) -> usize {
+        self.columns
+    }
+
+    /// The packed tiles of column panel `panel` (16 columns), over the whole depth.
+    fn panel(&self, panel: usize) -> *const u16 {
+        self.values[panel * self.steps * TILE_VALUES..].as_ptr()
+    }
+}
+
+/// `out [rows, columns] = left x right`, rows `out_stride` f32 apart, on this thread
+/// (only the results are written), on this CPU's best [`Engine`].
+pub fn product(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>], out_stride: usize) {
+    product_on(best_engine(), left, right, out, out_stride)
+}
+
+/// [`product`] on `engine`.
+fn product_on(
+    engine: Engine,
+    left: &Left,
+    right: &Right,
+    out: &mut [MaybeUninit<f32>],
+    out_stride: usize,
+) {
+    check_shapes(engine, left, right);
+    assert!(
+        left.rows == 0 || out.len() >= (left.rows - 1) * out_stride + right.columns,
+        "bf16 product: result smaller than its shape"
+    );
+    // SAFETY: the engine is there (checked), and `product_rows` stays within the
+    // operands (their padding included) and `out` (checked above).
+    unsafe { product_rows(engine, left, right, 0..left.rows, out, out_stride) }
+}
+
+/// [`product`] with its rows shared out to the rayon threads (`out` holds `rows x
+/// columns` contiguous results, all written).
+pub fn product_parallel(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>]) {
+    product_parallel_on(best_engine(), left, right, out)
+}
+
+/// [`product_parallel`] on `engine`.
+fn product_parallel_on(engine: Engine, left: &Left, right: &Right, out: &mut [MaybeUninit<f32>]) {
+    use rayon::prelude::*;
+    check_shapes(engine, left, right);
+    let columns = right.columns;
+    assert_eq!(out.len(), left.rows * columns, "bf16 product: result size");
+    out.par_chunks_mut(TASK_ROWS * columns)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * TASK_ROWS;
+            let rows = first..first + out.len() / columns;
+            // SAFETY: as in `product_on`; this task's rows of `out` are `out`.
+            unsafe { product_rows(engine, left, right, rows, out, columns) }
+        });
+}
+
+fn best_engine() -> Engine {
+    engine().expect("bf16 products need AMX or AVX512-BF16")
+}
+
+fn check_shapes(engine: Engine, left: &Left, right: &Right) {
+    assert!(engines().contains(&engine), "no {engine:?} on this CPU");
+    assert_eq!(
+        left.depth,
+        right.steps * TILE_DEPTH,
+        "bf16 product: depths differ"
+    );
+}
+
+/// Tile configuration: palette 1, all eight tiles 16 rows of 64 bytes (tiles 0-3 results,
+/// 4-5 left, 6-7 right).
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+const TILE_CONFIG: TileConfig = {
+    let mut config = [0u8; 64];
+    config[0] = 1;
+    let mut tile = 0;
+    while tile < 8 {
+        config[16 + 2 * tile] = 64;
+        config[48 + tile] = TILE_ROWS as u8;
+        tile += 1;
+    }
+    TileConfig(config)
+};
+
+/// Runs `f` with the tiles configured, releasing them after (an idle thread then does
+/// not carry 8 KB of tile state through context switches).
+///
+/// # Safety
+/// [`amx_permitted`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+    std::arch::asm!("ldtilecfg [{}]", in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
+    let result = f();
+    std::arch::asm!("tilerelease", options(nostack, nomem));
+    result
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn with_tiles<R>(_: impl FnOnce() -> R) -> R {
+    unreachable!("AMX is x86-64 only")
+}
+
+/// Results `rows` (of the whole product) into `out`, whose first row is `rows.start`.
+///
+/// # Safety
+/// `engine` is on this CPU; `out` holds those rows at `out_stride`.
+unsafe fn product_rows(
+    engine: Engine,
+    left: &Left,
+    right: &Right,
+    rows: std::ops::Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+    out_stride: usize,
+) {
+    match engine {
+        Engine::Amx => with_tiles(|| blocks(amx_block, left, right, rows, out, out_stride)),
+        Engine::Avx512Bf16 => blocks(avx512_block, left, right, rows, out, out_stride),
+    }
+}
+
+/// One 32 x 32 block of results, `out = lhs [32, depth] x panel [depth, 32]`: `(lhs,
+/// depth, panel, steps, out, out_stride)`.
+///
+/// # Safety (of calling one)
+/// Its engine is ready; `lhs` holds 32 rows of `depth` bf16 (`depth = 32 steps`), `panel`
+/// two column panels of `steps` tiles, `out` 32 rows of 32 f32 at `out_stride`.
+type Block = unsafe fn(*const u16, usize, *const u16, usize, *mut f32, usize);
+
+/// [`product_rows`] by blocks of `block`.
+///
+/// # Safety
+/// As [`product_rows`], with `block`'s engine ready.
+unsafe fn blocks(
+    block: Block,
+    left: &Left,
+    right: &Right,
+    rows: std::ops::Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+    out_stride: usize,
+) {
+    let mut edge = [0f32; BLOCK * BLOCK];
+    for column in (0..right.columns).step_by(BLOCK) {
+        let panel = right.panel(column / TILE_COLUMNS);
+        for row in rows.clone().step_by(BLOCK) {
+            let lhs = left.values[row * left.depth..].as_ptr();
+            let (height, width) = ((rows.end - row).min(BLOCK), (right.columns - column).min(BLOCK));
+            let local = (row - rows.start) * out_stride + column;
+            if height == BLOCK && width == BLOCK {
+                let out = out[local..].as_mut_ptr().cast::<f32>();
+                block(lhs, left.depth, panel, right.steps, out, out_stride);
+                continue;
+            }
+            block(lhs, left.depth, panel, right.steps, edge.as_mut_ptr(), BLOCK);
+            for (i, results) in edge.chunks_exact(BLOCK).take(height).enumerate() {
+                let out = &mut out[local + i * out_stride..][..width];
+                for (out, &result) in out.iter_mut().zip(results) {
+                    out.write(result);
+                }
+            }
+        }
+    }
+}
+
+/// A [`Block`] on AMX tiles (configured by [`with_tiles`]): four result tiles, each step
+/// two left and two right tiles loaded.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_block(
+    lhs: *const u16,
+    depth: usize,
+    panel: *const u16,
+    steps: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    let (lhs_stride, out_stride) = (depth * 2, out_stride * 4);
+    std::arch::asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        "2:",
+        "tileloadd tmm4, [{a0} + {lhs_stride}*1]",
+        "tileloadd tmm5, [{a1} + {lhs_stride}*1]",
+        "tileloadd tmm6, [{b0} + {tile_stride}*1]",
+        "tileloadd tmm7, [{b1} + {tile_stride}*1]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        "add {a0}, 64",
+        "add {a1}, 64",
+        "add {b0}, 1024",
+        "add {b1}, 1024",
+        "dec {steps}",
+        "jnz 2b",
+        "tilestored [{c0} + {out_stride}*1], tmm0",
+        "tilestored [{c0} + {out_stride}*1 + 64], tmm1",
+        "tilestored [{c1} + {out_stride}*1], tmm2",
+        "tilestored [{c1} + {out_stride}*1 + 64], tmm3",
+        a0 = inout(reg) lhs => _,
+        a1 = inout(reg) lhs.add(TILE_ROWS * depth) => _,
+        b0 = inout(reg) panel => _,
+        b1 = inout(reg) panel.add(steps * TILE_VALUES) => _,
+        steps = inout(reg) steps => _,
+        lhs_stride = in(reg) lhs_stride,
+        tile_stride = in(reg) 2 * TILE_COLUMNS * 2,
+        c0 = in(reg) out,
+        c1 = in(reg) out.byte_add(TILE_ROWS * out_stride),
+        out_stride = in(reg) out_stride,
+        options(nostack),
+    );
+}
+
+/// A [`Block`] on AVX512-BF16: 8 rows at a time in 16 registers of 16 f32 (two per row,
+/// the block's 32 columns); each pair of depth values is one broadcast from the left row
+/// and one `vdpbf16ps` per register, on the right tile's row of pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn avx512_block(
+    lhs: *const u16,
+    depth: usize,
+    panel: *const u16,
+    steps: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    const ROWS: usize = 8;
+    let second_panel = panel.add(steps * TILE_VALUES);
+    for first in (0..BLOCK).step_by(ROWS) {
+        let mut sums = [[_mm512_setzero_ps(); 2]; ROWS];
+        for step in 0..steps {
+            for pair in 0..TILE_DEPTH / 2 {
+                let offset = step * TILE_VALUES + pair * 2 * TILE_COLUMNS;
+                let right = [
+                    _mm512_loadu_si512(panel.add(offset).cast()),
+                    _mm512_loadu_si512(second_panel.add(offset).cast()),
+                ];
+                let right: [__m512bh; 2] = std::mem::transmute(right);
+                for (row, sums) in sums.iter_mut().enumerate() {
+                    let values = lhs.add((first + row) * depth + step * TILE_DEPTH + pair * 2);
+                    let pair = _mm512_set1_epi32(values.cast::<i32>().read_unaligned());
+                    let pair: __m512bh = std::mem::transmute(pair);
+                    sums[0] = _mm512_dpbf16_ps(sums[0], pair, right[0]);
+                    sums[1] = _mm512_dpbf16_ps(sums[1], pair, right[1]);
+                }
+            }
+        }
+        for (row, sums) in sums.iter().enumerate() {
+            let out = out.add((first + row) * out_stride);
+            _mm512_storeu_ps(out, sums[0]);
+            _mm512_storeu_ps(out.add(TILE_COLUMNS), sums[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn amx_block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn avx512_block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are x86-64 only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bf16_value(x: f32) -> f64 {
+        f32::from_bits((to_bf16(x) as u32) << 16) as f64
+    }
+
+    #[test]
+    fn rounds_to_nearest_even_as_half_does() {
+        for x in [
+            0.0f32,
+            -0.0,
+            1.0,
+            1.00390625,  // halfway between two bf16: to the even one
+            1.01171875,  // halfway: to the even one, upwards
+            3.1415927,
+            -2.7182817,
+            1e-40,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        assert!(f32::from_bits((to_bf16(f32::NAN) as u32) << 16).is_nan());
+    }
+
+    /// Products of every shape class (whole blocks, ragged rows, columns and depths,
+    /// strided and transposed operands) on every engine of this CPU, against f64 sums of
+    /// the bf16-rounded operands: only the f32 summation differs.
+    #[test]
+    fn products_match_the_rounded_operands_exact_sums() {
+        if engines().is_empty() {
+            eprintln!("skipped: this CPU has no bf16 matrix hardware");
+            return;
+        }
+        for (m, k, n) in [(32, 32, 32), (64, 768, 96), (37, 50, 19), (1, 1, 1), (200, 64, 196)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 997) as f32 - 498.0) / 97.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 991) as f32 - 495.0) / 89.0).collect();
+            let mut left = Left::default();
+            left.fill_rows(&a, k, 0.5);
+            // the right operand row-major, as a linear layer's weight, and stored
+            // transposed ([n, k] row-major), as attention's keys
+            let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let transposed = Strided {
+                start: b_t.as_ptr(),
+                rows: k,
+                columns: n,
+                row_stride: 1,
+                column_stride: k as isize,
+            };
+            let mut right = Right::default();
+            let mut row_major = Right::default();
+            // SAFETY: the views lie within `b_t` and `b`.
+            unsafe {
+                right.fill(transposed);
+                row_major.fill(Strided::rows_of(&b, k, n));
+            }
+            assert_eq!(right.values, row_major.values, "{m}x{k}x{n}: packings differ");
+            for engine in engines() {
+                let mut out = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
+                product_on(engine, &left, &right, &mut out, n + 3);
+                let mut parallel = vec![MaybeUninit::new(0.0); m * n];
+                product_parallel_on(engine, &left, &right, &mut parallel);
+                // SAFETY: every element was initialised when the vectors were made.
+                let (out, parallel): (Vec<f32>, Vec<f32>) = unsafe {
+                    (
+                        out.into_iter().map(|x| x.assume_init()).collect(),
+                        parallel.into_iter().map(|x| x.assume_init()).collect(),
+                    )
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        let terms = (0..k)
+                            .map(|l| bf16_value(0.5 * a[i * k + l]) * bf16_value(b[l * n + j]));
+                        let exact: f64 = terms.clone().sum();
+                        let magnitude: f64 = terms.map(f64::abs).sum();
+                        let got = out[i * (n + 3) + j] as f64;
+                        // f32 sums of k terms: within k ulps of the terms' magnitude
+                        let bound = magnitude * k as f64 * f32::EPSILON as f64 + 1e-30;
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{engine:?} {m}x{k}x{n} ({i}, {j}): {got} vs {exact}"
+                        );
+                        assert_eq!(parallel[i * n + j], out[i * (n + 3) + j], "{engine:?}");
+                    }
+                    // the padding between rows is not written
+                    assert!(out[i * (n + 3) + n..][..3].iter().all(|x| x.is_nan()));
+                }
+            }
+        }
+    }
+}
