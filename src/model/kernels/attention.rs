@@ -21,7 +21,7 @@ use burn::tensor::{Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::softmax::softmax_in_place;
+use super::softmax::{exps_in_place, softmax_in_place};
 use super::{bf16, f32_values, product_precision, vectorised, zeroed_f32};
 use crate::model::Precision;
 
@@ -364,7 +364,12 @@ fn attend_block(
         match products {
             Products::F32 { k, v, dims } => {
                 f32_logits(q, k, *dims, scale, logits);
-                vectorised::run(BiasedSoftmax { logits, keys, bias });
+                vectorised::run(BiasedSoftmax {
+                    logits,
+                    keys,
+                    bias,
+                    inverse_sums: None,
+                });
                 f32_weighted_values(logits, v, *dims, out);
             }
             Products::Bf16 {
@@ -375,12 +380,15 @@ fn attend_block(
                 let mut left = left.borrow_mut();
                 left.fill_rows(q, *dim, scale);
                 bf16::product(&left, keys_transposed, bf16::as_uninit(logits), keys);
+                let mut inverse_sums = vec![0.0; rows];
                 vectorised::run(BiasedSoftmax {
                     logits: &mut *logits,
                     keys,
                     bias,
+                    inverse_sums: Some(&mut inverse_sums),
                 });
-                left.fill_rows(logits, keys, 1.0);
+                // the weights normalised as they are rounded: one pass over them
+                left.fill_rows_scaled(logits, keys, &inverse_sums);
                 let value_dim = values.columns();
                 bf16::product(&left, values, bf16::as_uninit(out), value_dim);
             }),
@@ -457,17 +465,25 @@ fn f32_weighted_values(weights: &[f32], v: &[f32], [_, value_dim]: [usize; 2], o
     }
 }
 
-/// Adds the bias to rows of `keys` logits and turns each row into its softmax, in place.
+/// Adds the bias to rows of `keys` logits and turns each row into its softmax, in place;
+/// with `inverse_sums`, each row's exponentials are left unnormalised and the inverse of
+/// their sum written there instead (the bf16 path normalises as it rounds).
 struct BiasedSoftmax<'a> {
     logits: &'a mut [f32],
     keys: usize,
     bias: Option<Bias<'a>>,
+    inverse_sums: Option<&'a mut [f32]>,
 }
 
 impl vectorised::Loop for BiasedSoftmax<'_> {
     #[inline(always)]
     fn run(self) {
-        let BiasedSoftmax { logits, keys, bias } = self;
+        let BiasedSoftmax {
+            logits,
+            keys,
+            bias,
+            mut inverse_sums,
+        } = self;
         for (index, row) in logits.chunks_exact_mut(keys).enumerate() {
             if let Some(Bias {
                 rows,
@@ -485,7 +501,10 @@ impl vectorised::Loop for BiasedSoftmax<'_> {
                     }
                 }
             }
-            softmax_in_place(row);
+            match inverse_sums.as_deref_mut() {
+                Some(inverse_sums) => inverse_sums[index] = 1.0 / exps_in_place(row),
+                None => softmax_in_place(row),
+            }
         }
     }
 }

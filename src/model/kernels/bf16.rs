@@ -46,8 +46,7 @@ pub enum Engine {
 /// The best bf16 hardware of this CPU that the OS lets this process use (asked once),
 /// or `None`.
 pub fn engine() -> Option<Engine> {
-    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
-    *ENGINE.get_or_init(|| engines().into_iter().next())
+    engines().first().copied()
 }
 
 /// Whether bf16 products can run here.
@@ -55,9 +54,14 @@ pub fn available() -> bool {
     engine().is_some()
 }
 
-/// Every engine this CPU has, best first.
+/// Every engine this CPU has, best first (asked once).
+fn engines() -> &'static [Engine] {
+    static ENGINES: OnceLock<Vec<Engine>> = OnceLock::new();
+    ENGINES.get_or_init(detect_engines)
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn engines() -> Vec<Engine> {
+fn detect_engines() -> Vec<Engine> {
     let mut engines = Vec::new();
     if amx_permitted() {
         engines.push(Engine::Amx);
@@ -69,7 +73,7 @@ fn engines() -> Vec<Engine> {
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-fn engines() -> Vec<Engine> {
+fn detect_engines() -> Vec<Engine> {
     Vec::new()
 }
 
@@ -160,6 +164,7 @@ fn padded(n: usize, to: usize) -> usize {
 pub struct Left {
     values: Vec<u16>,
     rows: usize,
+    columns: usize,
     /// Padded depth: the row stride.
     depth: usize,
 }
@@ -170,15 +175,33 @@ impl Left {
     /// # Safety
     /// `m` describes live f32 values.
     pub unsafe fn fill(&mut self, m: Strided, scale: f32) {
+        self.fill_each(m, |_| scale)
+    }
+
+    /// Row-major `rows x columns` values, row `i` times `scales[i]`.
+    pub fn fill_rows_scaled(&mut self, values: &[f32], columns: usize, scales: &[f32]) {
+        let m = Strided::rows_of(values, scales.len(), columns);
+        // SAFETY: `m` lies within `values`.
+        unsafe { self.fill_each(m, |i| scales[i]) }
+    }
+
+    /// [`Self::fill`] with row `i` times `scale(i)`.
+    ///
+    /// # Safety
+    /// As [`Self::fill`].
+    unsafe fn fill_each(&mut self, m: Strided, scale: impl Fn(usize) -> f32) {
         let depth = padded(m.columns, TILE_DEPTH);
-        self.rows = m.rows;
-        self.depth = depth;
-        self.values.clear();
-        self.values.resize(padded(m.rows, BLOCK) * depth, 0);
+        // the padding of a fill of the same shape is still zero: only the values change
+        if (self.rows, self.columns) != (m.rows, m.columns) || self.values.is_empty() {
+            self.values.clear();
+            self.values.resize(padded(m.rows, BLOCK) * depth, 0);
+        }
+        (self.rows, self.columns, self.depth) = (m.rows, m.columns, depth);
         for (i, row) in self.values.chunks_exact_mut(depth).take(m.rows).enumerate() {
             if m.column_stride == 1 {
-                super::vectorised::run(RoundRow(&mut row[..m.columns], m.row(i), scale));
+                round_row(&mut row[..m.columns], m.row(i), scale(i));
             } else {
+                let scale = scale(i);
                 for (j, value) in row[..m.columns].iter_mut().enumerate() {
                     *value = to_bf16(scale * m.at(i, j));
                 }
@@ -194,16 +217,41 @@ impl Left {
     }
 }
 
-/// `out[j] = bf16(scale * x[j])`.
-struct RoundRow<'a>(&'a mut [u16], &'a [f32], f32);
+/// `out[j] = bf16(scale * x[j])`: with AVX512-BF16's conversion (16 values an
+/// instruction) where the CPU has it, as every CPU with a bf16 engine does.
+fn round_row(out: &mut [u16], x: &[f32], scale: f32) {
+    assert_eq!(out.len(), x.len(), "bf16 rounding: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has both (checked), and the slices have the same length.
+        return unsafe { round_row_avx512(out, x, scale) };
+    }
+    for (out, &x) in out.iter_mut().zip(x) {
+        *out = to_bf16(scale * x);
+    }
+}
 
-impl super::vectorised::Loop for RoundRow<'_> {
-    #[inline(always)]
-    fn run(self) {
-        let RoundRow(out, x, scale) = self;
-        for (out, &x) in out.iter_mut().zip(x) {
-            *out = to_bf16(scale * x);
-        }
+/// [`round_row`] on AVX512-BF16. `vcvtneps2bf16` rounds to nearest even as [`to_bf16`]
+/// does, but flushes subnormal inputs to zero: the products would (AMX and
+/// `vdpbf16ps` read bf16 subnormals as zero), so the results are the same.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `out` and `x` have the same length.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_row_avx512(out: &mut [u16], x: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let factor = _mm512_set1_ps(scale);
+    let whole = x.len() / 16 * 16;
+    let (out, out_tail) = out.split_at_mut(whole);
+    let (x, x_tail) = x.split_at(whole);
+    for (out, x) in out.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
+        let scaled = _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), factor);
+        let rounded: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(scaled));
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), rounded);
+    }
+    for (out, &x) in out_tail.iter_mut().zip(x_tail) {
+        *out = to_bf16(scale * x);
     }
 }
 
@@ -617,7 +665,7 @@ mod tests {
                 row_major.fill(Strided::rows_of(&b, k, n));
             }
             assert_eq!(right.values, row_major.values, "{m}x{k}x{n}: packings differ");
-            for engine in engines() {
+            for &engine in engines() {
                 let mut out = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
                 product_on(engine, &left, &right, &mut out, n + 3);
                 let mut parallel = vec![MaybeUninit::new(0.0); m * n];

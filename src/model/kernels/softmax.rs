@@ -62,14 +62,20 @@ impl SoftmaxBackend for burn::backend::Cube {}
 /// `row` replaced by its softmax.
 #[inline(always)]
 pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let inverse = 1.0 / exps_in_place(row);
+    for probability in row.iter_mut() {
+        *probability *= inverse;
+    }
+}
+
+/// `row` replaced by `e^(x - max)`, the softmax before its normalisation; their sum.
+#[inline(always)]
+pub(crate) fn exps_in_place(row: &mut [f32]) -> f32 {
     let max = max_of(row);
     for value in row.iter_mut() {
         *value = exp(*value - max);
     }
-    let inverse = 1.0 / sum_of(row.len(), |i| row[i]);
-    for probability in row.iter_mut() {
-        *probability *= inverse;
-    }
+    sum_of(row.len(), |i| row[i])
 }
 
 /// Whole rows of `len` values per parallel task, about [`CHUNK`] values in all.
