@@ -204,12 +204,17 @@ pub fn run_case(case: Case, settings: &CaseSettings, device: &Device) -> Result<
             })?;
             let mut extra = BTreeMap::new();
             if settings.encoder_precision != Precision::F32 {
-                let f32_model = model.clone().with_encoder_precision(Precision::F32, device)?;
+                let f32_model = model
+                    .clone()
+                    .with_encoder_precision(Precision::F32, device)?;
                 let error = max_relative_error(
                     model.image_encoder.forward(input.clone()),
                     f32_model.image_encoder.forward(input),
                 );
-                extra.insert("error vs samtune's fp32 encoder (max abs / max)".into(), error);
+                extra.insert(
+                    "error vs samtune's fp32 encoder (max abs / max)".into(),
+                    error,
+                );
             }
             Ok(stats(
                 case.name(),

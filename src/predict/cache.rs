@@ -339,8 +339,15 @@ mod tests {
                 dir: dir.path().to_path_buf(),
                 ..CacheConfig::default()
             };
-            EmbeddingCache::open(&config, &checkpoint, &sha, &architecture, scaling, precision)
-                .unwrap()
+            EmbeddingCache::open(
+                &config,
+                &checkpoint,
+                &sha,
+                &architecture,
+                scaling,
+                precision,
+            )
+            .unwrap()
         };
         let open = |scaling| open_in(scaling, Precision::F32);
         let cache = open(IntensityScaling::Auto);

@@ -17,8 +17,8 @@ use burn::tensor::Device;
 
 use crate::annotate::AmgSettings;
 use crate::error::{Context, Result};
-use crate::predict::image::IntensityScaling;
 use crate::model::Precision;
+use crate::predict::image::IntensityScaling;
 use crate::predict::CacheConfig;
 use state::ServerState;
 

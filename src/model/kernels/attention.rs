@@ -345,13 +345,7 @@ impl<'a> Products<'a> {
 }
 
 /// `out [rows, Dv] = softmax(scale q kᵀ + bias) v` for `q [rows, D]`, all row-major.
-fn attend_block(
-    q: &[f32],
-    products: &Products,
-    scale: f32,
-    bias: Option<Bias>,
-    out: &mut [f32],
-) {
+fn attend_block(q: &[f32], products: &Products, scale: f32, bias: Option<Bias>, out: &mut [f32]) {
     let rows = q.len() / products.dim();
     let keys = match products {
         Products::F32 { k, dims, .. } => k.len() / dims[0],
@@ -669,7 +663,11 @@ mod tests {
             &q.device(),
         ));
         let (weights, v) = (
-            weights.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            weights
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap(),
             v.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
         );
         let mut out = Vec::with_capacity(n * queries * value_dim);
@@ -734,8 +732,14 @@ mod tests {
             );
             // measured: 3.2e-8 and 1.6e-7 from the rounded result, 2.1e-3 and 1.7e-3 from
             // the exact one (f32 products: about 1e-7 from it)
-            assert!(from_rounded < 1e-3 * from_exact, "{keys} keys: {from_rounded:e}");
-            assert!(from_exact > 5e-4, "{keys} keys: {from_exact:e} is not bf16 rounding");
+            assert!(
+                from_rounded < 1e-3 * from_exact,
+                "{keys} keys: {from_rounded:e}"
+            );
+            assert!(
+                from_exact > 5e-4,
+                "{keys} keys: {from_exact:e} is not bf16 rounding"
+            );
         }
     }
 
