@@ -666,9 +666,9 @@ mod tests {
             weights
                 .into_data()
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap(),
-            v.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            v.into_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
         );
         let mut out = Vec::with_capacity(n * queries * value_dim);
         for head in 0..n {

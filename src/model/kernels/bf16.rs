@@ -514,9 +514,9 @@ mod tests {
             0.0f32,
             -0.0,
             1.0,
-            1.00390625, // halfway between two bf16: to the even one
-            1.01171875, // halfway: to the even one, upwards
-            3.1415927,
+            1.0 + 1.0 / 256.0, // halfway between two bf16: to the even one
+            1.0 + 3.0 / 256.0, // halfway: to the even one, upwards
+            std::f32::consts::PI,
             -2.7182817,
             1e-40,
             f32::MAX,
