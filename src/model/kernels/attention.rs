@@ -210,7 +210,7 @@ fn flex_attention(
         .for_each(|(head, head_out)| {
             let k = &k[head * keys * dim..][..keys * dim];
             let v = &v[head * keys * value_dim..][..keys * value_dim];
-            let products = Products::for_head(k, v, [dim, value_dim], bf16);
+            let products = HeadProducts::for_head(k, v, [dim, value_dim], bf16);
             head_out
                 .par_chunks_mut(block * value_dim)
                 .enumerate()
@@ -292,87 +292,87 @@ struct Bias<'a> {
     grid_columns: usize,
 }
 
-/// How one head's two products are computed: f32 on `k [Lk, D]` and `v [Lk, Dv]` (row-major),
-/// or, in the bf16 precision, on their bf16 tiles, packed once per head.
-enum Products<'a> {
+/// One head's keys and values, `k [Lk, D]` and `v [Lk, Dv]`, ready for its two products.
+struct HeadProducts<'a> {
+    dim: usize,
+    keys: usize,
+    arithmetic: Arithmetic<'a>,
+}
+
+/// f32 on the row-major `k` and `v`, or, in the bf16 precision, on their bf16 tiles,
+/// packed once per head.
+enum Arithmetic<'a> {
     F32 {
         k: &'a [f32],
         v: &'a [f32],
-        dims: [usize; 2],
     },
     Bf16 {
         keys_transposed: bf16::Right,
         values: bf16::Right,
-        dim: usize,
     },
 }
 
-impl<'a> Products<'a> {
+impl<'a> HeadProducts<'a> {
     fn for_head(k: &'a [f32], v: &'a [f32], [dim, value_dim]: [usize; 2], bf16: bool) -> Self {
-        if !bf16 {
-            return Products::F32 {
-                k,
-                v,
-                dims: [dim, value_dim],
-            };
-        }
         let keys = k.len() / dim;
-        let (mut keys_transposed, mut values) = (bf16::Right::default(), bf16::Right::default());
-        // SAFETY: both views lie within `k` and `v`.
-        unsafe {
-            keys_transposed.fill(bf16::Strided {
-                start: k.as_ptr(),
-                rows: dim,
-                columns: keys,
-                row_stride: 1,
-                column_stride: dim as isize,
-            });
-            values.fill(bf16::Strided::rows_of(v, keys, value_dim));
-        }
-        Products::Bf16 {
-            keys_transposed,
-            values,
+        assert!(
+            k.len() == keys * dim && v.len() == keys * value_dim,
+            "attention head slices disagree with their shapes"
+        );
+        let arithmetic = if bf16 {
+            let (mut keys_transposed, mut values) =
+                (bf16::Right::default(), bf16::Right::default());
+            // SAFETY: both views lie within `k` and `v` (checked above).
+            unsafe {
+                keys_transposed.fill(bf16::Strided {
+                    start: k.as_ptr(),
+                    rows: dim,
+                    columns: keys,
+                    row_stride: 1,
+                    column_stride: dim as isize,
+                });
+                values.fill(bf16::Strided::rows_of(v, keys, value_dim));
+            }
+            Arithmetic::Bf16 {
+                keys_transposed,
+                values,
+            }
+        } else {
+            Arithmetic::F32 { k, v }
+        };
+        Self {
             dim,
-        }
-    }
-
-    fn dim(&self) -> usize {
-        match self {
-            Products::F32 { dims, .. } => dims[0],
-            Products::Bf16 { dim, .. } => *dim,
+            keys,
+            arithmetic,
         }
     }
 }
 
 /// `out [rows, Dv] = softmax(scale q kᵀ + bias) v` for `q [rows, D]`, all row-major.
-fn attend_block(q: &[f32], products: &Products, scale: f32, bias: Option<Bias>, out: &mut [f32]) {
-    let rows = q.len() / products.dim();
-    let keys = match products {
-        Products::F32 { k, dims, .. } => k.len() / dims[0],
-        Products::Bf16 { values, .. } => values.depth(),
-    };
+fn attend_block(q: &[f32], head: &HeadProducts, scale: f32, bias: Option<Bias>, out: &mut [f32]) {
+    let (dim, keys) = (head.dim, head.keys);
+    let rows = q.len() / dim;
     LOGITS.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.resize(rows * keys, 0.0);
         let logits = &mut buffer[..];
-        match products {
-            Products::F32 { k, v, dims } => {
-                f32_logits(q, k, *dims, scale, logits);
+        match &head.arithmetic {
+            Arithmetic::F32 { k, v } => {
+                f32_logits(q, k, dim, scale, logits);
                 vectorised::run(BiasedSoftmax {
                     logits,
                     keys,
                     bias,
                     inverse_sums: None,
                 });
-                f32_weighted_values(logits, v, *dims, out);
+                f32_weighted_values(logits, v, out.len() / rows, out);
             }
-            Products::Bf16 {
+            Arithmetic::Bf16 {
                 keys_transposed,
                 values,
-                dim,
             } => LEFT.with(|left| {
                 let mut left = left.borrow_mut();
-                left.fill_rows(q, *dim, scale);
+                left.fill_rows(q, dim, scale);
                 bf16::product(&left, keys_transposed, bf16::as_uninit(logits), keys);
                 let mut inverse_sums = vec![0.0; rows];
                 vectorised::run(BiasedSoftmax {
@@ -392,10 +392,10 @@ fn attend_block(q: &[f32], products: &Products, scale: f32, bias: Option<Bias>, 
 
 /// `logits [rows, Lk] = scale * q kᵀ` in f32, `k` read column by column without a
 /// transposed copy.
-fn f32_logits(q: &[f32], k: &[f32], [dim, value_dim]: [usize; 2], scale: f32, logits: &mut [f32]) {
+fn f32_logits(q: &[f32], k: &[f32], dim: usize, scale: f32, logits: &mut [f32]) {
     let (rows, keys) = (q.len() / dim, k.len() / dim);
     assert!(
-        q.len() == rows * dim && logits.len() == rows * keys && value_dim > 0,
+        q.len() == rows * dim && logits.len() == rows * keys,
         "attention block slices disagree with their shapes"
     );
     // SAFETY: every pointer spans its matrix for the sizes and strides given (checked
@@ -426,7 +426,7 @@ fn f32_logits(q: &[f32], k: &[f32], [dim, value_dim]: [usize; 2], scale: f32, lo
 }
 
 /// `out [rows, Dv] = weights [rows, Lk] v` in f32.
-fn f32_weighted_values(weights: &[f32], v: &[f32], [_, value_dim]: [usize; 2], out: &mut [f32]) {
+fn f32_weighted_values(weights: &[f32], v: &[f32], value_dim: usize, out: &mut [f32]) {
     let keys = v.len() / value_dim;
     let rows = weights.len() / keys;
     assert!(

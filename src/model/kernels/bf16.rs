@@ -248,7 +248,6 @@ impl super::vectorised::Loop for InterleaveRows<'_> {
 #[derive(Default)]
 pub struct Right {
     values: Vec<u16>,
-    depth: usize,
     columns: usize,
     /// Depth steps of one tile each.
     steps: usize,
@@ -261,7 +260,6 @@ impl Right {
     /// `m` describes live f32 values.
     pub unsafe fn fill(&mut self, m: Strided) {
         let steps = padded(m.rows, TILE_DEPTH) / TILE_DEPTH;
-        self.depth = m.rows;
         self.columns = m.columns;
         self.steps = steps;
         self.values.clear();
@@ -305,11 +303,6 @@ impl Right {
                 super::vectorised::run(InterleaveRows(row, first, second));
             }
         }
-    }
-
-    /// The operand's depth (rows), unpadded.
-    pub fn depth(&self) -> usize {
-        self.depth
     }
 
     pub fn columns(&self) -> usize {
