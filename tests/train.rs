@@ -379,6 +379,58 @@ fn a_run_resumed_inside_an_epoch_ends_with_the_weights_of_an_uninterrupted_one()
 }
 
 #[test]
+fn an_image_that_fails_mid_epoch_leaves_a_resume_point_after_the_batches_before_it() {
+    // A training image that cannot be decoded (its header intact, so indexing passes)
+    // stops the run when its batch is drawn; the batches before it are kept as a resume
+    // point, and once the image is repaired the resumed run ends with the weights of a
+    // run that never failed. Which image lands mid-epoch depends on the seeded order: the
+    // images are tried in turn until one fails after the first batch.
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let shared = ["train.images_per_batch=1", "report.zero_shot=false"];
+    let straight = config_with(dir.path(), "unbroken", 1, &shared);
+    train(&straight, false, &AtomicBool::new(false)).unwrap();
+    let images = dir.path().join("data/images");
+    let mut names: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for (i, image) in names.iter().enumerate() {
+        let name = format!("broken{i}");
+        let intact = std::fs::read(image).unwrap();
+        // the pixel data overwritten: the header (the size) reads, the pixels do not
+        let mut broken_bytes = intact.clone();
+        let pixels = intact.windows(4).position(|w| w == b"IDAT").unwrap() + 4;
+        broken_bytes[pixels..pixels + 16].fill(0xff);
+        std::fs::write(image, &broken_bytes).unwrap();
+        let broken = config_with(dir.path(), &name, 1, &shared);
+        let err = format!(
+            "{:#}",
+            train(&broken, false, &AtomicBool::new(false)).unwrap_err()
+        );
+        std::fs::write(image, &intact).unwrap();
+        if !run_dir(dir.path(), &name).join("resume.json").exists() {
+            // a validation image, or the first batch's: nothing trained to keep
+            continue;
+        }
+        let file = image.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            err.contains("can be resumed") && err.contains(&file),
+            "{err}"
+        );
+        let resumed = train(&broken, true, &AtomicBool::new(false)).unwrap();
+        assert_eq!(resumed.state.epoch, 1);
+        assert_same_tensors(
+            &run_dir(dir.path(), "unbroken").join("last.safetensors"),
+            &run_dir(dir.path(), &name).join("last.safetensors"),
+        );
+        return;
+    }
+    panic!("no training image was drawn after the first batch");
+}
+
+#[test]
 fn a_refused_resume_changes_nothing_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     dataset(dir.path());

@@ -59,32 +59,39 @@ impl ModuleVisitor for SquaredNorm<'_> {
 
 struct Scale<'a> {
     grads: &'a mut GradientsParams,
-    factor: f32,
+    /// `[1]`, on the gradients' device.
+    factor: Tensor<1>,
 }
 
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads
-                .register::<D>(param.id, g.mul_scalar(self.factor));
+            let factor = self.factor.clone().reshape([1; D]);
+            self.grads.register::<D>(param.id, g * factor);
         }
     }
 }
 
-/// The global L2 norm of all gradients; scales them to `max_norm` when above it (when
-/// `max_norm > 0`). Returns the norm before clipping.
-pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+/// PyTorch's `clip_grad_norm_`: every gradient times `min(1, max_norm / (norm + 1e-6))`,
+/// `norm` the global L2 norm of all of them (when `max_norm > 0`). The factor is computed
+/// on the device, as PyTorch does, so that no value is read back in a training step.
+/// Returns the norm before clipping, `[1]` on the device (`None` without gradients).
+pub fn clip_global_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> Option<Tensor<1>> {
     let mut visitor = SquaredNorm { grads, sum: None };
     module.visit(&mut visitor);
-    let Some(squared) = visitor.sum else {
-        return 0.0;
-    };
-    let norm = (squared.into_scalar::<f32>() as f64).sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        module.visit(&mut Scale {
-            grads,
-            factor: (max_norm / (norm + 1e-6)) as f32,
-        });
+    let norm = visitor.sum?.sqrt();
+    if max_norm > 0.0 {
+        let factor = norm
+            .clone()
+            .add_scalar(1e-6)
+            .recip()
+            .mul_scalar(max_norm)
+            .clamp_max(1.0);
+        module.visit(&mut Scale { grads, factor });
     }
-    norm
+    Some(norm)
 }

@@ -354,14 +354,13 @@ impl<'a> Run<'a> {
                 config.train.prefetch_batches,
             );
             let mut batch_index = out.batches;
-            // where a resume would continue: the epoch after its last optimizer step
-            let mut committed = (out.batches > 0).then(|| out.progress());
             while let Some(drawn) = stream.next_batch() {
                 let drawn = match drawn {
                     Ok(drawn) => drawn,
                     Err(e) => {
                         // bad data mid-epoch: keep what was trained, then say what failed
-                        if let Some(progress) = committed.take() {
+                        read_losses(&mut out, log, state, &bar, dirs)?;
+                        if let Some(progress) = out.committed.take() {
                             let state = TrainState {
                                 progress: Some(progress),
                                 ..state.clone()
@@ -374,16 +373,7 @@ impl<'a> Run<'a> {
                         )));
                     }
                 };
-                let batch = stepper.batch(model, drawn, config)?;
-                if !batch.loss.is_finite() {
-                    bail!(
-                        "epoch {} batch {}: the loss is {} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
-                        state.epoch + 1,
-                        batch_index + 1,
-                        batch.loss,
-                        dirs.checkpoints.display()
-                    );
-                }
+                let loss = stepper.batch(model, drawn, config)?;
                 batch_index += 1;
                 if stepper.due(config, batch_index == batches) {
                     let t = &config.train;
@@ -397,25 +387,19 @@ impl<'a> Run<'a> {
                     *model = stepper.apply(model.clone(), optim, out.lr, config);
                     state.step += 1;
                 }
-                out.record(batch);
                 out.waited = out.waited_before + stream.waited;
-                if !stepper.has_pending() {
-                    committed = Some(out.progress());
+                out.push(loss, state.step, out.lr, !stepper.has_pending());
+                let stop = interrupt.load(Ordering::SeqCst) && !stepper.has_pending();
+                if stop || batch_index == batches || out.read_due() {
+                    read_losses(&mut out, log, state, &bar, dirs)?;
                 }
-                log.step(state.step, batch.loss, batch.parts, out.lr);
-                state.step_losses.push((state.step, batch.loss as f32));
-                bar.set_message(format!(
-                    "loss {:.4}, data wait {:.0}%",
-                    out.sums[0] / out.batches as f64,
-                    100.0 * out.wait_share()
-                ));
                 bar.inc(1);
-                if interrupt.load(Ordering::SeqCst) && !stepper.has_pending() {
+                if stop {
                     out.interrupted = true;
                     break;
                 }
             }
-            Ok(())
+            read_losses(&mut out, log, state, &bar, dirs)
         })?;
         bar.finish_and_clear();
         Ok(out)
@@ -558,4 +542,38 @@ fn epoch_bar(batches: usize, epoch: usize, epochs: usize) -> ProgressBar {
     );
     bar.set_prefix(format!("{}/{epochs}", epoch + 1));
     bar
+}
+
+/// Reads back the losses of the batches trained since the last read: the log and
+/// TensorBoard get each batch's, the bar the epoch's mean so far; a loss that is not
+/// finite stops the run before anything more is saved.
+fn read_losses(
+    out: &mut EpochTraining,
+    log: &mut RunLog,
+    state: &mut TrainState,
+    bar: &ProgressBar,
+    dirs: &RunDirs,
+) -> Result<()> {
+    let read = out.read()?;
+    for batch in &read {
+        if !batch.loss.loss.is_finite() {
+            bail!(
+                "epoch {} batch {}: the loss is {} (diverged); the last good checkpoint is kept in {}. Lower train.lr or check the data",
+                state.epoch + 1,
+                batch.position,
+                batch.loss.loss,
+                dirs.checkpoints.display()
+            );
+        }
+        log.step(batch.step, batch.loss.loss, batch.loss.parts, batch.lr);
+        state.step_losses.push((batch.step, batch.loss.loss as f32));
+    }
+    if !read.is_empty() {
+        bar.set_message(format!(
+            "loss {:.4}, data wait {:.0}%",
+            out.sums[0] / out.batches as f64,
+            100.0 * out.wait_share()
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! One training step: the loss of each example (with correction-click rounds), forward
 //! and backward shared out over the devices, gradients accumulated, clipped globally and
-//! applied by AdamW. `samtune bench` times this same code.
+//! applied by AdamW. `samtune bench` times this same code. Nothing in a step reads a
+//! value back from the device (a GPU would wait for each read): the loss stays there as a
+//! [`PendingLoss`] and the clipping factor is computed there; only correction-click
+//! rounds read masks, to place their clicks.
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
@@ -15,15 +18,37 @@ use super::optim::clip_global_norm;
 use crate::data::prompts::{correction_click, to_prompt_batch};
 use crate::error::{err, Result};
 use crate::model::Sam;
-use crate::predict::{BinaryMask, MaskPlanes, PromptBatch};
+use crate::predict::{tensor_values, BinaryMask, MaskPlanes, PromptBatch};
 
 /// A batch's loss, as the log and TensorBoard show it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchLoss {
     /// The batch's loss (mean over its images).
     pub loss: f64,
     /// Focal, dice and IoU terms, each the mean over the batch's images.
     pub parts: [f64; 3],
+}
+
+/// A batch's loss still on the model's device: `[4]`, the loss then the focal, dice and
+/// IoU terms of [`BatchLoss`].
+#[derive(Debug, Clone)]
+pub struct PendingLoss(Tensor<1>);
+
+impl PendingLoss {
+    /// The losses of `pending` batches, read back from the device in one transfer.
+    pub fn read_all(pending: Vec<PendingLoss>) -> Result<Vec<BatchLoss>> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = tensor_values(Tensor::cat(pending.into_iter().map(|p| p.0).collect(), 0))?;
+        Ok(values
+            .chunks_exact(4)
+            .map(|v| BatchLoss {
+                loss: v[0] as f64,
+                parts: [v[1] as f64, v[2] as f64, v[3] as f64],
+            })
+            .collect())
+    }
 }
 
 /// The optimizer side of training: batches accumulate gradients until
@@ -56,28 +81,34 @@ impl Stepper {
         model: &Sam,
         examples: Vec<Drawn>,
         config: &TrainConfig,
-    ) -> Result<BatchLoss> {
+    ) -> Result<PendingLoss> {
         let images = examples.len();
         let accumulation = config.train.grad_accumulation;
         let scale = (images * accumulation) as f64;
-        let mut out = BatchLoss::default();
+        let mut sums: Option<Tensor<1>> = None;
         for share in data_parallel_step(model, &self.devices, examples, config, scale)? {
-            out.loss += share.loss * accumulation as f64;
-            for (total, part) in out.parts.iter_mut().zip(share.parts) {
-                *total += part;
-            }
-            let grads = if share.device == 0 {
-                share.grads
+            let (grads, terms) = if share.device == 0 {
+                (share.grads, share.terms)
             } else {
-                share.grads.to_device(&self.devices[0], model)
+                let main = &self.devices[0];
+                (
+                    share.grads.to_device(main, model),
+                    share.terms.to_device(main),
+                )
             };
             self.accumulator.accumulate(model, grads);
-        }
-        for part in &mut out.parts {
-            *part /= images as f64;
+            sums = Some(add(sums, terms));
         }
         self.pending += 1;
-        Ok(out)
+        let sums = sums.ok_or_else(|| err!("a training batch without examples"))?;
+        // the shares' losses were divided by the images of the whole accumulation, their
+        // terms summed over the batch's images
+        let terms = 1.0 / images as f32;
+        let per_batch = Tensor::from_data(
+            TensorData::new(vec![accumulation as f32, terms, terms, terms], [4]),
+            &sums.device(),
+        );
+        Ok(PendingLoss(sums * per_batch))
     }
 
     /// Whether the next [`Self::apply`] should run: the accumulation is complete, or
@@ -102,14 +133,14 @@ impl Stepper {
     }
 }
 
-/// One device's part of a batch: its gradients (on that device) and loss terms.
+/// One device's part of a batch: its gradients and loss terms (on that device).
 struct ShareOutput {
     device: usize,
     grads: GradientsParams,
-    /// Its share of the batch loss (already divided by the batch size).
-    loss: f64,
-    /// Its focal, dice and IoU terms, each summed over its images.
-    parts: [f64; 3],
+    /// `[4]`, without gradient: its share of the batch loss (already divided by the
+    /// images of the whole accumulation), then its focal, dice and IoU terms, each summed
+    /// over its images.
+    terms: Tensor<1>,
 }
 
 /// Forward and backward of a batch, its images shared round-robin over `devices`, each
@@ -196,8 +227,8 @@ fn share_step(
 ) -> Result<ShareOutput> {
     // the dense positional encoding depends only on the (always frozen) gaussian matrix
     let dense_pe = replica.prompt_encoder.get_dense_pe();
-    let mut parts = [0f64; 3];
-    let mut loss = 0f64;
+    let mut parts: Option<Tensor<1>> = None;
+    let mut loss: Option<Tensor<1>> = None;
     let mut total: Option<Tensor<1>> = None;
     let mut grads = GradientsAccumulator::<Sam>::new();
     // with the image encoder in the graph, each image's backward runs alone, so that one
@@ -207,37 +238,43 @@ fn share_step(
         let (example, seed) = drawn.into_example(replica, device);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let terms = example_loss(replica, &dense_pe, &example, config, &mut rng)?;
-        parts[0] += terms.focal.into_scalar::<f32>() as f64;
-        parts[1] += terms.dice.into_scalar::<f32>() as f64;
-        parts[2] += terms.iou.into_scalar::<f32>() as f64;
+        let example_parts = Tensor::cat(vec![terms.focal, terms.dice, terms.iou], 0).detach();
+        parts = Some(add(parts, example_parts));
         if per_image {
             let scaled = terms.total / scale;
-            loss += scaled.clone().into_scalar::<f32>() as f64;
+            loss = Some(add(loss, scaled.clone().detach()));
             grads.accumulate(
                 replica,
                 GradientsParams::from_grads(scaled.backward(), replica),
             );
         } else {
-            total = Some(match total {
-                Some(acc) => acc + terms.total,
-                None => terms.total,
-            });
+            total = Some(add(total, terms.total));
         }
     }
     if let Some(total) = total {
         let scaled = total / scale;
-        loss = scaled.clone().into_scalar::<f32>() as f64;
+        loss = Some(scaled.clone().detach());
         grads.accumulate(
             replica,
             GradientsParams::from_grads(scaled.backward(), replica),
         );
     }
+    let (Some(loss), Some(parts)) = (loss, parts) else {
+        return Err(err!("device {index} was given no training examples"));
+    };
     Ok(ShareOutput {
         device: index,
         grads: grads.grads(),
-        loss,
-        parts,
+        terms: Tensor::cat(vec![loss, parts], 0),
     })
+}
+
+/// `sum + term`, or `term` alone when nothing is summed yet.
+fn add(sum: Option<Tensor<1>>, term: Tensor<1>) -> Tensor<1> {
+    match sum {
+        Some(sum) => sum + term,
+        None => term,
+    }
 }
 
 /// The loss of one image's prompts, with `refine_clicks` correction rounds.
