@@ -5,7 +5,9 @@
 //! [`PendingLoss`] and the clipping factor is computed there; only correction-click
 //! rounds read masks, to place their clicks.
 
-use burn::module::Module;
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
@@ -56,6 +58,8 @@ impl PendingLoss {
 pub struct Stepper {
     /// The devices a batch is shared out to; the first holds the model and the optimizer.
     devices: Vec<Device>,
+    /// The model on each device, from the first batch on.
+    replicas: Option<Replicas>,
     accumulator: GradientsAccumulator<Sam>,
     pending: usize,
 }
@@ -65,6 +69,7 @@ impl Stepper {
     pub fn new(devices: Vec<Device>) -> Self {
         Self {
             devices,
+            replicas: None,
             accumulator: GradientsAccumulator::new(),
             pending: 0,
         }
@@ -86,7 +91,13 @@ impl Stepper {
         let accumulation = config.train.grad_accumulation;
         let scale = (images * accumulation) as f64;
         let mut sums: Option<Tensor<1>> = None;
-        for share in data_parallel_step(model, &self.devices, examples, config, scale)? {
+        let replicas = match self.replicas.take() {
+            Some(replicas) => replicas.refreshed(model),
+            None => Replicas::new(model, &self.devices),
+        };
+        let shares = data_parallel_step(&replicas, &self.devices, examples, config, scale);
+        self.replicas = Some(replicas);
+        for share in shares? {
             let (grads, terms) = if share.device == 0 {
                 (share.grads, share.terms)
             } else {
@@ -143,11 +154,91 @@ struct ShareOutput {
     terms: Tensor<1>,
 }
 
-/// Forward and backward of a batch, its images shared round-robin over `devices`, each
-/// share on a replica of `model` in its own thread. The summed gradients equal one
-/// device's up to floating-point order: every share's loss is divided by the whole batch.
+/// The model on each device of a batch, kept from batch to batch: the frozen parameters
+/// (most of the model when the image encoder is frozen) are copied to a device once, and
+/// only the trainable ones from the model at every batch.
+///
+/// Every parameter of a replica is a new leaf at every batch, made before any worker
+/// runs, and each share's images are encoded by its own replica: no worker then touches
+/// the model's autodiff graph, or another batch's. Two workers on one graph deadlock
+/// burn-autodiff (a backward takes the graph lock, then the global locator lock; a new
+/// node takes the locator lock, then the graph's), and gradients that flow into the
+/// model's graph instead of the replica's are lost to that replica's `GradientsParams`.
+struct Replicas {
+    devices: Vec<Device>,
+    models: Vec<Sam>,
+}
+
+impl Replicas {
+    fn new(model: &Sam, devices: &[Device]) -> Self {
+        Self {
+            devices: devices.to_vec(),
+            models: devices.iter().map(|d| model.clone().fork(d)).collect(),
+        }
+    }
+
+    /// The replicas with `model`'s trainable parameters.
+    fn refreshed(self, model: &Sam) -> Self {
+        let mut trainable = TrainableValues::default();
+        model.visit(&mut trainable);
+        let models = self
+            .models
+            .into_iter()
+            .zip(&self.devices)
+            .map(|(replica, device)| {
+                replica.map(&mut Refresh {
+                    trainable: &trainable.0,
+                    device,
+                })
+            })
+            .collect();
+        Self { models, ..self }
+    }
+}
+
+/// The values of a model's trainable parameters, flattened and detached.
+#[derive(Default)]
+struct TrainableValues(HashMap<ParamId, Tensor<1>>);
+
+impl ModuleVisitor for TrainableValues {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        // `base`: a LoRA adapter's factors are parameters of their own, visited apart
+        let value = param.base();
+        if value.is_require_grad() {
+            let elements = value.shape().num_elements();
+            self.0.insert(param.id, value.detach().reshape([elements]));
+        }
+    }
+}
+
+/// Replaces a replica's trainable parameters by the model's, on the replica's device;
+/// every parameter becomes a new leaf.
+struct Refresh<'a> {
+    trainable: &'a HashMap<ParamId, Tensor<1>>,
+    device: &'a Device,
+}
+
+impl ModuleMapper for Refresh<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, value, mapper) = param.consume();
+        let value = match self.trainable.get(&id) {
+            Some(current) => current
+                .clone()
+                .to_device(self.device)
+                .reshape(value.dims())
+                .detach()
+                .require_grad(),
+            None => value.detach(),
+        };
+        Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// Forward and backward of a batch, its images shared round-robin over the devices, each
+/// share on its replica in its own thread. The summed gradients equal one device's up to
+/// floating-point order: every share's loss is divided by the whole batch.
 fn data_parallel_step(
-    model: &Sam,
+    replicas: &Replicas,
     devices: &[Device],
     examples: Vec<Drawn>,
     config: &TrainConfig,
@@ -157,16 +248,7 @@ fn data_parallel_step(
     for (i, example) in examples.into_iter().enumerate() {
         shares[i % devices.len()].push(example);
     }
-    // Every replica (the first device's too) is forked here, before any worker runs, and
-    // each share's images are encoded by its own replica: no worker then touches the
-    // model's autodiff graph. Two workers on one graph deadlock burn-autodiff (a backward
-    // takes the graph lock, then the global locator lock; a fork or a new node takes the
-    // locator lock, then the graph's), and gradients that flow into the model's graph
-    // instead of the replica's are lost to that replica's `GradientsParams`.
-    let replicas: Vec<Sam> = devices
-        .iter()
-        .map(|device| model.clone().fork(device))
-        .collect();
+    let replicas = &replicas.models;
     let run = |index: usize, share: Vec<Drawn>| -> Result<Option<ShareOutput>> {
         if share.is_empty() {
             return Ok(None);
