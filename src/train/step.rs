@@ -58,7 +58,7 @@ impl PendingLoss {
 pub struct Stepper {
     /// The devices a batch is shared out to; the first holds the model and the optimizer.
     devices: Vec<Device>,
-    /// The model on each device, from the first batch on.
+    /// The model on the other devices, from the first batch on.
     replicas: Option<Replicas>,
     accumulator: GradientsAccumulator<Sam>,
     pending: usize,
@@ -91,13 +91,11 @@ impl Stepper {
         let accumulation = config.train.grad_accumulation;
         let scale = (images * accumulation) as f64;
         let mut sums: Option<Tensor<1>> = None;
-        let replicas = match self.replicas.take() {
-            Some(replicas) => replicas.refreshed(model),
-            None => Replicas::new(model, &self.devices),
-        };
-        let shares = data_parallel_step(&replicas, &self.devices, examples, config, scale);
-        self.replicas = Some(replicas);
-        for share in shares? {
+        let replicas = self
+            .replicas
+            .get_or_insert_with(|| Replicas::new(model, &self.devices))
+            .for_batch(model);
+        for share in data_parallel_step(&replicas, &self.devices, examples, config, scale)? {
             let (grads, terms) = if share.device == 0 {
                 (share.grads, share.terms)
             } else {
@@ -154,9 +152,10 @@ struct ShareOutput {
     terms: Tensor<1>,
 }
 
-/// The model on each device of a batch, kept from batch to batch: the frozen parameters
-/// (most of the model when the image encoder is frozen) are copied to a device once, and
-/// only the trainable ones from the model at every batch.
+/// The model on each device of a batch. On the first device, the model forked (no copy:
+/// the same device); on the others, replicas kept from batch to batch: their frozen
+/// parameters (most of the model when the image encoder is frozen) are copied to the
+/// device once, and only the trainable ones from the model at every batch.
 ///
 /// Every parameter of a replica is a new leaf at every batch, made before any worker
 /// runs, and each share's images are encoded by its own replica: no worker then touches
@@ -166,33 +165,37 @@ struct ShareOutput {
 /// model's graph instead of the replica's are lost to that replica's `GradientsParams`.
 struct Replicas {
     devices: Vec<Device>,
-    models: Vec<Sam>,
+    /// On `devices[1..]`.
+    others: Vec<Sam>,
 }
 
 impl Replicas {
     fn new(model: &Sam, devices: &[Device]) -> Self {
         Self {
             devices: devices.to_vec(),
-            models: devices.iter().map(|d| model.clone().fork(d)).collect(),
+            others: devices[1..].iter().map(|d| model.clone().fork(d)).collect(),
         }
     }
 
-    /// The replicas with `model`'s trainable parameters.
-    fn refreshed(self, model: &Sam) -> Self {
-        let mut trainable = TrainableValues::default();
-        model.visit(&mut trainable);
-        let models = self
-            .models
-            .into_iter()
-            .zip(&self.devices)
-            .map(|(replica, device)| {
-                replica.map(&mut Refresh {
-                    trainable: &trainable.0,
-                    device,
+    /// The model on every device, with `model`'s trainable parameters.
+    fn for_batch(&mut self, model: &Sam) -> Vec<Sam> {
+        if !self.others.is_empty() {
+            let mut trainable = TrainableValues::default();
+            model.visit(&mut trainable);
+            self.others = std::mem::take(&mut self.others)
+                .into_iter()
+                .zip(&self.devices[1..])
+                .map(|(replica, device)| {
+                    replica.map(&mut Refresh {
+                        trainable: &trainable.0,
+                        device,
+                    })
                 })
-            })
-            .collect();
-        Self { models, ..self }
+                .collect();
+        }
+        let mut models = vec![model.clone().fork(&self.devices[0])];
+        models.extend(self.others.iter().cloned());
+        models
     }
 }
 
@@ -238,7 +241,7 @@ impl ModuleMapper for Refresh<'_> {
 /// share on its replica in its own thread. The summed gradients equal one device's up to
 /// floating-point order: every share's loss is divided by the whole batch.
 fn data_parallel_step(
-    replicas: &Replicas,
+    replicas: &[Sam],
     devices: &[Device],
     examples: Vec<Drawn>,
     config: &TrainConfig,
@@ -248,7 +251,6 @@ fn data_parallel_step(
     for (i, example) in examples.into_iter().enumerate() {
         shares[i % devices.len()].push(example);
     }
-    let replicas = &replicas.models;
     let run = |index: usize, share: Vec<Drawn>| -> Result<Option<ShareOutput>> {
         if share.is_empty() {
             return Ok(None);
