@@ -463,3 +463,66 @@ fn a_refused_resume_changes_nothing_on_disk() {
         saved
     );
 }
+
+#[test]
+fn embedding_in_batches_and_shards_fills_the_cache_as_one_image_at_a_time_does() {
+    use samtune::train::embed::fill_cache;
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let device = common::device::test_device();
+    let cache = |name: &str| format!("cache.dir={:?}", dir.path().join(name));
+    let single = config_with(dir.path(), "single", 1, &[&cache("cache-single")]);
+    let one = fill_cache(&single, &device, (0, 1), false).unwrap();
+    assert_eq!((one.encoded, one.cached), (12, 0));
+    // batches of 5 (a last one of 1 or 2), in two shards
+    let batched = config_with(
+        dir.path(),
+        "batched",
+        1,
+        &[&cache("cache-batched"), "cache.encode_batch=5"],
+    );
+    let first = fill_cache(&batched, &device, (0, 2), false).unwrap();
+    let second = fill_cache(&batched, &device, (1, 2), false).unwrap();
+    assert_eq!((first.encoded, second.encoded), (6, 6));
+    let again = fill_cache(&batched, &device, (0, 1), false).unwrap();
+    assert_eq!((again.encoded, again.cached), (0, 12));
+
+    let entries = |dir: &Path| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        files
+    };
+    let (a, b) = (entries(&one.dir), entries(&first.dir));
+    assert_eq!(a.len(), 12);
+    let names = |files: &[PathBuf]| -> Vec<String> {
+        files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(names(&a), names(&b), "the same images, under the same keys");
+    let mut worst = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        let (x, y) = (
+            common::load_expected_from(x)["embedding"].values.clone(),
+            common::load_expected_from(y)["embedding"].values.clone(),
+        );
+        assert_eq!(x.len(), y.len());
+        worst = x
+            .iter()
+            .zip(&y)
+            .fold(worst, |w, (p, q)| w.max((p - q).abs()));
+    }
+    // measured: identical on the CPU backend and on wgpu (lavapipe)
+    assert_eq!(worst, 0.0, "batched embeddings differ by {worst:e}");
+    let err = TrainConfig::load(
+        &dir.path().join("single.toml"),
+        &["cache.encode_batch=0".to_string()],
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("cache.encode_batch"), "{err:#}");
+}

@@ -30,6 +30,10 @@ pub struct CacheConfig {
     /// How entries are stored: `f32` (exact), or `f16` / `bf16` (half the disk and read
     /// bandwidth; embeddings are rounded once, when written).
     pub dtype: CacheDtype,
+    /// Images `samtune embed` runs through the encoder together: on a GPU, one batch
+    /// launches each kernel once for all of them; on the CPU, whose kernels already keep
+    /// every core busy on one image, 1.
+    pub encode_batch: usize,
 }
 
 impl Default for CacheConfig {
@@ -38,6 +42,7 @@ impl Default for CacheConfig {
             enabled: true,
             dir: "cache/embeddings".into(),
             dtype: CacheDtype::F32,
+            encode_batch: 1,
         }
     }
 }
@@ -230,12 +235,22 @@ impl EmbeddingCache {
         device: &Device,
         encode: impl FnOnce() -> Result<EncodedImage>,
     ) -> Result<EncodedImage> {
+        if let Some(encoded) = self.lookup(image, device)? {
+            return Ok(encoded);
+        }
+        let encoded = encode()?;
+        self.store(image, &encoded)?;
+        Ok(encoded)
+    }
+
+    /// The cached embedding of `image` (a hit), or `None` (a miss, for [`Self::store`]).
+    pub fn lookup(&self, image: &Path, device: &Device) -> Result<Option<EncodedImage>> {
         let entry = self.entry_path(image)?;
         if entry.is_file() {
             match read_entry(&entry, device) {
                 Ok(encoded) => {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(encoded);
+                    return Ok(Some(encoded));
                 }
                 // a damaged entry is re-computed, not fatal
                 Err(err) => eprintln!(
@@ -246,9 +261,12 @@ impl EmbeddingCache {
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let encoded = encode()?;
-        write_entry(&entry, &encoded, self.dtype)?;
-        Ok(encoded)
+        Ok(None)
+    }
+
+    /// Writes the embedding of `image`, which [`Self::lookup`] missed.
+    pub fn store(&self, image: &Path, encoded: &EncodedImage) -> Result<()> {
+        write_entry(&self.entry_path(image)?, encoded, self.dtype)
     }
 }
 

@@ -241,6 +241,28 @@ impl<'a> Predictor<'a> {
         }
     }
 
+    /// `set_image` for several images at once: one encoder pass over a `[B, 3, S, S]`
+    /// batch (on a GPU, each kernel launched once for all of them). Equal to encoding
+    /// them one by one, up to the order of floating-point sums.
+    pub fn encode_batch(&self, images: &[RgbImage]) -> Vec<EncodedImage> {
+        let (inputs, input_sizes): (Vec<_>, Vec<_>) =
+            images.iter().map(|image| self.preprocess(image)).unzip();
+        if inputs.is_empty() {
+            return Vec::new();
+        }
+        let embeddings = self.model.image_encoder.forward(Tensor::cat(inputs, 0));
+        embeddings
+            .split(1, 0)
+            .into_iter()
+            .zip(images.iter().zip(input_sizes))
+            .map(|(embedding, (image, input_size))| EncodedImage {
+                embedding,
+                original_size: [image.height() as usize, image.width() as usize],
+                input_size,
+            })
+            .collect()
+    }
+
     /// `predict_torch`: masks for every prompt set of `prompts`.
     pub fn predict(
         &self,

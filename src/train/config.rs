@@ -385,6 +385,12 @@ impl TrainConfig {
                 "is for task = \"semantic\" (this run's task is \"promptable\")",
             ));
         }
+        check_setting(
+            "cache.encode_batch",
+            self.cache.encode_batch,
+            self.cache.encode_batch >= 1,
+            ">= 1",
+        )?;
         self.prompts.validate()?;
         self.train.validate()?;
         self.loss.validate()

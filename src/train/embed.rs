@@ -1,8 +1,9 @@
 //! Filling a run's embedding cache ahead of training (`samtune embed`): every train,
-//! validation and test image of a config encoded once, at the run's input size, in shards
-//! that several processes or machines can share.
+//! validation and test image of a config encoded once, at the run's input size,
+//! `cache.encode_batch` images per encoder pass, in shards that several processes or
+//! machines can share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,7 +12,8 @@ use super::config::TrainConfig;
 use crate::data::dataset::Sample;
 use crate::error::Result;
 use crate::fsutil::file_sha256;
-use crate::predict::{encode_image, EmbeddingCache};
+use crate::predict::image::{load_rgb, IntensityScaling};
+use crate::predict::{EmbeddingCache, Predictor};
 use crate::weights::load_sam_at;
 
 /// What filling the cache did.
@@ -67,21 +69,57 @@ pub fn fill_cache(
         ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
             .expect("a valid template"),
     );
+    let mut misses: Vec<&Path> = Vec::new();
     for sample in &mine {
-        encode_image(
-            &model,
-            &sample.image,
-            Some(&cache),
-            config.data.sample_intensity(),
-            device,
-        )?;
-        bar.inc(1);
+        match cache.lookup(&sample.image, device)? {
+            Some(_) => bar.inc(1),
+            None => misses.push(&sample.image),
+        }
     }
+    encode_into(
+        &Predictor::new(&model),
+        &cache,
+        &misses,
+        config.cache.encode_batch,
+        config.data.sample_intensity(),
+        &bar,
+    )?;
     bar.finish_and_clear();
     let (cached, encoded) = cache.stats();
     Ok(EmbedOutcome {
         dir: cache.dir().to_path_buf(),
         encoded,
         cached,
+    })
+}
+
+/// Encodes `images` into `cache`, `batch` at a time; the next batch's files are decoded
+/// on a thread of their own meanwhile, so that the device does not wait for them.
+fn encode_into(
+    predictor: &Predictor,
+    cache: &EmbeddingCache,
+    images: &[&Path],
+    batch: usize,
+    intensity: IntensityScaling,
+    bar: &ProgressBar,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (decoded, batches) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for paths in images.chunks(batch.max(1)) {
+                let pixels: Result<Vec<_>> =
+                    paths.iter().map(|path| load_rgb(path, intensity)).collect();
+                if decoded.send((paths, pixels)).is_err() {
+                    break;
+                }
+            }
+        });
+        for (paths, pixels) in batches {
+            for (path, encoded) in paths.iter().zip(predictor.encode_batch(&pixels?)) {
+                cache.store(path, &encoded)?;
+                bar.inc(1);
+            }
+        }
+        Ok(())
     })
 }
