@@ -3,8 +3,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use burn::tensor::Device;
 use common::annotation::{bundled_eval, copy_images, iou, object, page_mask, repo};
@@ -388,6 +391,79 @@ fn bad_requests_get_a_4xx_naming_what_is_wrong() {
     assert!(!dir.path().join("annotations.json").exists());
     // and the server still answers
     assert_eq!(http.get("/api/state").status, 200);
+    server.stop().unwrap();
+}
+
+/// One answer read off a raw connection: its status and body.
+fn raw_answer(reader: &mut impl BufRead) -> std::io::Result<(u16, String)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok());
+    let status = status.ok_or_else(|| std::io::Error::other(format!("no status in {line:?}")))?;
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A request refused before its body arrived (the body came in a TCP segment of its
+/// own) leaves its kept-alive connection open: the client's next request on it is
+/// answered. Until the server read bodies first, hyper closed such a connection and
+/// the next request failed ("peer disconnected") whenever the segments came apart.
+#[test]
+fn a_request_refused_before_its_body_arrived_keeps_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bundled_subset(dir.path(), 1);
+    let server = serve(dir.path(), &data, Vec::new());
+    let host = server.address;
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    write!(
+        stream,
+        "POST /api/images/0/encode?checkpoint=7 HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(b"{}").unwrap();
+    let (status, body) = raw_answer(&mut reader).unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no checkpoint 7"), "{body}");
+    let second = write!(stream, "GET /nowhere HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        .and_then(|()| raw_answer(&mut reader));
+    let (status, body) = second.expect("the connection answers a second request");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no such page"), "{body}");
+    // a body declared over the limit is refused as such, without waiting for it
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/predict HTTP/1.1\r\nHost: {host}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        3 << 20
+    )
+    .unwrap();
+    let (status, body) = raw_answer(&mut BufReader::new(stream)).unwrap();
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("over 2097152 bytes"), "{body}");
     server.stop().unwrap();
 }
 

@@ -2,9 +2,11 @@
 //! with axum's refusals turned into it, model work on blocking threads, PNG answers, and
 //! the checks of the image and checkpoint a request names.
 
+use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Json, Path, Query};
+use axum::extract::{Json, Path, Query, Request};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -57,6 +59,35 @@ impl From<crate::error::Error> for ApiError {
 }
 
 pub(super) type Answer<T> = Result<T, ApiError>;
+
+/// The largest request body read: axum's own limit for JSON bodies (the page's requests
+/// are a few hundred bytes).
+const BODY_LIMIT: usize = 2 << 20;
+
+/// Middleware that reads a request's whole body before the request is routed. hyper
+/// closes a kept-alive connection when an answer goes out before the body that came
+/// with the request has arrived, and the client's next request on that connection then
+/// fails ("peer disconnected"). Endpoints that take no body (encode, proposals) and
+/// refusals made before the body is read (a bad path or query) would otherwise do that
+/// whenever the body came in a TCP segment of its own.
+pub(super) async fn whole_body_first(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > BODY_LIMIT) {
+        let message = format!("the request body is over {BODY_LIMIT} bytes");
+        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => ApiError::bad_request(format!("reading the request body: {e}")).into_response(),
+    }
+}
 
 /// A refused extraction with axum's status, except that a body which is JSON but not
 /// the expected shape (422 there) is a 400 like any other bad body.

@@ -45,6 +45,7 @@ pub fn router(state: Shared) -> Router {
             get(review_picture),
         )
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn(answer::whole_body_first))
         .with_state(state)
 }
 
