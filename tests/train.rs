@@ -465,6 +465,48 @@ fn a_refused_resume_changes_nothing_on_disk() {
 }
 
 #[test]
+fn a_run_that_encodes_ahead_in_batches_trains_the_weights_of_one_encoding_in_its_epochs() {
+    // encode_batch = 5: the 12 images encoded before the first step (batches of 5, 5, 2),
+    // the epochs reading them back; encode_batch = 1: the first epoch encodes them
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    let cache = |name: &str| format!("cache.dir={:?}", dir.path().join(name));
+    let single = config_with(dir.path(), "single", 2, &[&cache("cache-single")]);
+    let batched = config_with(
+        dir.path(),
+        "batched",
+        2,
+        &[&cache("cache-batched"), "cache.encode_batch=5"],
+    );
+    train(&single, false, &AtomicBool::new(false)).unwrap();
+    train(&batched, false, &AtomicBool::new(false)).unwrap();
+    assert_same_tensors(
+        &run_dir(dir.path(), "single").join("last.safetensors"),
+        &run_dir(dir.path(), "batched").join("last.safetensors"),
+    );
+    let log = std::fs::read_to_string(dir.path().join("runs/batched/train.log")).unwrap();
+    assert!(
+        log.contains("12 images encoded ahead (5 per pass), 0 already held"),
+        "{log}"
+    );
+    // every read in the epochs and evaluations found its entry
+    assert!(log.contains(" hits, 0 misses"), "{log}");
+    // a second run finds them all
+    let again = config_with(
+        dir.path(),
+        "again",
+        1,
+        &[&cache("cache-batched"), "cache.encode_batch=5"],
+    );
+    train(&again, false, &AtomicBool::new(false)).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("runs/again/train.log")).unwrap();
+    assert!(
+        log.contains("0 images encoded ahead (5 per pass), 12 already held"),
+        "{log}"
+    );
+}
+
+#[test]
 fn embedding_in_batches_and_shards_fills_the_cache_as_one_image_at_a_time_does() {
     use samtune::train::embed::fill_cache;
     let dir = tempfile::tempdir().unwrap();

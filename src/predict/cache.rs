@@ -30,7 +30,8 @@ pub struct CacheConfig {
     /// How entries are stored: `f32` (exact), or `f16` / `bf16` (half the disk and read
     /// bandwidth; embeddings are rounded once, when written).
     pub dtype: CacheDtype,
-    /// Images `samtune embed` runs through the encoder together: on a GPU, one batch
+    /// Images `samtune embed` (and `train`, for the images its cache lacks before its
+    /// first step) runs through the encoder together: on a GPU, one batch
     /// launches each kernel once for all of them; on the CPU, whose kernels already keep
     /// every core busy on one image, 1.
     pub encode_batch: usize,
@@ -241,6 +242,12 @@ impl EmbeddingCache {
         let encoded = encode()?;
         self.store(image, &encoded)?;
         Ok(encoded)
+    }
+
+    /// Whether the cache has an entry for `image` (without reading it: a damaged entry
+    /// is found, and encoded again, by [`Self::lookup`]). Counts neither hit nor miss.
+    pub fn holds(&self, image: &Path) -> Result<bool> {
+        Ok(self.entry_path(image)?.is_file())
     }
 
     /// The cached embedding of `image` (a hit), or `None` (a miss, for [`Self::store`]).

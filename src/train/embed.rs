@@ -60,8 +60,28 @@ pub fn fill_cache(
         .filter(|(i, _)| i % shards == shard)
         .map(|(_, sample)| sample)
         .collect();
+    let images: Vec<&Path> = mine.iter().map(|s| s.image.as_path()).collect();
+    let bar = embed_bar(images.len(), progress);
+    let encoded = encode_missing(
+        &Predictor::new(&model),
+        &cache,
+        &images,
+        config.cache.encode_batch,
+        config.data.sample_intensity(),
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    Ok(EmbedOutcome {
+        dir: cache.dir().to_path_buf(),
+        encoded,
+        cached: images.len() - encoded,
+    })
+}
+
+/// The bar of images encoded (or found cached); hidden unless `progress`.
+pub(super) fn embed_bar(images: usize, progress: bool) -> ProgressBar {
     let bar = if progress {
-        ProgressBar::new(mine.len() as u64)
+        ProgressBar::new(images as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -69,28 +89,29 @@ pub fn fill_cache(
         ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
             .expect("a valid template"),
     );
+    bar
+}
+
+/// Encodes into `cache` each of `images` it does not hold, `batch` per encoder pass;
+/// returns how many it encoded.
+pub(super) fn encode_missing(
+    predictor: &Predictor,
+    cache: &EmbeddingCache,
+    images: &[&Path],
+    batch: usize,
+    intensity: IntensityScaling,
+    bar: &ProgressBar,
+) -> Result<usize> {
     let mut misses: Vec<&Path> = Vec::new();
-    for sample in &mine {
-        match cache.lookup(&sample.image, device)? {
-            Some(_) => bar.inc(1),
-            None => misses.push(&sample.image),
+    for &image in images {
+        if cache.holds(image)? {
+            bar.inc(1);
+        } else {
+            misses.push(image);
         }
     }
-    encode_into(
-        &Predictor::new(&model),
-        &cache,
-        &misses,
-        config.cache.encode_batch,
-        config.data.sample_intensity(),
-        &bar,
-    )?;
-    bar.finish_and_clear();
-    let (cached, encoded) = cache.stats();
-    Ok(EmbedOutcome {
-        dir: cache.dir().to_path_buf(),
-        encoded,
-        cached,
-    })
+    encode_into(predictor, cache, &misses, batch, intensity, bar)?;
+    Ok(misses.len())
 }
 
 /// Encodes `images` into `cache`, `batch` at a time; the next batch's files are decoded

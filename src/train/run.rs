@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checkpoints::{save_epoch, save_resume, EpochRecord, ResumePoint, RunDirs, TrainState};
 use super::config::{Task, TrainConfig};
+use super::embed::{embed_bar, encode_missing};
 use super::epoch_training::EpochTraining;
 use super::examples::{example_seed, BatchPlan, BatchStream, ClassTable, ExampleBuilder};
 use super::log::RunLog;
@@ -31,7 +32,7 @@ use crate::fsutil::{file_sha256, remove_stale_temps, write_bytes_atomic};
 use crate::model::lora::merged;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
-use crate::predict::EmbeddingCache;
+use crate::predict::{EmbeddingCache, Predictor};
 use crate::weights::load_sam_at;
 
 /// How the epoch loop ended.
@@ -185,6 +186,43 @@ impl<'a> Run<'a> {
             progress,
             semantic: self.classes.as_ref().map(|t| &t.classes),
         }
+    }
+
+    /// With `cache.encode_batch` > 1, encodes every image of the run (train, validation,
+    /// test) that the cache lacks before the first step, that many per encoder pass;
+    /// the epochs and evaluations then read them back. Otherwise the first epoch encodes
+    /// them one at a time, as its batches are drawn.
+    pub fn encode_ahead(&mut self) -> Result<()> {
+        let batch = self.config.cache.encode_batch;
+        let (Some(cache), Some(frozen)) = (&self.cache, &self.frozen) else {
+            return Ok(());
+        };
+        if batch <= 1 {
+            return Ok(());
+        }
+        let d = &self.data;
+        let images: Vec<&std::path::Path> = d
+            .train
+            .iter()
+            .chain(&d.val)
+            .chain(&d.test)
+            .map(|s| s.image.as_path())
+            .collect();
+        let bar = embed_bar(images.len(), true);
+        let encoded = encode_missing(
+            &Predictor::new(frozen),
+            cache,
+            &images,
+            batch,
+            self.config.data.sample_intensity(),
+            &bar,
+        )?;
+        bar.finish_and_clear();
+        self.log.line(&format!(
+            "embedding cache: {encoded} images encoded ahead ({batch} per pass), {} already held",
+            images.len() - encoded
+        ));
+        Ok(())
     }
 
     /// The base model on the validation set, once per run (kept across resumes).

@@ -27,6 +27,7 @@ pub fn train(config: &TrainConfig, resume: bool, interrupt: &AtomicBool) -> Resu
     // every device opens (or fails) before any work
     let devices = config.model.open_devices()?;
     let mut run = Run::start(config, resume, devices)?;
+    run.encode_ahead()?;
     run.zero_shot()?;
     let ending = run.epochs(interrupt)?;
     let report = run.finish(ending)?;
