@@ -61,3 +61,44 @@ fn eval_writes_json_markdown_html_and_overlays() {
         .unwrap()
         .contains("both empty"));
 }
+
+#[test]
+fn images_encoded_in_batches_score_as_one_at_a_time() {
+    // 5 images in batches of 2 (a last one of 1): every object's result, to the last bit
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, Domain::Target, 5, 64, 7).unwrap();
+    let checkpoint = fixtures_dir().join("tiny_sam.pth");
+    let eval = |name: &str, batch: &str| {
+        let out = dir.path().join(name);
+        let output = samtune([
+            "eval",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--encode-batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        (output, out)
+    };
+    let (single, one) = eval("single", "1");
+    let (batched, two) = eval("batched", "2");
+    for output in [&single, &batched] {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let objects =
+        |out: &std::path::Path| std::fs::read_to_string(out.join("objects.jsonl")).unwrap();
+    assert!(objects(&one).lines().count() >= 5);
+    assert_eq!(objects(&one), objects(&two));
+    let (refused, _) = eval("refused", "0");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--encode-batch"), "{stderr}");
+}

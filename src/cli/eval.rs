@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{open_device, EncoderArgs};
+use super::{open_device, EncodeBatchArgs, EncoderArgs};
 use crate::data::prompts::{Multimask, PromptConfig, PromptMode};
 use crate::data::DataConfig;
 use crate::device::DeviceSpec;
@@ -76,6 +76,8 @@ pub struct EvalArgs {
     pub device: DeviceSpec,
     #[command(flatten)]
     pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub batch: EncodeBatchArgs,
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -102,6 +104,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             seed: args.prompts.seed,
             overlays: args.overlays,
             semantic: classes.as_ref(),
+            encode_batch: args.batch.images(),
             out: &args.out,
         },
     )?;

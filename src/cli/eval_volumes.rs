@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::eval::EvalPromptArgs;
-use super::{open_device, EncoderArgs};
+use super::{open_device, EncodeBatchArgs, EncoderArgs};
 use crate::data::volumes::SliceAxis;
 use crate::device::DeviceSpec;
 use crate::eval::volumes::{evaluate_volumes, VolumesEvaluation};
@@ -46,6 +46,8 @@ pub struct EvalVolumesArgs {
     pub device: DeviceSpec,
     #[command(flatten)]
     pub encoder: EncoderArgs,
+    #[command(flatten)]
+    pub batch: EncodeBatchArgs,
     /// Gets report.{json,md,html}, predictions/*.nii.gz and pictures/.
     #[arg(long)]
     pub out: PathBuf,
@@ -80,6 +82,7 @@ pub fn run(args: EvalVolumesArgs) -> Result<()> {
             tolerance_mm: args.tolerance_mm,
             label_names: args.labels.iter().cloned().collect(),
             semantic: classes.as_ref(),
+            encode_batch: args.batch.images(),
             out: &args.out,
         },
     )?;

@@ -120,6 +120,22 @@ impl EncoderArgs {
     }
 }
 
+/// How many images the encoder takes in one pass, for the commands that encode a set.
+#[derive(Debug, Args)]
+pub struct EncodeBatchArgs {
+    /// Images (or slices) run through the encoder together, `[B, 3, S, S]`: on a GPU each
+    /// kernel is then launched once for all of them; on the CPU, whose kernels keep every
+    /// core busy on one image, keep 1. The results are those of one image at a time.
+    #[arg(long = "encode-batch", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    encode_batch: u16,
+}
+
+impl EncodeBatchArgs {
+    pub fn images(&self) -> usize {
+        self.encode_batch.into()
+    }
+}
+
 /// Opens the device of a `--device` argument and says which one it is.
 pub fn open_device(spec: DeviceSpec) -> Result<Device> {
     let chosen = spec.open()?;

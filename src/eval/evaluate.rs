@@ -15,7 +15,7 @@ use crate::model::Sam;
 use crate::predict::image::IntensityScaling;
 use crate::predict::semantic::{class_logits, Classes};
 use crate::predict::{
-    encode_image, tensor_values, BinaryMask, EmbeddingCache, EncodedImage, MaskPlanes, Predictor,
+    encode_images, tensor_values, BinaryMask, EmbeddingCache, EncodedImage, MaskPlanes, Predictor,
 };
 
 /// One image evaluated: each object's result, and (for pictures) its prompts, its ground
@@ -74,6 +74,9 @@ pub struct EvalSettings<'a> {
     /// A semantic model's classes: each image is predicted without prompts and scored
     /// per class (see [`evaluate_classes`]).
     pub semantic: Option<&'a Classes>,
+    /// Images run through the encoder together (`cache.encode_batch`, `--encode-batch`):
+    /// on a GPU, each kernel launched once for all of them.
+    pub encode_batch: usize,
 }
 
 /// Every object's result on `samples` (nothing else is kept).
@@ -100,9 +103,17 @@ pub fn evaluate_each(
 ) -> Result<()> {
     let predictor = Predictor::new(model);
     let bar = progress_bar(settings, samples.len());
-    for (index, sample) in samples.iter().enumerate() {
-        sink(index, evaluate_image(&predictor, sample, index, settings)?)?;
-        bar.inc(1);
+    let batch = settings.encode_batch.max(1);
+    for (first, chunk) in samples.chunks(batch).enumerate() {
+        let encoded = encode_samples(&predictor, chunk, settings)?;
+        for (offset, (sample, encoded)) in chunk.iter().zip(&encoded).enumerate() {
+            let index = first * batch + offset;
+            sink(
+                index,
+                evaluate_encoded(&predictor, sample, encoded, index, settings)?,
+            )?;
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
     Ok(())
@@ -131,15 +142,26 @@ pub fn evaluate_image(
     index: usize,
     settings: &EvalSettings,
 ) -> Result<ImageEval> {
+    let encoded = encode_samples(predictor, std::slice::from_ref(sample), settings)?;
+    evaluate_encoded(predictor, sample, &encoded[0], index, settings)
+}
+
+/// [`evaluate_image`] with the image already encoded.
+fn evaluate_encoded(
+    predictor: &Predictor,
+    sample: &Sample,
+    encoded: &EncodedImage,
+    index: usize,
+    settings: &EvalSettings,
+) -> Result<ImageEval> {
     if let Some(classes) = settings.semantic {
-        return evaluate_classes(predictor, sample, classes, settings);
+        return evaluate_classes(predictor, sample, encoded, classes);
     }
     let objects = sample.decode_objects()?;
     let prompts = evaluation_prompts(&objects, index, settings.prompts, settings.seed);
-    let encoded = encode_sample(predictor, sample, settings)?;
     let planes = predictor
         .predict(
-            &encoded,
+            encoded,
             &to_prompt_batch(&prompts),
             settings.prompts.multimask.for_prompts(&prompts),
         )?
@@ -172,20 +194,24 @@ pub fn evaluate_image(
     })
 }
 
-/// A sample's image encoded (through the cache) and checked against its indexed size.
-fn encode_sample(
+/// The samples' images encoded in one encoder pass (through the cache), each checked
+/// against its indexed size.
+fn encode_samples(
     predictor: &Predictor,
-    sample: &Sample,
+    samples: &[Sample],
     settings: &EvalSettings,
-) -> Result<EncodedImage> {
-    let encoded = encode_image(
+) -> Result<Vec<EncodedImage>> {
+    let paths: Vec<&std::path::Path> = samples.iter().map(|s| s.image.as_path()).collect();
+    let encoded = encode_images(
         predictor.model(),
-        &sample.image,
+        &paths,
         settings.cache,
         settings.intensity,
         &predictor.device(),
     )?;
-    sample.check_image_size(encoded.original_size)?;
+    for (sample, encoded) in samples.iter().zip(&encoded) {
+        sample.check_image_size(encoded.original_size)?;
+    }
     Ok(encoded)
 }
 
@@ -198,12 +224,11 @@ fn encode_sample(
 pub fn evaluate_classes(
     predictor: &Predictor,
     sample: &Sample,
+    encoded: &EncodedImage,
     classes: &Classes,
-    settings: &EvalSettings,
 ) -> Result<ImageEval> {
     let truth = sample.class_map(classes, &classes.index_of_values())?;
-    let encoded = encode_sample(predictor, sample, settings)?;
-    let logits = tensor_values(class_logits(predictor.model(), &encoded))?;
+    let logits = tensor_values(class_logits(predictor.model(), encoded))?;
     let [height, width] = encoded.original_size;
     let pixels = height * width;
     let outputs = classes.len() + 1;

@@ -33,6 +33,8 @@ pub struct SetEvaluation<'a> {
     pub overlays: usize,
     /// A semantic model's classes: each image segmented without prompts, scored per class.
     pub semantic: Option<&'a Classes>,
+    /// Images run through the encoder together.
+    pub encode_batch: usize,
     /// Gets `report.{json,md,html}`, `objects.jsonl`, `review.jsonl` and `overlays/`.
     pub out: &'a Path,
 }
@@ -67,6 +69,7 @@ pub fn evaluate_set(
         seed: job.seed,
         progress: true,
         semantic: job.semantic,
+        encode_batch: job.encode_batch,
     };
     let (results, pictures, confusion) = stream_results(model, &samples, &settings, job)?;
     let overlays = save_pictures(job.out, pictures)?;

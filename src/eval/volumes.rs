@@ -230,6 +230,8 @@ pub struct VolumesEvaluation<'a> {
     pub label_names: BTreeMap<u16, String>,
     /// A semantic model's classes: every slice segmented without prompts.
     pub semantic: Option<&'a Classes>,
+    /// Slices run through the encoder together.
+    pub encode_batch: usize,
     /// Gets `report.{json,md,html}`, `predictions/*.nii.gz` and `pictures/`.
     pub out: &'a Path,
 }
@@ -262,6 +264,7 @@ pub fn evaluate_volumes(
             seed: job.seed,
             progress: false,
             semantic: job.semantic,
+            encode_batch: job.encode_batch,
         },
     };
     for sub in ["predictions", "pictures"] {

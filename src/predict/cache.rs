@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -116,14 +117,43 @@ pub fn encode_image(
     intensity: IntensityScaling,
     device: &Device,
 ) -> Result<EncodedImage> {
-    let encode = || -> Result<EncodedImage> {
-        let image = load_rgb(path, intensity)?;
-        Ok(Predictor::new(model).encode(&image))
+    let mut encoded = encode_images(model, &[path], cache, intensity, device)?;
+    Ok(encoded.pop().expect("one image in, one out"))
+}
+
+/// Encodes the images at `paths` in one encoder pass (through the cache when given: only
+/// the images it lacks are encoded, and then stored), in the order of `paths`.
+pub fn encode_images(
+    model: &Sam,
+    paths: &[&Path],
+    cache: Option<&EmbeddingCache>,
+    intensity: IntensityScaling,
+    device: &Device,
+) -> Result<Vec<EncodedImage>> {
+    let mut found: Vec<Option<EncodedImage>> = match cache {
+        Some(cache) => paths
+            .iter()
+            .map(|path| cache.lookup(path, device))
+            .collect::<Result<_>>()?,
+        None => paths.iter().map(|_| None).collect(),
     };
-    match cache {
-        Some(cache) => cache.get_or_encode(path, device, encode),
-        None => encode(),
+    let missing: Vec<usize> = (0..paths.len()).filter(|&i| found[i].is_none()).collect();
+    if !missing.is_empty() {
+        let images: Vec<RgbImage> = missing
+            .iter()
+            .map(|&i| load_rgb(paths[i], intensity))
+            .collect::<Result<_>>()?;
+        for (&i, encoded) in missing
+            .iter()
+            .zip(Predictor::new(model).encode_batch(&images))
+        {
+            if let Some(cache) = cache {
+                cache.store(paths[i], &encoded)?;
+            }
+            found[i] = Some(encoded);
+        }
     }
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Bumped whenever preprocessing or the encoder's numerics change.

@@ -8,7 +8,7 @@ pub mod predictor;
 pub mod semantic;
 pub mod transforms;
 
-pub use cache::{encode_image, CacheConfig, EmbeddingCache};
+pub use cache::{encode_image, encode_images, CacheConfig, EmbeddingCache};
 pub use mask::BinaryMask;
 pub use predictor::{EncodedImage, MaskPlanes, Prediction, Predictor, PromptBatch};
 

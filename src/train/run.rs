@@ -185,6 +185,7 @@ impl<'a> Run<'a> {
             seed: self.config.train.seed,
             progress,
             semantic: self.classes.as_ref().map(|t| &t.classes),
+            encode_batch: self.config.cache.encode_batch,
         }
     }
 
