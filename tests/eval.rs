@@ -2,8 +2,27 @@
 
 mod common;
 
+use std::path::Path;
+use std::process::Output;
+
 use common::{fixtures_dir, samtune};
 use samtune::data::synthetic::{write_dataset, Domain};
+
+/// `samtune eval` of the tiny fixture checkpoint on `data`, into `out`.
+fn eval(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let checkpoint = fixtures_dir().join("tiny_sam.pth");
+    let mut args = vec![
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    samtune(args)
+}
 
 #[test]
 fn eval_writes_json_markdown_html_and_overlays() {
@@ -11,20 +30,7 @@ fn eval_writes_json_markdown_html_and_overlays() {
     let data = dir.path().join("data");
     write_dataset(&data, Domain::Target, 3, 64, 5).unwrap();
     let out = dir.path().join("eval");
-    let checkpoint = fixtures_dir().join("tiny_sam.pth");
-    let output = samtune([
-        "eval",
-        "--checkpoint",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--prompts",
-        "box-points",
-        "--overlays",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output = eval(&data, &out, &["--prompts", "box-points", "--overlays", "1"]);
     assert!(
         output.status.success(),
         "{}",
@@ -68,24 +74,12 @@ fn images_encoded_in_batches_score_as_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, Domain::Target, 5, 64, 7).unwrap();
-    let checkpoint = fixtures_dir().join("tiny_sam.pth");
-    let eval = |name: &str, batch: &str| {
+    let batched_eval = |name: &str, batch: &str| {
         let out = dir.path().join(name);
-        let output = samtune([
-            "eval",
-            "--checkpoint",
-            checkpoint.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--encode-batch",
-            batch,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        (output, out)
+        (eval(&data, &out, &["--encode-batch", batch]), out)
     };
-    let (single, one) = eval("single", "1");
-    let (batched, two) = eval("batched", "2");
+    let (single, one) = batched_eval("single", "1");
+    let (batched, two) = batched_eval("batched", "2");
     for output in [&single, &batched] {
         assert!(
             output.status.success(),
@@ -97,7 +91,7 @@ fn images_encoded_in_batches_score_as_one_at_a_time() {
         |out: &std::path::Path| std::fs::read_to_string(out.join("objects.jsonl")).unwrap();
     assert!(objects(&one).lines().count() >= 5);
     assert_eq!(objects(&one), objects(&two));
-    let (refused, _) = eval("refused", "0");
+    let (refused, _) = batched_eval("refused", "0");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--encode-batch"), "{stderr}");

@@ -97,35 +97,26 @@ fn ct_volumes_train_into_a_two_organ_segmenter_without_prompts() {
     // 3D on held-out scans, every slice segmented: Dice, IoU and NSD per organ (measured:
     // Dice 0.78 / 0.77, NSD 0.84 / 0.80), and the predicted label volumes hold only the
     // organs' label values
-    let eval3d = dir.path().join("eval3d");
-    run_ok(&[
-        "eval-volumes",
-        "--checkpoint",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--intensity",
-        "ct-soft-tissue",
-        "--out",
-        eval3d.to_str().unwrap(),
-    ]);
-    let volumes = json(&eval3d.join("report.json"));
+    let eval_volumes = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "eval-volumes",
+            "--checkpoint",
+            best.to_str().unwrap(),
+            "--data",
+            test.to_str().unwrap(),
+            "--intensity",
+            "ct-soft-tissue",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run_ok(&args);
+        json(&out.join("report.json"))
+    };
+    let volumes = eval_volumes("eval3d", &[]);
     // slices through the encoder 5 at a time: the same voxels, the same scores
-    let batched = dir.path().join("eval3d-batched");
-    run_ok(&[
-        "eval-volumes",
-        "--checkpoint",
-        best.to_str().unwrap(),
-        "--data",
-        test.to_str().unwrap(),
-        "--intensity",
-        "ct-soft-tissue",
-        "--encode-batch",
-        "5",
-        "--out",
-        batched.to_str().unwrap(),
-    ]);
-    let batched = json(&batched.join("report.json"));
+    let batched = eval_volumes("eval3d-batched", &["--encode-batch", "5"]);
     for key in ["results", "per_label", "confusion", "overall"] {
         assert_eq!(volumes[key], batched[key], "{key}");
     }
@@ -150,7 +141,7 @@ fn ct_volumes_train_into_a_two_organ_segmenter_without_prompts() {
             "{voxels}"
         );
     }
-    for entry in std::fs::read_dir(eval3d.join("predictions")).unwrap() {
+    for entry in std::fs::read_dir(dir.path().join("eval3d/predictions")).unwrap() {
         let predicted = read_nifti(&entry.unwrap().path()).unwrap();
         assert!(predicted.data.iter().all(|&v| [0.0, 1.0, 2.0].contains(&v)));
         assert!(predicted.data.contains(&1.0) && predicted.data.contains(&2.0));

@@ -92,8 +92,9 @@ pub(super) fn embed_bar(images: usize, progress: bool) -> ProgressBar {
     bar
 }
 
-/// Encodes into `cache` each of `images` it does not hold, `batch` per encoder pass;
-/// returns how many it encoded.
+/// Encodes into `cache` each of `images` it does not hold, `batch` per encoder pass, and
+/// returns how many it encoded; the next batch's files are decoded on a thread of their
+/// own meanwhile, so that the device does not wait for them.
 pub(super) fn encode_missing(
     predictor: &Predictor,
     cache: &EmbeddingCache,
@@ -110,24 +111,11 @@ pub(super) fn encode_missing(
             misses.push(image);
         }
     }
-    encode_into(predictor, cache, &misses, batch, intensity, bar)?;
-    Ok(misses.len())
-}
-
-/// Encodes `images` into `cache`, `batch` at a time; the next batch's files are decoded
-/// on a thread of their own meanwhile, so that the device does not wait for them.
-fn encode_into(
-    predictor: &Predictor,
-    cache: &EmbeddingCache,
-    images: &[&Path],
-    batch: usize,
-    intensity: IntensityScaling,
-    bar: &ProgressBar,
-) -> Result<()> {
+    let misses = &misses;
     std::thread::scope(|scope| {
         let (decoded, batches) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || {
-            for paths in images.chunks(batch.max(1)) {
+            for paths in misses.chunks(batch.max(1)) {
                 let pixels: Result<Vec<_>> =
                     paths.iter().map(|path| load_rgb(path, intensity)).collect();
                 if decoded.send((paths, pixels)).is_err() {
@@ -141,6 +129,6 @@ fn encode_into(
                 bar.inc(1);
             }
         }
-        Ok(())
+        Ok(misses.len())
     })
 }
