@@ -3,7 +3,7 @@
 //! The crate is layered, each layer importing only those before it:
 //! `model` < `weights` < `predict` < `data` < `eval` < `annotate` < `train` < `serve` < `bench`
 //! < `cli`,
-//! with `error`, `device` and the file helpers beside them all (`tests/layers.rs` checks
+//! with `error`, `device`, the file helpers and the progress bars beside them all (`tests/layers.rs` checks
 //! it). What a Rust user calls is re-exported here:
 //!
 //! ```no_run
@@ -36,6 +36,7 @@ pub(crate) mod fsutil;
 mod llvm_stubs;
 pub mod model;
 pub mod predict;
+pub(crate) mod progress;
 pub mod serve;
 pub mod train;
 pub mod weights;

@@ -1,5 +1,5 @@
 //! The layering of `src/` (lib.rs states it): each layer imports only the layers before
-//! it; the modules beside the layers (`error`, `device`, `fsutil`, `alloc`) import none,
+//! it; the modules beside the layers (`error`, `device`, `fsutil`, `progress`, `alloc`) import none,
 //! except that `error` names the error types of the layers it wraps.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&str; 10] = [
     "model", "weights", "predict", "data", "eval", "annotate", "train", "serve", "bench", "cli",
 ];
-const BESIDE: [&str; 5] = ["error", "device", "fsutil", "alloc", "llvm_stubs"];
+const BESIDE: [&str; 6] = [
+    "error",
+    "device",
+    "fsutil",
+    "progress",
+    "alloc",
+    "llvm_stubs",
+];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

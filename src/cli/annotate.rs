@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{open_device, EncoderArgs};
 use crate::annotate::coco_output::{CocoImage, CocoWriter};
@@ -16,6 +15,7 @@ use crate::fsutil::{save_png, write_bytes_atomic};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::overlay::overlay_masks;
 use crate::predict::Predictor;
+use crate::progress::count_bar;
 use crate::weights::{load_sam, VariantChoice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,13 +127,7 @@ pub fn run(args: AnnotateArgs) -> Result<()> {
     let generator = MaskGenerator::new(Predictor::new(&model), settings)?;
     std::fs::create_dir_all(args.out.join("overlays"))
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let bar = ProgressBar::new(files.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "annotate {bar:30} {pos}/{len} images  {msg}  {per_sec} ETA {eta}",
-        )
-        .expect("valid template"),
-    );
+    let bar = count_bar("annotate", files.len(), "images", true);
     let mut coco = CocoWriter::new();
     for (i, file) in files.iter().enumerate() {
         let image = load_rgb(file, args.intensity)?;

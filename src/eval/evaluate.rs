@@ -1,7 +1,7 @@
 //! Predict every object of a labeled set with fixed, seeded prompts and score it, one
 //! image at a time: an image's masks are decoded when it is evaluated and dropped after.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -17,6 +17,7 @@ use crate::predict::semantic::{class_logits, Classes};
 use crate::predict::{
     encode_images, tensor_values, BinaryMask, EmbeddingCache, EncodedImage, MaskPlanes, Predictor,
 };
+use crate::progress::count_bar;
 
 /// One image evaluated: each object's result, and (for pictures) its prompts, its ground
 /// truth and the predicted masks; the caller keeps what it needs.
@@ -121,16 +122,7 @@ pub fn evaluate_each(
 
 /// The bar of an evaluation of `images` images (hidden unless `settings.progress`).
 pub fn progress_bar(settings: &EvalSettings, images: usize) -> ProgressBar {
-    let bar = if settings.progress {
-        ProgressBar::new(images as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("eval {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
-            .expect("a valid template"),
-    );
-    bar
+    count_bar("eval", images, "images", settings.progress)
 }
 
 /// One image (the `index`-th of its set, which seeds its prompts): every object predicted

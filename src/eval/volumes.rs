@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use image::RgbImage;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::evaluate::{evaluate_each, EvalSettings, ImageEval};
@@ -26,6 +25,7 @@ use crate::fsutil::save_png;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::semantic::Classes;
+use crate::progress::count_bar;
 
 /// One label of one volume.
 #[derive(Debug, Clone, Serialize)]
@@ -271,11 +271,7 @@ pub fn evaluate_volumes(
         std::fs::create_dir_all(job.out.join(sub))
             .with_context(|| format!("creating {}", job.out.join(sub).display()))?;
     }
-    let bar = ProgressBar::new(pairs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("eval {bar:30} {pos}/{len} volumes  {msg}  ETA {eta}")
-            .expect("a valid template"),
-    );
+    let bar = count_bar("eval", pairs.len(), "volumes", true);
     let mut results = Vec::new();
     let mut pictures = Vec::new();
     let mut confusion: Option<Confusion> = None;

@@ -259,21 +259,6 @@ impl EmbeddingCache {
         Ok(hash)
     }
 
-    /// The cached embedding of `image`, or `encode()`'s result, stored for next time.
-    pub fn get_or_encode(
-        &self,
-        image: &Path,
-        device: &Device,
-        encode: impl FnOnce() -> Result<EncodedImage>,
-    ) -> Result<EncodedImage> {
-        if let Some(encoded) = self.lookup(image, device)? {
-            return Ok(encoded);
-        }
-        let encoded = encode()?;
-        self.store(image, &encoded)?;
-        Ok(encoded)
-    }
-
     /// Whether the cache has an entry for `image` (without reading it: a damaged entry
     /// is found, and encoded again, by [`Self::lookup`]). Counts neither hit nor miss.
     pub fn holds(&self, image: &Path) -> Result<bool> {
@@ -380,13 +365,14 @@ mod tests {
         let architecture = crate::model::SamVariant::VitB.architecture();
         let device = Device::flex();
         let encodes = Cell::new(0);
+        // what `encode_images` does with each image: a lookup, else an encoding stored
         let get = |cache: &EmbeddingCache, value: f32| {
-            cache
-                .get_or_encode(&image, &device, || {
-                    encodes.set(encodes.get() + 1);
-                    Ok(encoded(value))
-                })
-                .unwrap()
+            cache.lookup(&image, &device).unwrap().unwrap_or_else(|| {
+                encodes.set(encodes.get() + 1);
+                let fresh = encoded(value);
+                cache.store(&image, &fresh).unwrap();
+                fresh
+            })
         };
         let open_in = |scaling, precision| {
             let sha = file_sha256(&checkpoint).unwrap();
@@ -479,20 +465,20 @@ mod tests {
                 Precision::F32,
             )
             .unwrap();
-            let encode = || {
-                Ok(EncodedImage {
-                    embedding: Tensor::from_data(
-                        TensorData::new(values.clone(), [1, 2, 2, 2]),
-                        &device,
-                    ),
-                    original_size: [3, 4],
-                    input_size: [6, 8],
-                })
+            let written = EncodedImage {
+                embedding: Tensor::from_data(
+                    TensorData::new(values.clone(), [1, 2, 2, 2]),
+                    &device,
+                ),
+                original_size: [3, 4],
+                input_size: [6, 8],
             };
-            cache.get_or_encode(&image, &device, encode).unwrap();
-            let read = cache
-                .get_or_encode(&image, &device, || panic!("a hit"))
-                .unwrap();
+            assert!(
+                cache.lookup(&image, &device).unwrap().is_none(),
+                "{dtype:?}: empty"
+            );
+            cache.store(&image, &written).unwrap();
+            let read = cache.lookup(&image, &device).unwrap().expect("a hit");
             let read = tensor_values(read.embedding).unwrap();
             let expected: Vec<f32> = values.iter().map(|&v| round(v)).collect();
             assert_eq!(read, expected, "{dtype:?}");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use super::config::TrainConfig;
 use crate::data::dataset::Sample;
@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::fsutil::file_sha256;
 use crate::predict::image::{load_rgb, IntensityScaling};
 use crate::predict::{EmbeddingCache, Predictor};
+use crate::progress::count_bar;
 use crate::weights::load_sam_at;
 
 /// What filling the cache did.
@@ -61,7 +62,7 @@ pub fn fill_cache(
         .map(|(_, sample)| sample)
         .collect();
     let images: Vec<&Path> = mine.iter().map(|s| s.image.as_path()).collect();
-    let bar = embed_bar(images.len(), progress);
+    let bar = count_bar("embed", images.len(), "images", progress);
     let encoded = encode_missing(
         &Predictor::new(&model),
         &cache,
@@ -76,20 +77,6 @@ pub fn fill_cache(
         encoded,
         cached: images.len() - encoded,
     })
-}
-
-/// The bar of images encoded (or found cached); hidden unless `progress`.
-pub(super) fn embed_bar(images: usize, progress: bool) -> ProgressBar {
-    let bar = if progress {
-        ProgressBar::new(images as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("embed {bar:30} {pos}/{len} images {per_sec} ETA {eta}")
-            .expect("a valid template"),
-    );
-    bar
 }
 
 /// Encodes into `cache` each of `images` it does not hold, `batch` per encoder pass, and

@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoints::{save_epoch, save_resume, EpochRecord, ResumePoint, RunDirs, TrainState};
 use super::config::{Task, TrainConfig};
-use super::embed::{embed_bar, encode_missing};
+use super::embed::encode_missing;
 use super::epoch_training::EpochTraining;
 use super::examples::{example_seed, BatchPlan, BatchStream, ClassTable, ExampleBuilder};
 use super::log::RunLog;
@@ -33,6 +33,7 @@ use crate::model::lora::merged;
 use crate::model::{Architecture, Sam};
 use crate::predict::image::load_rgb;
 use crate::predict::{EmbeddingCache, Predictor};
+use crate::progress::count_bar;
 use crate::weights::load_sam_at;
 
 /// How the epoch loop ended.
@@ -209,7 +210,7 @@ impl<'a> Run<'a> {
             .chain(&d.test)
             .map(|s| s.image.as_path())
             .collect();
-        let bar = embed_bar(images.len(), true);
+        let bar = count_bar("embed", images.len(), "images", true);
         let encoded = encode_missing(
             &Predictor::new(frozen),
             cache,
@@ -572,15 +573,12 @@ impl<'a> Run<'a> {
 }
 
 fn epoch_bar(batches: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    let bar = ProgressBar::new(batches as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} {bar:30} {pos}/{len} batches  {msg}  {per_sec} ETA {eta}",
-        )
-        .expect("a valid template"),
-    );
-    bar.set_prefix(format!("{}/{epochs}", epoch + 1));
-    bar
+    count_bar(
+        &format!("epoch {}/{epochs}", epoch + 1),
+        batches,
+        "batches",
+        true,
+    )
 }
 
 /// Reads back the losses of the batches trained since the last read: the log and
