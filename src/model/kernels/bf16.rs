@@ -34,10 +34,22 @@ const BLOCK: usize = 32;
 const TASK_ROWS: usize = 4 * BLOCK;
 
 /// Whether this CPU has AMX tiles with bf16 products and the OS lets this process use
-/// them (asked once).
+/// them (asked once), and the AVX-512 extensions the element-wise bf16 kernels use
+/// (every CPU with AMX has them).
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(amx_permitted)
+    *AVAILABLE.get_or_init(|| avx512_bf16() && amx_permitted())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_bf16() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512bf16") && has!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512_bf16() -> bool {
+    false
 }
 
 /// Whether the CPU has AMX with bf16 and Linux grants this process the tile state.
@@ -149,37 +161,34 @@ impl Left {
     /// # Safety
     /// `m` describes live f32 values.
     pub unsafe fn fill(&mut self, m: Strided, scale: f32) {
-        self.fill_each(m, |_| scale)
-    }
-
-    /// Row-major `rows x columns` values, row `i` times `scales[i]`.
-    pub fn fill_rows_scaled(&mut self, values: &[f32], columns: usize, scales: &[f32]) {
-        let m = Strided::rows_of(values, scales.len(), columns);
-        // SAFETY: `m` lies within `values`.
-        unsafe { self.fill_each(m, |i| scales[i]) }
-    }
-
-    /// [`Self::fill`] with row `i` times `scale(i)`.
-    ///
-    /// # Safety
-    /// As [`Self::fill`].
-    unsafe fn fill_each(&mut self, m: Strided, scale: impl Fn(usize) -> f32) {
-        let depth = padded(m.columns, TILE_DEPTH);
-        // the padding of a fill of the same shape is still zero: only the values change
-        if (self.rows, self.columns) != (m.rows, m.columns) || self.values.is_empty() {
-            self.values.clear();
-            self.values.resize(padded(m.rows, BLOCK) * depth, 0);
-        }
-        (self.rows, self.columns, self.depth) = (m.rows, m.columns, depth);
-        for (i, row) in self.values.chunks_exact_mut(depth).take(m.rows).enumerate() {
+        self.fill_rows_with(m.rows, m.columns, |i, row| {
             if m.column_stride == 1 {
-                round_row(&mut row[..m.columns], m.row(i), scale(i));
+                round_row(row, m.row(i), scale);
             } else {
-                let scale = scale(i);
-                for (j, value) in row[..m.columns].iter_mut().enumerate() {
+                for (j, value) in row.iter_mut().enumerate() {
                     *value = to_bf16(scale * m.at(i, j));
                 }
             }
+        })
+    }
+
+    /// Refills `self` as `rows x columns`, `write(i, row)` writing the bf16 values of
+    /// row `i` (all `columns` of them).
+    pub fn fill_rows_with(
+        &mut self,
+        rows: usize,
+        columns: usize,
+        mut write: impl FnMut(usize, &mut [u16]),
+    ) {
+        let depth = padded(columns, TILE_DEPTH);
+        // the padding of a fill of the same shape is still zero: only the values change
+        if (self.rows, self.columns) != (rows, columns) || self.values.is_empty() {
+            self.values.clear();
+            self.values.resize(padded(rows, BLOCK) * depth, 0);
+        }
+        (self.rows, self.columns, self.depth) = (rows, columns, depth);
+        for (i, row) in self.values.chunks_exact_mut(depth).take(rows).enumerate() {
+            write(i, &mut row[..columns]);
         }
     }
 

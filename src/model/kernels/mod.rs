@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod bf16_softmax;
 pub mod bilinear;
 pub mod broadcast_add;
 pub mod gelu;

@@ -70,7 +70,7 @@ pub(crate) fn softmax_in_place(row: &mut [f32]) {
 
 /// `row` replaced by `e^(x - max)`, the softmax before its normalisation; their sum.
 #[inline(always)]
-pub(crate) fn exps_in_place(row: &mut [f32]) -> f32 {
+fn exps_in_place(row: &mut [f32]) -> f32 {
     let max = max_of(row);
     for value in row.iter_mut() {
         *value = exp(*value - max);
