@@ -121,26 +121,16 @@ fn lanes(remaining: usize) -> u16 {
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn exp_of_non_positive(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use super::{EXP_TAYLOR, LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
-    // ln 2 split so that n * LN2_HI is exact (as in `super::exp`)
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for coefficient in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    let mut p = _mm512_set1_ps(EXP_TAYLOR[0]);
+    for &coefficient in &EXP_TAYLOR[1..] {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
     }
     _mm512_scalef_ps(p, n)
@@ -152,7 +142,7 @@ mod tests {
     use crate::model::kernels::bf16::{available, to_bf16};
 
     fn bf16_value(bits: u16) -> f32 {
-        f32::from_bits((bits as u32) << 16)
+        half::bf16::from_bits(bits).to_f32()
     }
 
     /// Rows of every length the kernel's pieces split differently (whole pieces of 16,
