@@ -13,6 +13,7 @@ use super::common::{
     MlpBlockConfig,
 };
 use super::kernels::attention::{attention, RelPosBias};
+use super::kernels::matmul::matmul;
 use super::precision::Precision;
 
 /// Official defaults are those of `build_sam.py` (ViT-B); see [`crate::model::SamVariant`]
@@ -382,23 +383,19 @@ pub fn decomposed_rel_pos(
     let rw = get_rel_pos(qw, kw, rel_pos_w); // [qw, kw, C]
     let [n, _, dim] = q.dims();
     let r_q = q.reshape([n, qh, qw, dim]);
+    // each table broadcast over the N heads as a view: the products read the queries in
+    // place, with no permuted copies of them (a tenth of the bf16 encoder's time before)
+    let table = |r: Tensor<3>, [size, keys]: [usize; 2]| {
+        r.swap_dims(1, 2)
+            .unsqueeze_dim::<4>(0)
+            .expand([n, size, dim, keys])
+    };
 
-    // einsum("bhwc,hkc->bhwk"): a batched matmul over the query row
-    let rows = r_q
-        .clone()
-        .permute([1, 0, 2, 3])
-        .reshape([qh, n * qw, dim])
-        .matmul(rh.swap_dims(1, 2))
-        .reshape([qh, n, qw, kh])
-        .permute([1, 0, 2, 3])
-        .reshape([n, qh * qw, kh]);
-    // einsum("bhwc,wkc->bhwk"): a batched matmul over the query column
-    let columns = r_q
-        .permute([2, 0, 1, 3])
-        .reshape([qw, n * qh, dim])
-        .matmul(rw.swap_dims(1, 2))
-        .reshape([qw, n, qh, kw])
-        .permute([1, 2, 0, 3])
+    // einsum("bhwc,hkc->bhwk"): products batched over (head, query row)
+    let rows = matmul(r_q.clone(), table(rh, [qh, kh])).reshape([n, qh * qw, kh]);
+    // einsum("bhwc,wkc->bhwk"): products batched over (head, query column)
+    let columns = matmul(r_q.swap_dims(1, 2), table(rw, [qw, kw]))
+        .swap_dims(1, 2)
         .reshape([n, qh * qw, kw]);
     RelPosBias { rows, columns }
 }
