@@ -32,58 +32,67 @@ fn on_threads(threads: usize, f: fn()) -> f64 {
 
 const FMA_ITERATIONS: usize = 20_000_000;
 
-/// 12 independent 16-lane FMAs an iteration (enough to cover the FMA latency on two
-/// pipes): 12 x 16 x 2 FLOP.
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_avx512() {
-    asm!(
-        "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
-        "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
-        "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
-        "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
-        "2:",
-        "vfmadd231ps zmm0, zmm12, zmm13", "vfmadd231ps zmm1, zmm12, zmm13",
-        "vfmadd231ps zmm2, zmm12, zmm13", "vfmadd231ps zmm3, zmm12, zmm13",
-        "vfmadd231ps zmm4, zmm12, zmm13", "vfmadd231ps zmm5, zmm12, zmm13",
-        "vfmadd231ps zmm6, zmm12, zmm13", "vfmadd231ps zmm7, zmm12, zmm13",
-        "vfmadd231ps zmm8, zmm12, zmm13", "vfmadd231ps zmm9, zmm12, zmm13",
-        "vfmadd231ps zmm10, zmm12, zmm13", "vfmadd231ps zmm11, zmm12, zmm13",
-        "dec {n}", "jnz 2b",
-        n = inout(reg) FMA_ITERATIONS => _,
-        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-        out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-        out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
-        options(nostack, nomem),
-    );
+/// A loop of 12 independent FMAs on the vector registers `$r` (`zmm` or `ymm`) an
+/// iteration: enough of them to cover the FMA latency on two pipes. All start at zero (no
+/// subnormal operands).
+macro_rules! fma_loop {
+    ($r:literal) => {
+        asm!(
+            concat!("vxorps ", $r, "0, ", $r, "0, ", $r, "0"),
+            concat!("vxorps ", $r, "1, ", $r, "1, ", $r, "1"),
+            concat!("vxorps ", $r, "2, ", $r, "2, ", $r, "2"),
+            concat!("vxorps ", $r, "3, ", $r, "3, ", $r, "3"),
+            concat!("vxorps ", $r, "4, ", $r, "4, ", $r, "4"),
+            concat!("vxorps ", $r, "5, ", $r, "5, ", $r, "5"),
+            concat!("vxorps ", $r, "6, ", $r, "6, ", $r, "6"),
+            concat!("vxorps ", $r, "7, ", $r, "7, ", $r, "7"),
+            concat!("vxorps ", $r, "8, ", $r, "8, ", $r, "8"),
+            concat!("vxorps ", $r, "9, ", $r, "9, ", $r, "9"),
+            concat!("vxorps ", $r, "10, ", $r, "10, ", $r, "10"),
+            concat!("vxorps ", $r, "11, ", $r, "11, ", $r, "11"),
+            concat!("vxorps ", $r, "12, ", $r, "12, ", $r, "12"),
+            concat!("vxorps ", $r, "13, ", $r, "13, ", $r, "13"),
+            "2:",
+            concat!("vfmadd231ps ", $r, "0, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "1, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "2, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "3, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "4, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "5, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "6, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "7, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "8, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "9, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "10, ", $r, "12, ", $r, "13"),
+            concat!("vfmadd231ps ", $r, "11, ", $r, "12, ", $r, "13"),
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) FMA_ITERATIONS => _,
+            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _, out("xmm4") _,
+            out("xmm5") _, out("xmm6") _, out("xmm7") _, out("xmm8") _, out("xmm9") _,
+            out("xmm10") _, out("xmm11") _, out("xmm12") _, out("xmm13") _,
+            options(nostack, nomem),
+        )
+    };
 }
 
-/// As [`fma_avx512`] on 8 lanes.
+/// [`fma_loop`] on 16 lanes: 12 x 16 x 2 FLOP an iteration.
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512() {
+    fma_loop!("zmm");
+}
+
+/// [`fma_loop`] on 8 lanes.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2() {
-    asm!(
-        "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
-        "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
-        "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
-        "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
-        "2:",
-        "vfmadd231ps ymm0, ymm12, ymm13", "vfmadd231ps ymm1, ymm12, ymm13",
-        "vfmadd231ps ymm2, ymm12, ymm13", "vfmadd231ps ymm3, ymm12, ymm13",
-        "vfmadd231ps ymm4, ymm12, ymm13", "vfmadd231ps ymm5, ymm12, ymm13",
-        "vfmadd231ps ymm6, ymm12, ymm13", "vfmadd231ps ymm7, ymm12, ymm13",
-        "vfmadd231ps ymm8, ymm12, ymm13", "vfmadd231ps ymm9, ymm12, ymm13",
-        "vfmadd231ps ymm10, ymm12, ymm13", "vfmadd231ps ymm11, ymm12, ymm13",
-        "dec {n}", "jnz 2b",
-        n = inout(reg) FMA_ITERATIONS => _,
-        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
-        out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-        out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _,
-        options(nostack, nomem),
-    );
+    fma_loop!("ymm");
 }
 
 const TILE_ITERATIONS: usize = 1_000_000;
 
-/// Tile configuration: palette 1, eight tiles of 16 rows of 64 bytes.
+/// Tile configuration: palette 1, eight tiles of 16 rows of 64 bytes (as
+/// `src/model/kernels/bf16.rs` configures them; repeated here because this program
+/// builds without the crate).
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
@@ -164,12 +173,18 @@ fn main() {
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512 F (checked).
         let seconds = on_threads(threads, || unsafe { fma_avx512() });
-        println!("fp32 FMA peak (AVX-512): {:.0} GFLOP/s", gflops(fma_flop(16), seconds));
+        println!(
+            "fp32 FMA peak (AVX-512): {:.0} GFLOP/s",
+            gflops(fma_flop(16), seconds)
+        );
     }
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked).
         let seconds = on_threads(threads, || unsafe { fma_avx2() });
-        println!("fp32 FMA peak (AVX2): {:.0} GFLOP/s", gflops(fma_flop(8), seconds));
+        println!(
+            "fp32 FMA peak (AVX2): {:.0} GFLOP/s",
+            gflops(fma_flop(8), seconds)
+        );
     }
     if !amx_permitted() {
         println!("AMX: none");

@@ -383,8 +383,9 @@ pub fn decomposed_rel_pos(
     let rw = get_rel_pos(qw, kw, rel_pos_w); // [qw, kw, C]
     let [n, _, dim] = q.dims();
     let r_q = q.reshape([n, qh, qw, dim]);
-    // each table broadcast over the N heads as a view: the products read the queries in
-    // place, with no permuted copies of them (a tenth of the bf16 encoder's time before)
+    // each table broadcast over the N heads as a view, so that the products read the
+    // queries in place: two permuted copies of them made these terms a tenth of the bf16
+    // encoder's time
     let table = |r: Tensor<3>, [size, keys]: [usize; 2]| {
         r.swap_dims(1, 2)
             .unsqueeze_dim::<4>(0)

@@ -80,8 +80,8 @@ fn amx_permitted() -> bool {
     false
 }
 
-/// Values of an operand or result above which its filling is shared out to the rayon
-/// threads (a linear layer's; one attention head's run on one thread).
+/// Values of an operand above which its filling is shared out to the rayon threads: a
+/// linear layer's operands are; one attention head's stay on the head's thread.
 const PARALLEL_VALUES: usize = 1 << 19;
 
 /// `values` as a buffer to write into (as results for [`product`]).
@@ -319,7 +319,7 @@ impl super::vectorised::Loop for InterleaveRows<'_> {
 }
 
 /// The packed tiles of `m`'s 16 columns from `first` (fewer or none at its edge, the
-/// operand being padded to whole blocks) into `panel`, zeros.
+/// operand being padded to whole blocks) into `panel`, which holds zeros.
 ///
 /// # Safety
 /// `m` describes live f32 values; `panel` holds its depth in tiles.
@@ -633,8 +633,10 @@ mod tests {
         }
         // the first shape's left operand and the third's right one are filled in parallel;
         // the third's 600 columns at a depth of 1000 are two blocks of `product_parallel`
-        assert!(600 * 1000 > PARALLEL_VALUES && 1000 * 600 > PARALLEL_VALUES);
-        assert!(RIGHT_BLOCK_BYTES / (1024 * BLOCK * 2) * BLOCK < 600);
+        const {
+            assert!(600 * 1000 > PARALLEL_VALUES);
+            assert!(RIGHT_BLOCK_BYTES / (1024 * BLOCK * 2) * BLOCK < 600);
+        }
         let (mut left, mut right, mut row_major) =
             (Left::default(), Right::default(), Right::default());
         for (m, k, n) in [
