@@ -90,23 +90,9 @@ unsafe fn fma_avx2() {
 
 const TILE_ITERATIONS: usize = 1_000_000;
 
-/// Tile configuration: palette 1, eight tiles of 16 rows of 64 bytes (as
-/// `src/model/kernels/bf16.rs` configures them; repeated here because this program
-/// builds without the crate).
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-const TILE_CONFIG: TileConfig = {
-    let mut config = [0u8; 64];
-    config[0] = 1;
-    let mut tile = 0;
-    while tile < 8 {
-        config[16 + 2 * tile] = 64;
-        config[48 + tile] = 16;
-        tile += 1;
-    }
-    TileConfig(config)
-};
+#[path = "../src/model/kernels/tile_config.rs"]
+mod tile_config;
+use tile_config::TILE_CONFIG;
 
 /// Linux grants a process AMX's tile state on request (`arch_prctl`).
 fn amx_permitted() -> bool {

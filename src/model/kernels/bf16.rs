@@ -19,8 +19,8 @@
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-/// Rows of a left or result tile.
-const TILE_ROWS: usize = 16;
+use super::tile_config::{TILE_CONFIG, TILE_ROWS};
+
 /// bf16 values in a row of a left tile (64 bytes): the depth one tile product covers.
 const TILE_DEPTH: usize = 32;
 /// Columns of a right or result tile (64 bytes of f32).
@@ -442,23 +442,6 @@ fn check_shapes(left: &Left, right: &Right) {
         "bf16 product: depths differ"
     );
 }
-
-/// Tile configuration: palette 1, all eight tiles 16 rows of 64 bytes (tiles 0-3 results,
-/// 4-5 left, 6-7 right).
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-const TILE_CONFIG: TileConfig = {
-    let mut config = [0u8; 64];
-    config[0] = 1;
-    let mut tile = 0;
-    while tile < 8 {
-        config[16 + 2 * tile] = 64;
-        config[48 + tile] = TILE_ROWS as u8;
-        tile += 1;
-    }
-    TileConfig(config)
-};
 
 /// Runs `f` with the tiles configured, releasing them after (an idle thread then does
 /// not carry 8 KB of tile state through context switches).

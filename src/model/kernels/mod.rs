@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;
 pub mod softmax;
+mod tile_config;
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::{DType, TensorMetadata};
