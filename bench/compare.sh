@@ -7,7 +7,8 @@
 #   DEVICE=cuda REPORT=BENCHMARKS-cuda.md bench/compare.sh             # on an NVIDIA GPU
 #   FAST=0 bench/compare.sh                # without the second PyTorch peer
 #   BF16=0 bench/compare.sh                # without samtune's bf16 encoder (run by default
-#                                          # on a CPU with AMX, for the encoder and finetune cases)
+#                                          # on a CPU with AMX or AVX512-BF16, for the
+#                                          # encoder and finetune cases)
 #   CASES=finetune EXTRA="--ft-epochs 10 --ft-images 1" bench/compare.sh   # the 10-epoch run
 # Two PyTorch peers: the official code as it is (fp32, eager), and the same model as a
 # skilled user speeds it up (SDPA attention, bf16 autocast where the hardware has bf16, a
@@ -27,7 +28,7 @@ OUT=${OUT:-target/bench}
 REPORT=${REPORT:-BENCHMARKS.md}
 DEVICE=${DEVICE:-cpu}
 FAST=${FAST:-1}
-if [ "$DEVICE" = cpu ] && grep -qw amx_bf16 /proc/cpuinfo 2> /dev/null; then BF16=${BF16:-1}; else BF16=${BF16:-0}; fi
+if [ "$DEVICE" = cpu ] && grep -qwE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2> /dev/null; then BF16=${BF16:-1}; else BF16=${BF16:-0}; fi
 CASES=${CASES:-encoder decoder_step prompt_latency finetune load}
 
 if [ -z "${PYTHON:-}" ]; then
@@ -70,7 +71,12 @@ measure() {
 PYTORCH_MALLOC=(env MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=536870912 MALLOC_MMAP_MAX_=0)
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.gpu-mb
+rm -f "$OUT"/*.json "$OUT"/*.gpu-mb "$OUT/peak.txt"
+# the CPU's own peaks (the report's "hardware peak"), measured before the rounds on a
+# quiet machine
+if [ "$DEVICE" = cpu ] && command -v rustc > /dev/null; then
+    bench/peak.sh "$THREADS" > "$OUT/peak.txt" || echo "bench/peak.sh failed: no hardware peak" >&2
+fi
 for round in $(seq 1 "$ROUNDS"); do
     for case in $CASES; do
         echo "round $round: $case" >&2

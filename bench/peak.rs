@@ -32,11 +32,11 @@ fn on_threads(threads: usize, f: fn()) -> f64 {
 
 const FMA_ITERATIONS: usize = 20_000_000;
 
-/// A loop of 12 independent FMAs on the vector registers `$r` (`zmm` or `ymm`) an
-/// iteration: enough of them to cover the FMA latency on two pipes. All start at zero (no
-/// subnormal operands).
+/// A loop of 12 independent multiply-adds `$op` (`vfmadd231ps`, or `vdpbf16ps`: bf16
+/// pairs) on the vector registers `$r` (`zmm` or `ymm`) an iteration: enough of them to
+/// cover the latency on two pipes. All start at zero (no subnormal operands).
 macro_rules! fma_loop {
-    ($r:literal) => {
+    ($op:literal, $r:literal) => {
         asm!(
             concat!("vxorps ", $r, "0, ", $r, "0, ", $r, "0"),
             concat!("vxorps ", $r, "1, ", $r, "1, ", $r, "1"),
@@ -53,18 +53,18 @@ macro_rules! fma_loop {
             concat!("vxorps ", $r, "12, ", $r, "12, ", $r, "12"),
             concat!("vxorps ", $r, "13, ", $r, "13, ", $r, "13"),
             "2:",
-            concat!("vfmadd231ps ", $r, "0, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "1, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "2, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "3, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "4, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "5, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "6, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "7, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "8, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "9, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "10, ", $r, "12, ", $r, "13"),
-            concat!("vfmadd231ps ", $r, "11, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "0, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "1, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "2, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "3, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "4, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "5, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "6, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "7, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "8, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "9, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "10, ", $r, "12, ", $r, "13"),
+            concat!($op, " ", $r, "11, ", $r, "12, ", $r, "13"),
             "dec {n}",
             "jnz 2b",
             n = inout(reg) FMA_ITERATIONS => _,
@@ -79,13 +79,20 @@ macro_rules! fma_loop {
 /// [`fma_loop`] on 16 lanes: 12 x 16 x 2 FLOP an iteration.
 #[target_feature(enable = "avx512f")]
 unsafe fn fma_avx512() {
-    fma_loop!("zmm");
+    fma_loop!("vfmadd231ps", "zmm");
+}
+
+/// [`fma_loop`] of bf16 pair products (AVX512-BF16) on 16 lanes: 12 x 16 x 2 x 2 FLOP an
+/// iteration.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dot_bf16_avx512() {
+    fma_loop!("vdpbf16ps", "zmm");
 }
 
 /// [`fma_loop`] on 8 lanes.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_avx2() {
-    fma_loop!("ymm");
+    fma_loop!("vfmadd231ps", "ymm");
 }
 
 const TILE_ITERATIONS: usize = 1_000_000;
@@ -162,6 +169,14 @@ fn main() {
         println!(
             "fp32 FMA peak (AVX-512): {:.0} GFLOP/s",
             gflops(fma_flop(16), seconds)
+        );
+    }
+    if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
+        // SAFETY: the CPU has AVX-512 F and BF16 (checked).
+        let seconds = on_threads(threads, || unsafe { dot_bf16_avx512() });
+        println!(
+            "bf16 pair-product peak (AVX512-BF16 vdpbf16ps): {:.0} GFLOP/s",
+            gflops(2.0 * fma_flop(16), seconds)
         );
     }
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

@@ -7,9 +7,11 @@ with the frozen encoder run under no_grad at every step, once with precomputed e
 
 `--peer fast` is the second peer: the same cases with SDPA attention, bf16 autocast where
 the hardware has bf16, and (`--compile`) a torch.compile'd encoder (bench/fast_peer.py).
+`--autocast` runs the official code under bf16 autocast and nothing else.
 
     python bench/reference.py --variant vit_b --threads 2 --json out.json
     python bench/reference.py --peer fast --compile --json fast.json
+    python bench/reference.py --case encoder --autocast --json autocast.json   # autocast alone
     python bench/reference.py --device cuda --json out.json   # on an NVIDIA GPU
 """
 
@@ -114,13 +116,16 @@ def run_case(case, args):
     autocast = contextlib.nullcontext
     mode = "fp32, the official code"
     x = torch.randn(1, 3, img, img, device=DEVICE)
+    if case == "encoder" and (args.peer == "fast" or args.autocast):
+        sam.eval()
+        with torch.no_grad():
+            official = sam.image_encoder(x)
+    if args.autocast:
+        autocast = lambda: torch.autocast(DEVICE.type, dtype=torch.bfloat16)  # noqa: E731
+        mode = "the official code under bf16 autocast"
     if args.peer == "fast":
         from fast_peer import Peer
 
-        if case == "encoder":
-            sam.eval()
-            with torch.no_grad():
-                official = sam.image_encoder(x)
         peer = Peer(sam, DEVICE, args.compile and case in ("encoder", "finetune"), bf16=not args.fp32)
         autocast = peer.autocast
         mode = peer.describe()
@@ -133,7 +138,7 @@ def run_case(case, args):
     if case == "encoder":
         sam.eval()
         seconds = time_reps(args.reps, lambda: encode(x))
-        if args.peer == "fast":
+        if args.peer == "fast" or args.autocast:
             error = (encode(x) - official).abs().max() / official.abs().max()
             extra["error vs the official fp32 encoder (max abs / max)"] = float(error)
         desc = f"image encoder forward {img}x{img}, batch 1"
@@ -243,6 +248,8 @@ def main():
                         help="official: the package as it is; fast: SDPA, bf16 autocast, compile")
     parser.add_argument("--compile", action="store_true", help="with --peer fast: torch.compile the encoder")
     parser.add_argument("--fp32", action="store_true", help="with --peer fast: no bf16 autocast")
+    parser.add_argument("--autocast", action="store_true",
+                        help="with --peer official: the official code under bf16 autocast alone")
     parser.add_argument("--case", action="append")
     parser.add_argument("--json")
     parser.add_argument("--child")

@@ -112,7 +112,7 @@ pub struct CaseSettings {
     #[arg(long)]
     pub img_size: Option<usize>,
     /// The image encoder's arithmetic in the encoder and fine-tuning cases (`bf16`: CPUs
-    /// with Intel AMX).
+    /// with AMX or AVX512-BF16).
     #[arg(long, default_value = "f32")]
     pub encoder_precision: Precision,
 }

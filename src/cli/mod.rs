@@ -107,8 +107,8 @@ pub fn run(cli: Cli) -> Result<i32> {
 #[derive(Debug, Args)]
 pub struct EncoderArgs {
     /// `f32` (the official arithmetic) or `bf16`: the encoder's matrix products on bf16
-    /// operands summed in f32, as PyTorch's bf16 autocast runs them (CPUs with Intel AMX;
-    /// README, bf16 encoding).
+    /// operands summed in f32, as PyTorch's bf16 autocast runs them (CPUs with AMX or
+    /// AVX512-BF16; README, bf16 encoding).
     #[arg(long = "encoder-precision", default_value = "f32")]
     pub precision: Precision,
 }

@@ -18,9 +18,9 @@ pub enum Precision {
     /// f32 throughout: the official arithmetic.
     #[default]
     F32,
-    /// The linear layers' and attention's products on bf16 operands (Intel AMX), summed
-    /// in f32; everything else (layer norms, softmax, GELU, the rel-pos terms, the neck)
-    /// in f32.
+    /// The linear layers' and attention's products on bf16 operands (AMX or AVX512-BF16),
+    /// summed in f32; everything else (layer norms, softmax, GELU, the rel-pos terms, the
+    /// neck) in f32.
     Bf16,
 }
 
@@ -28,8 +28,9 @@ pub enum Precision {
 #[derive(Debug, thiserror::Error)]
 pub enum PrecisionError {
     #[error(
-        "encoder precision bf16 needs a CPU with AMX bf16 tiles (Intel Xeon 4th generation, \
-         Sapphire Rapids, or later) and Linux; this one has none: use f32"
+        "encoder precision bf16 needs a CPU with bf16 matrix hardware: AMX (Intel Xeon 4th \
+         generation, Sapphire Rapids, or later, on Linux) or AVX512-BF16 (AMD Zen 4 or \
+         later); this one has neither: use f32"
     )]
     NoBf16Hardware,
     #[error("encoder precision bf16 runs on the CPU backend only; device {0:?} encodes in f32")]

@@ -78,8 +78,8 @@ pub struct ModelConfig {
     /// holds the optimizer. Empty: `device` alone.
     pub devices: Vec<DeviceSpec>,
     /// The image encoder's arithmetic: `f32` (the official one) or `bf16` (its matrix
-    /// products on bf16 operands summed in f32, as PyTorch's bf16 autocast; CPUs with Intel
-    /// AMX), for a frozen encoder: filling the embedding cache and encoding batches.
+    /// products on bf16 operands summed in f32, as PyTorch's bf16 autocast; CPUs with AMX or
+    /// AVX512-BF16), for a frozen encoder: filling the embedding cache and encoding batches.
     pub encoder_precision: Precision,
 }
 

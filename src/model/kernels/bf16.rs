@@ -1,20 +1,24 @@
-//! bf16 matrix products on Intel AMX tiles, for the image encoder's `bf16` precision
+//! bf16 matrix products for the image encoder's `bf16` precision
 //! ([`crate::model::Precision`]): f32 operands rounded to bf16 (to nearest, ties to even,
 //! as PyTorch's `.to(torch.bfloat16)`), the products summed in f32, f32 results. This is
 //! what `torch.autocast("cpu", dtype=torch.bfloat16)` gives the official encoder's matrix
-//! products through oneDNN's AMX kernels.
+//! products through oneDNN's kernels. Two engines ([`Engine`]): Intel AMX tiles, and
+//! AVX512-BF16's `vdpbf16ps` where there is no AMX (AMD Zen 4 and later).
 //!
 //! Written here because no crate serves: `gemm` multiplies f16 (AVX-512 FP16), not bf16,
 //! and burn's CPU backend has no bf16 product; Rust's AMX intrinsics are unstable, so the
-//! tile instructions are inline assembly. AVX512-BF16 alone (`vdpbf16ps`, AMD Zen 4) is
-//! not offered: a kernel on it, measured on an Intel Xeon, encoded a ViT-B image in 6.4 s
-//! against 4.5 s in f32 (that CPU's `vdpbf16ps` multiplies no more pairs a cycle than its
-//! f32 FMAs do) and 2.7 s on AMX.
+//! tile instructions are inline assembly (AVX512-BF16's intrinsics are stable). Where a
+//! CPU has both, AMX runs: on an Intel Xeon a `vdpbf16ps` kernel encoded a ViT-B image in
+//! 6.4 s against 4.5 s in f32 (that CPU's `vdpbf16ps` multiplies no more pairs a cycle
+//! than its f32 FMAs do) and 2.7 s on AMX; on an AMD Zen 5 `vdpbf16ps` multiplies 1.8x
+//! the f32 FMAs' pairs (`bench/peak.sh`).
 //!
 //! Layout: the left operand is bf16 rows padded to whole tiles (`[32k rows, 32k depth]`);
 //! the right operand is packed as AMX wants it (each tile 16 pairs of depth rows by 16
 //! columns, a pair's two values side by side), tiles of one 16-column panel consecutive
-//! over the depth. Each step multiplies a 32 x 32 block of results held in four tiles.
+//! over the depth; a tile's row of pairs is also what `vdpbf16ps` takes. Each step
+//! multiplies a 32 x 32 block of results: in four tiles on AMX, a few rows at a time in
+//! registers on AVX512-BF16.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -38,12 +42,42 @@ const TASK_ROWS: usize = 4 * BLOCK;
 /// the encoder's qkv layer) streaming from L3 once per task of rows.
 const RIGHT_BLOCK_BYTES: usize = 768 << 10;
 
-/// Whether this CPU has AMX tiles with bf16 products and the OS lets this process use
-/// them (asked once), and the AVX-512 extensions the element-wise bf16 kernels use
-/// (every CPU with AMX has them).
+/// The bf16 matrix hardware a CPU can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// AMX tiles (Intel Xeon 4th generation, Sapphire Rapids, and later): 16 x 16 x 32
+    /// products an instruction.
+    Amx,
+    /// AVX512-BF16's pairwise dot products into 16 f32 lanes (AMD Zen 4 and later, Intel
+    /// Cooper Lake).
+    Avx512Bf16,
+}
+
+/// Every engine this CPU has and the OS lets this process use, best first (asked once).
+/// Both need the AVX-512 extensions the element-wise bf16 kernels use (every CPU with
+/// AMX has them).
+fn engines() -> &'static [Engine] {
+    static ENGINES: OnceLock<Vec<Engine>> = OnceLock::new();
+    ENGINES.get_or_init(|| {
+        let mut engines = Vec::new();
+        if avx512_bf16() && amx_permitted() {
+            engines.push(Engine::Amx);
+        }
+        if avx512_bf16() {
+            engines.push(Engine::Avx512Bf16);
+        }
+        engines
+    })
+}
+
+/// The engine the products run on here, if any.
+pub fn engine() -> Option<Engine> {
+    engines().first().copied()
+}
+
+/// Whether bf16 products can run on this CPU.
 pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| avx512_bf16() && amx_permitted())
+    engine().is_some()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -392,17 +426,36 @@ impl Right {
 }
 
 /// `out [rows, columns] = left x right`, rows `out_stride` f32 apart, on this thread
-/// (only the results are written).
+/// (only the results are written), on this CPU's [`engine`].
 pub fn product(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>], out_stride: usize) {
-    check_shapes(left, right);
+    product_on(best_engine(), left, right, out, out_stride)
+}
+
+/// [`product`] on `engine`.
+fn product_on(
+    engine: Engine,
+    left: &Left,
+    right: &Right,
+    out: &mut [MaybeUninit<f32>],
+    out_stride: usize,
+) {
+    check_shapes(engine, left, right);
     assert!(
         left.rows == 0 || out.len() >= (left.rows - 1) * out_stride + right.columns,
         "bf16 product: result smaller than its shape"
     );
-    // SAFETY: AMX is there (checked), and `product_rows` stays within the operands
+    // SAFETY: the engine is there (checked), and `product_rows` stays within the operands
     // (their padding included) and `out` (checked above).
     unsafe {
-        with_tiles(|| product_rows(left, right, 0..left.rows, 0..right.columns, out, out_stride))
+        product_rows(
+            engine,
+            left,
+            right,
+            0..left.rows,
+            0..right.columns,
+            out,
+            out_stride,
+        )
     }
 }
 
@@ -413,8 +466,13 @@ pub fn product(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>], out_str
 /// encoder's qkv layer (768 x 2304), 1.17x for its first MLP layer (768 x 3072), even
 /// for the others, than going through all columns in each task of rows.
 pub fn product_parallel(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>]) {
+    product_parallel_on(best_engine(), left, right, out)
+}
+
+/// [`product_parallel`] on `engine`.
+fn product_parallel_on(engine: Engine, left: &Left, right: &Right, out: &mut [MaybeUninit<f32>]) {
     use rayon::prelude::*;
-    check_shapes(left, right);
+    check_shapes(engine, left, right);
     let columns = right.columns;
     assert_eq!(out.len(), left.rows * columns, "bf16 product: result size");
     let panel_bytes = left.depth * BLOCK * std::mem::size_of::<u16>();
@@ -426,16 +484,18 @@ pub fn product_parallel(left: &Left, right: &Right, out: &mut [MaybeUninit<f32>]
             .for_each(|(task, out)| {
                 let first = task * TASK_ROWS;
                 let rows = first..first + out.len() / columns;
-                // SAFETY: as in `product`; this task's rows of `out` are `out`.
-                unsafe {
-                    with_tiles(|| product_rows(left, right, rows, block.clone(), out, columns))
-                }
+                // SAFETY: as in `product_on`; this task's rows of `out` are `out`.
+                unsafe { product_rows(engine, left, right, rows, block.clone(), out, columns) }
             });
     }
 }
 
-fn check_shapes(left: &Left, right: &Right) {
-    assert!(available(), "bf16 products need AMX");
+fn best_engine() -> Engine {
+    engine().expect("bf16 products need AMX or AVX512-BF16")
+}
+
+fn check_shapes(engine: Engine, left: &Left, right: &Right) {
+    assert!(engines().contains(&engine), "no {engine:?} on this CPU");
     assert_eq!(
         left.depth,
         right.steps * TILE_DEPTH,
@@ -443,31 +503,42 @@ fn check_shapes(left: &Left, right: &Right) {
     );
 }
 
-/// Runs `f` with the tiles configured, releasing them after (an idle thread then does
-/// not carry 8 KB of tile state through context switches).
-///
-/// # Safety
-/// [`amx_permitted`].
-#[cfg(target_arch = "x86_64")]
-unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
-    std::arch::asm!("ldtilecfg [{}]", in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
-    let result = f();
-    std::arch::asm!("tilerelease", options(nostack, nomem));
-    result
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn with_tiles<R>(_: impl FnOnce() -> R) -> R {
-    unreachable!("AMX is x86-64 only")
-}
-
 /// Results `rows` x `columns` (of the whole product) into `out`, whose first row is
 /// `rows.start` (and first column the product's first); `columns.start` is a multiple
 /// of [`BLOCK`].
 ///
 /// # Safety
-/// The tiles are configured; `out` holds those rows at `out_stride`.
+/// `engine` is on this CPU; `out` holds those rows at `out_stride`.
 unsafe fn product_rows(
+    engine: Engine,
+    left: &Left,
+    right: &Right,
+    rows: std::ops::Range<usize>,
+    columns: std::ops::Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+    out_stride: usize,
+) {
+    let blocks = |block| blocks(block, left, right, rows, columns, out, out_stride);
+    match engine {
+        Engine::Amx => with_tiles(|| blocks(amx_block)),
+        Engine::Avx512Bf16 => blocks(avx512_block),
+    }
+}
+
+/// One 32 x 32 block of results, `out = lhs [32, depth] x panel [depth, 32]`: `(lhs,
+/// depth, panel, steps, out, out_stride)`.
+///
+/// # Safety (of calling one)
+/// Its engine is ready; `lhs` holds 32 rows of `depth` bf16 (`depth = 32 steps`),
+/// `panel` two column panels of `steps` tiles, `out` 32 rows of 32 f32 at `out_stride`.
+type Block = unsafe fn(*const u16, usize, *const u16, usize, *mut f32, usize);
+
+/// [`product_rows`] by blocks of `block`.
+///
+/// # Safety
+/// As [`product_rows`], with `block`'s engine ready.
+unsafe fn blocks(
+    block: Block,
     left: &Left,
     right: &Right,
     rows: std::ops::Range<usize>,
@@ -508,15 +579,28 @@ unsafe fn product_rows(
     }
 }
 
-/// One 32 x 32 block of results, `out = lhs [32, depth] x panel [depth, 32]`, in four
-/// result tiles, each step two left and two right tiles loaded.
+/// Runs `f` with the tiles configured, releasing them after (an idle thread then does
+/// not carry 8 KB of tile state through context switches).
 ///
 /// # Safety
-/// The tiles are configured ([`with_tiles`]); `lhs` holds 32 rows of `depth` bf16
-/// (`depth = 32 steps`), `panel` two column panels of `steps` tiles, `out` 32 rows of 32
-/// f32 at `out_stride`.
+/// [`amx_permitted`].
 #[cfg(target_arch = "x86_64")]
-unsafe fn block(
+unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+    std::arch::asm!("ldtilecfg [{}]", in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
+    let result = f();
+    std::arch::asm!("tilerelease", options(nostack, nomem));
+    result
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn with_tiles<R>(_: impl FnOnce() -> R) -> R {
+    unreachable!("AMX is x86-64 only")
+}
+
+/// A [`Block`] on AMX tiles (configured by [`with_tiles`]): four result tiles, each step
+/// two left and two right tiles loaded.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_block(
     lhs: *const u16,
     depth: usize,
     panel: *const u16,
@@ -563,9 +647,59 @@ unsafe fn block(
     );
 }
 
+/// Rows of results [`avx512_block`] keeps in registers at a time: two registers of 16
+/// f32 per row (the block's 32 columns). 12 rows (24 sums, 14 loads for 24 products
+/// instead of 10 for 16) measured no faster on an AMD Zen 5.
+const DOT_ROWS: usize = 8;
+
+/// A [`Block`] on AVX512-BF16: [`DOT_ROWS`] rows at a time in registers; each pair of
+/// depth values is one broadcast from the left row and one `vdpbf16ps` per register, on
+/// the right panels' row of pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn avx512_block(
+    lhs: *const u16,
+    depth: usize,
+    panel: *const u16,
+    steps: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let second_panel = panel.add(steps * TILE_VALUES);
+    for first in (0..BLOCK).step_by(DOT_ROWS) {
+        let mut sums = [[_mm512_setzero_ps(); 2]; DOT_ROWS];
+        // the panels' rows of pairs are consecutive over their tiles
+        for pair in 0..steps * TILE_ROWS {
+            let offset = pair * 2 * TILE_COLUMNS;
+            let right: [__m512bh; 2] = std::mem::transmute([
+                _mm512_loadu_si512(panel.add(offset).cast()),
+                _mm512_loadu_si512(second_panel.add(offset).cast()),
+            ]);
+            for (row, sums) in sums.iter_mut().enumerate() {
+                let values = lhs.add((first + row) * depth + pair * 2).cast::<i32>();
+                let left: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(values.read_unaligned()));
+                sums[0] = _mm512_dpbf16_ps(sums[0], left, right[0]);
+                sums[1] = _mm512_dpbf16_ps(sums[1], left, right[1]);
+            }
+        }
+        for (row, sums) in sums.iter().enumerate() {
+            let out = out.add((first + row) * out_stride);
+            _mm512_storeu_ps(out, sums[0]);
+            _mm512_storeu_ps(out.add(TILE_COLUMNS), sums[1]);
+        }
+    }
+}
+
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
-    unreachable!("AMX is x86-64 only")
+unsafe fn amx_block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn avx512_block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+    unreachable!("bf16 products are x86-64 only")
 }
 
 #[cfg(test)]
@@ -604,14 +738,15 @@ mod tests {
 
     /// Products of every shape class (whole blocks, ragged rows, columns and depths,
     /// strided and transposed operands, operands filled on the rayon threads, results in
-    /// more than one block of columns) against f64 sums of the bf16-rounded operands:
+    /// more than one block of columns), on every engine of this CPU, against f64 sums of
+    /// the bf16-rounded operands:
     /// only the f32 summation differs. The operands are refilled from shape to shape, as
     /// the attention's are: a larger shape's values must not show through the padding
     /// of a smaller one.
     #[test]
     fn products_match_the_rounded_operands_exact_sums() {
         if !available() {
-            eprintln!("skipped: this CPU has no AMX");
+            eprintln!("skipped: this CPU has no bf16 matrix hardware");
             return;
         }
         // the first shape's left operand and the third's right one are filled in parallel;
@@ -657,11 +792,11 @@ mod tests {
                 right.values, row_major.values,
                 "{m}x{k}x{n}: packings differ"
             );
-            {
+            for &engine in engines() {
                 let mut out = vec![MaybeUninit::new(f32::NAN); m * (n + 3)];
-                product(&left, &right, &mut out, n + 3);
+                product_on(engine, &left, &right, &mut out, n + 3);
                 let mut parallel = vec![MaybeUninit::new(0.0); m * n];
-                product_parallel(&left, &right, &mut parallel);
+                product_parallel_on(engine, &left, &right, &mut parallel);
                 // SAFETY: every element was initialised when the vectors were made.
                 let (out, parallel): (Vec<f32>, Vec<f32>) = unsafe {
                     (
@@ -680,9 +815,13 @@ mod tests {
                         let bound = magnitude * k as f64 * f32::EPSILON as f64 + 1e-30;
                         assert!(
                             (got - exact).abs() <= bound,
-                            "{m}x{k}x{n} ({i}, {j}): {got} vs {exact}"
+                            "{engine:?} {m}x{k}x{n} ({i}, {j}): {got} vs {exact}"
                         );
-                        assert_eq!(parallel[i * n + j], out[i * (n + 3) + j], "{m}x{k}x{n}");
+                        assert_eq!(
+                            parallel[i * n + j],
+                            out[i * (n + 3) + j],
+                            "{engine:?} {m}x{k}x{n}"
+                        );
                     }
                     // the padding between rows is not written
                     assert!(out[i * (n + 3) + n..][..3].iter().all(|x| x.is_nan()));

@@ -1,8 +1,8 @@
 //! The bf16 attention's softmax, one row of logits at a time, rounded to bf16 into the
 //! left operand of the product with the values: the relative-position bias added and the
 //! maximum found in one pass, the exponentials and their sum in a second, the weights
-//! normalised and rounded in a third. AVX-512 with FMA, which every CPU with AMX (where
-//! the bf16 precision runs) has.
+//! normalised and rounded in a third. AVX-512 with FMA, which every CPU the bf16
+//! precision runs on has.
 //!
 //! The f32 path's softmax takes five passes (bias, maximum, exponentials, sum,
 //! normalisation; the bf16 path added a sixth, the rounding) and an exponential without
@@ -32,7 +32,7 @@ pub fn biased_softmax_to_bf16(logits: &mut [f32], bias: Option<RowBias>, weights
     );
     assert!(
         super::bf16::available(),
-        "the bf16 softmax needs a CPU with AMX"
+        "the bf16 softmax needs a CPU with AVX512-BF16"
     );
     // SAFETY: the CPU has the features (`available` checks them), the slices have the
     // lengths the kernel indexes (checked above).
@@ -41,7 +41,7 @@ pub fn biased_softmax_to_bf16(logits: &mut [f32], bias: Option<RowBias>, weights
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn avx512(_: &mut [f32], _: Option<RowBias>, _: &mut [u16]) {
-    unreachable!("AMX is x86-64 only")
+    unreachable!("the bf16 kernels are x86-64 only")
 }
 
 /// # Safety
@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn softmax_matches_f64_and_rounds_as_bf16() {
         if !available() {
-            eprintln!("skipped: no AMX on this CPU");
+            eprintln!("skipped: no bf16 matrix hardware on this CPU");
             return;
         }
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 40.0;
