@@ -504,9 +504,17 @@ fn check_shapes(engine: Engine, left: &Left, right: &Right) {
     );
 }
 
+/// One 32 x 32 block of results, `out = lhs [32, depth] x panel [depth, 32]`: `(lhs,
+/// depth, panel, steps, out, out_stride)`.
+///
+/// # Safety (of calling one)
+/// Its engine is ready; `lhs` holds 32 rows of `depth` bf16 (`depth = 32 steps`),
+/// `panel` two column panels of `steps` tiles, `out` 32 rows of 32 f32 at `out_stride`.
+type Block = unsafe fn(*const u16, usize, *const u16, usize, *mut f32, usize);
+
 /// Results `rows` x `columns` (of the whole product) into `out`, whose first row is
-/// `rows.start` (and first column the product's first); `columns.start` is a multiple
-/// of [`BLOCK`].
+/// `rows.start` (and first column the product's first), by blocks of `engine`'s
+/// [`Block`]; `columns.start` is a multiple of [`BLOCK`].
 ///
 /// # Safety
 /// `engine` is on this CPU; `out` holds those rows at `out_stride`.
@@ -519,64 +527,47 @@ unsafe fn product_rows(
     out: &mut [MaybeUninit<f32>],
     out_stride: usize,
 ) {
-    let blocks = |block| blocks(block, left, right, rows, columns, out, out_stride);
-    match engine {
-        Engine::Amx => with_tiles(|| blocks(amx_block)),
-        Engine::Avx512Bf16 => blocks(avx512_block),
-    }
-}
-
-/// One 32 x 32 block of results, `out = lhs [32, depth] x panel [depth, 32]`: `(lhs,
-/// depth, panel, steps, out, out_stride)`.
-///
-/// # Safety (of calling one)
-/// Its engine is ready; `lhs` holds 32 rows of `depth` bf16 (`depth = 32 steps`),
-/// `panel` two column panels of `steps` tiles, `out` 32 rows of 32 f32 at `out_stride`.
-type Block = unsafe fn(*const u16, usize, *const u16, usize, *mut f32, usize);
-
-/// [`product_rows`] by blocks of `block`.
-///
-/// # Safety
-/// As [`product_rows`], with `block`'s engine ready.
-unsafe fn blocks(
-    block: Block,
-    left: &Left,
-    right: &Right,
-    rows: std::ops::Range<usize>,
-    columns: std::ops::Range<usize>,
-    out: &mut [MaybeUninit<f32>],
-    out_stride: usize,
-) {
-    let mut edge = [0f32; BLOCK * BLOCK];
-    for column in columns.step_by(BLOCK) {
-        let panel = right.panel(column / TILE_COLUMNS);
-        for row in rows.clone().step_by(BLOCK) {
-            let lhs = left.values[row * left.depth..].as_ptr();
-            let (height, width) = (
-                (rows.end - row).min(BLOCK),
-                (right.columns - column).min(BLOCK),
-            );
-            let local = (row - rows.start) * out_stride + column;
-            if height == BLOCK && width == BLOCK {
-                let out = out[local..].as_mut_ptr().cast::<f32>();
-                block(lhs, left.depth, panel, right.steps, out, out_stride);
-                continue;
-            }
-            block(
-                lhs,
-                left.depth,
-                panel,
-                right.steps,
-                edge.as_mut_ptr(),
-                BLOCK,
-            );
-            for (i, results) in edge.chunks_exact(BLOCK).take(height).enumerate() {
-                let out = &mut out[local + i * out_stride..][..width];
-                for (out, &result) in out.iter_mut().zip(results) {
-                    out.write(result);
+    let (block, tiles): (Block, bool) = match engine {
+        Engine::Amx => (amx_block, true),
+        Engine::Avx512Bf16 => (avx512_block, false),
+    };
+    let all_blocks = || {
+        let mut edge = [0f32; BLOCK * BLOCK];
+        for column in columns.step_by(BLOCK) {
+            let panel = right.panel(column / TILE_COLUMNS);
+            for row in rows.clone().step_by(BLOCK) {
+                let lhs = left.values[row * left.depth..].as_ptr();
+                let (height, width) = (
+                    (rows.end - row).min(BLOCK),
+                    (right.columns - column).min(BLOCK),
+                );
+                let local = (row - rows.start) * out_stride + column;
+                if height == BLOCK && width == BLOCK {
+                    let out = out[local..].as_mut_ptr().cast::<f32>();
+                    block(lhs, left.depth, panel, right.steps, out, out_stride);
+                    continue;
+                }
+                block(
+                    lhs,
+                    left.depth,
+                    panel,
+                    right.steps,
+                    edge.as_mut_ptr(),
+                    BLOCK,
+                );
+                for (i, results) in edge.chunks_exact(BLOCK).take(height).enumerate() {
+                    let out = &mut out[local + i * out_stride..][..width];
+                    for (out, &result) in out.iter_mut().zip(results) {
+                        out.write(result);
+                    }
                 }
             }
         }
+    };
+    if tiles {
+        with_tiles(all_blocks)
+    } else {
+        all_blocks()
     }
 }
 
