@@ -129,7 +129,7 @@ fn vit_b_bf16_encoding_is_within_bf16_rounding_of_the_official_float32() {
     let model = match model.with_encoder_precision(Precision::Bf16, &device) {
         Ok(model) => model,
         Err(refused) => {
-            // a CPU without AMX refuses it, saying so, rather than encoding slowly
+            // a CPU with neither AMX nor AVX512-BF16 refuses it, saying so
             assert!(refused.to_string().contains("AMX"), "{refused}");
             println!("bf16 refused on this CPU: {refused}");
             return;
