@@ -220,7 +220,7 @@ pub fn run_case(case: Case, settings: &CaseSettings, device: &Device) -> Result<
                 case.name(),
                 format!(
                     "image encoder forward {img}x{img}, batch 1, {}",
-                    settings.encoder_precision
+                    settings.encoder_precision.described()
                 ),
                 seconds,
                 Some(encoder_flops(&config)),

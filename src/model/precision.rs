@@ -50,6 +50,14 @@ impl Precision {
         }
     }
 
+    /// `self` as reports name it: bf16 with the hardware that runs it on this CPU.
+    pub fn described(self) -> String {
+        match (self, kernels::bf16::engine()) {
+            (Precision::Bf16, Some(engine)) => format!("bf16 on {}", engine.name()),
+            _ => self.to_string(),
+        }
+    }
+
     /// Runs `f` with this thread's matrix products in `self`'s arithmetic (the previous
     /// setting restored after, also on a panic).
     pub fn scope<R>(self, f: impl FnOnce() -> R) -> R {
@@ -111,8 +119,13 @@ mod tests {
     #[test]
     fn bf16_is_refused_where_it_cannot_run() {
         assert!(Precision::F32.check(&Device::flex()).is_ok());
+        assert_eq!(Precision::F32.described(), "f32");
         match Precision::Bf16.check(&Device::flex()) {
-            Ok(()) => assert!(kernels::bf16::available()),
+            Ok(()) => {
+                assert!(kernels::bf16::available());
+                let described = Precision::Bf16.described();
+                assert!(["bf16 on AMX", "bf16 on AVX512-BF16"].contains(&described.as_str()));
+            }
             Err(error) => {
                 assert!(!kernels::bf16::available());
                 assert!(error.to_string().contains("AMX"), "{error}");

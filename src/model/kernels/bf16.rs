@@ -54,6 +54,16 @@ pub enum Engine {
     Avx512Bf16,
 }
 
+impl Engine {
+    /// The hardware's name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Amx => "AMX",
+            Engine::Avx512Bf16 => "AVX512-BF16",
+        }
+    }
+}
+
 /// Every engine this CPU has and the OS lets this process use, best first (asked once).
 /// Both need the AVX-512 extensions the element-wise bf16 kernels use (every CPU with
 /// AMX has them).
