@@ -69,15 +69,10 @@ impl Engine {
 /// AMX has them).
 fn engines() -> &'static [Engine] {
     static ENGINES: OnceLock<Vec<Engine>> = OnceLock::new();
-    ENGINES.get_or_init(|| {
-        let mut engines = Vec::new();
-        if avx512_bf16() && amx_permitted() {
-            engines.push(Engine::Amx);
-        }
-        if avx512_bf16() {
-            engines.push(Engine::Avx512Bf16);
-        }
-        engines
+    ENGINES.get_or_init(|| match (avx512_bf16(), amx_permitted()) {
+        (false, _) => Vec::new(),
+        (true, false) => vec![Engine::Avx512Bf16],
+        (true, true) => vec![Engine::Amx, Engine::Avx512Bf16],
     })
 }
 
@@ -537,9 +532,9 @@ unsafe fn product_rows(
     out: &mut [MaybeUninit<f32>],
     out_stride: usize,
 ) {
-    let (block, tiles): (Block, bool) = match engine {
-        Engine::Amx => (amx_block, true),
-        Engine::Avx512Bf16 => (avx512_block, false),
+    let block: Block = match engine {
+        Engine::Amx => amx_block,
+        Engine::Avx512Bf16 => avx512_block,
     };
     let all_blocks = || {
         let mut edge = [0f32; BLOCK * BLOCK];
@@ -574,7 +569,7 @@ unsafe fn product_rows(
             }
         }
     };
-    if tiles {
+    if engine == Engine::Amx {
         with_tiles(all_blocks)
     } else {
         all_blocks()
